@@ -1,0 +1,776 @@
+package vrrp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/keepvip/keepvip/internal/clock"
+)
+
+// sender writes one VRRP message from src to dst.
+type sender interface {
+	WritePacket(b []byte, src, dst netip.Addr) error
+}
+
+// addresser puts VIPs on an interface and takes them off again. Deleting a
+// VIP the addresser did not add must do nothing.
+type addresser interface {
+	AddVIP(ifindex int, p netip.Prefix) error
+	DeleteVIP(ifindex int, p netip.Prefix) error
+}
+
+// announcer sends one gratuitous ARP or unsolicited NA per address and
+// returns how many it sent.
+type announcer interface {
+	Announce(addrs []netip.Addr) (int, error)
+}
+
+// instanceIO is what an instance does to the world, behind seams that tests
+// replace.
+type instanceIO struct {
+	tx       sender
+	addrs    addresser
+	announce announcer
+	// source returns the address to send from when Config.Source is unset.
+	source  func() (netip.Addr, error)
+	ifindex int
+}
+
+// received is an advert that passed decode, on its way to its instance.
+type received struct {
+	pkt Packet
+	adv Advertisement
+}
+
+const (
+	maxTransitions = 16
+	maxErrors      = 8
+	// sourceRetry is how often a router without a usable source address
+	// tries again.
+	sourceRetry = time.Second
+	// maxHold caps how long a stopping master keeps its VIPs.
+	maxHold = 10 * time.Second
+	// errorLogEvery collapses repeats of the same failure in the log.
+	errorLogEvery = 10 * time.Second
+)
+
+// Instance is one virtual router. All its state is owned by the goroutine
+// running run; everything else talks to it through channels.
+type Instance struct {
+	cfg   Config
+	io    instanceIO
+	clock clock.Clock
+	log   *slog.Logger
+	m     *Metrics
+
+	state State
+	since time.Time
+	fault string
+	local netip.Addr // source of adverts; compared in equal-priority elections
+
+	masterAdverInterval time.Duration
+	masterDownAt        time.Time // Master_Down_Timer (Backup)
+	adverAt             time.Time // Adver_Timer (Master)
+	preemptAt           time.Time // preemption allowed from then (preempt_delay)
+	retryAt             time.Time // Fault without a source address: try again
+	holdUntil           time.Time // stopping master gives its VIPs up then at the latest
+	master              netip.Addr
+	masterPrio          uint8
+	lastAdvert          time.Time
+	linkUp              map[string]bool
+	installed           map[netip.Prefix]bool
+	garp                garpSchedule
+	stopping            bool // shutdown requested while master: handing off
+	stopped             bool
+	lastMismatch        string
+
+	sent, received uint64
+	drops          map[DropReason]uint64
+	transitions    []Transition
+	errs           []string
+	lastErrLog     map[string]time.Time
+
+	rx   chan received
+	ctl  chan func()
+	done chan struct{}
+}
+
+// garpSchedule tracks the announcement bursts of a master.
+type garpSchedule struct {
+	rounds  int       // rounds left in the current burst
+	next    time.Time // when the next round is due
+	second  time.Time // second burst (garp_master_delay)
+	refresh time.Time // next refresh (garp_master_refresh)
+}
+
+func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m *Metrics, links map[string]bool) *Instance {
+	in := &Instance{
+		cfg:        cfg,
+		io:         io,
+		clock:      clk,
+		log:        log.With("instance", cfg.Name, "vrid", cfg.VRID, "interface", cfg.Interface, "family", cfg.Family().String()),
+		m:          m,
+		linkUp:     map[string]bool{},
+		installed:  map[netip.Prefix]bool{},
+		drops:      map[DropReason]uint64{},
+		lastErrLog: map[string]time.Time{},
+		rx:         make(chan received, 256),
+		ctl:        make(chan func()),
+		done:       make(chan struct{}),
+	}
+	in.setLinks(links)
+	in.m.state.WithLabelValues(in.labels()...).Set(float64(StateInit))
+	return in
+}
+
+func (in *Instance) labels() []string {
+	return []string{in.cfg.Name, in.cfg.Interface, strconv.Itoa(int(in.cfg.VRID)), in.cfg.Family().String()}
+}
+
+// run is the instance goroutine. It returns when ctx is cancelled and the
+// router has stopped: at once for a backup, after the handoff for a master.
+func (in *Instance) run(ctx context.Context) {
+	defer close(in.done)
+	timer := in.clock.NewTimer(time.Hour)
+	timer.Stop()
+	in.start(in.clock.Now())
+	stop := ctx.Done()
+	for !in.stopped {
+		if next, ok := in.nextDeadline(); ok {
+			timer.Reset(max(0, next.Sub(in.clock.Now())))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-stop:
+			stop = nil
+			in.shutdown(in.clock.Now())
+		case r := <-in.rx:
+			in.handlePacket(in.clock.Now(), r.pkt, r.adv)
+		case f := <-in.ctl:
+			f()
+		case <-timer.C():
+			in.handleTimers(in.clock.Now())
+		}
+	}
+	timer.Stop()
+}
+
+// do runs f on the instance goroutine and waits for it. It reports false if
+// the instance has stopped.
+func (in *Instance) do(f func()) bool {
+	ran := make(chan struct{})
+	select {
+	case in.ctl <- func() { f(); close(ran) }:
+		<-ran
+		return true
+	case <-in.done:
+		return false
+	}
+}
+
+// deliver queues an advert for the instance without blocking the reader.
+func (in *Instance) deliver(r received) bool {
+	select {
+	case in.rx <- r:
+		return true
+	default:
+		return false
+	}
+}
+
+// Status returns a snapshot; the second result is false if the instance has
+// stopped.
+func (in *Instance) Status() (Status, bool) {
+	var s Status
+	ok := in.do(func() { s = in.status() })
+	return s, ok
+}
+
+func (in *Instance) status() Status {
+	s := Status{
+		Name: in.cfg.Name, Interface: in.cfg.Interface, VRID: in.cfg.VRID,
+		Family: in.cfg.Family().String(), Version: in.cfg.Version,
+		State: in.state, Since: in.since, Fault: in.fault, Priority: in.cfg.Priority,
+		Source: in.local, Peers: slices.Clone(in.cfg.Peers), VIPs: slices.Clone(in.cfg.VIPs),
+		VIPsInstalled: len(in.installed) > 0, Master: in.master, MasterPriority: in.masterPrio,
+		AdvertInterval: in.cfg.Interval, MasterAdvertInterval: in.masterAdverInterval,
+		MasterDownInterval: in.masterDownInterval(), Preempt: in.cfg.Preempt,
+		LastAdvert: in.lastAdvert, AdvertsSent: in.sent, AdvertsReceived: in.received,
+		Transitions: slices.Clone(in.transitions), Errors: slices.Clone(in.errs),
+	}
+	if len(in.drops) > 0 {
+		s.Drops = map[string]uint64{}
+		for r, n := range in.drops {
+			s.Drops[string(r)] = n
+		}
+	}
+	return s
+}
+
+// skew returns Skew_Time: RFC 9568 §6.1 for version 3 (scaled by the
+// master's interval), RFC 3768 §6.1 for version 2 (in seconds).
+func (in *Instance) skew() time.Duration {
+	p := time.Duration(256 - int(in.cfg.Priority))
+	if in.cfg.Version == 2 {
+		return p * time.Second / 256
+	}
+	return p * in.masterAdverInterval / 256
+}
+
+// masterDownInterval is 3 × Master_Adver_Interval + Skew_Time.
+func (in *Instance) masterDownInterval() time.Duration {
+	return 3*in.masterAdverInterval + in.skew()
+}
+
+func (in *Instance) preemptAllowed(now time.Time) bool {
+	return in.cfg.Preempt && !now.Before(in.preemptAt)
+}
+
+// start is the Startup event in Initialize (RFC 9568 §6.4.1), also taken
+// when a Fault clears.
+func (in *Instance) start(now time.Time) {
+	in.retryAt = time.Time{}
+	if down := in.downLink(); down != "" {
+		in.enterFault(now, "link "+down+" is down")
+		return
+	}
+	local, err := in.resolveSource()
+	if err != nil {
+		in.enterFault(now, err.Error())
+		in.retryAt = now.Add(sourceRetry)
+		return
+	}
+	in.local = local
+	in.fault = ""
+	if in.cfg.Priority == PriorityOwner {
+		in.becomeMaster(now, "priority 255: address owner")
+		return
+	}
+	// (150)-(160): Master_Adver_Interval = Advertisement_Interval,
+	// Master_Down_Timer = Master_Down_Interval.
+	in.masterAdverInterval = in.cfg.Interval
+	in.masterDownAt = now.Add(in.masterDownInterval())
+	in.preemptAt = now.Add(in.cfg.PreemptDelay)
+	in.master, in.masterPrio = netip.Addr{}, 0
+	in.setState(now, StateBackup, "startup", 0)
+}
+
+func (in *Instance) resolveSource() (netip.Addr, error) {
+	if in.cfg.Source.IsValid() {
+		return in.cfg.Source, nil
+	}
+	if in.io.source == nil {
+		return netip.Addr{}, fmt.Errorf("no source address for %s", in.cfg.Interface)
+	}
+	a, err := in.io.source()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("finding the %s source address on %s: %w", in.cfg.Family(), in.cfg.Interface, err)
+	}
+	return a, nil
+}
+
+func (in *Instance) downLink() string {
+	for _, name := range in.cfg.tracked() {
+		if !in.linkUp[name] {
+			return name
+		}
+	}
+	return ""
+}
+
+// setLinks records the link state of the tracked interfaces.
+func (in *Instance) setLinks(links map[string]bool) {
+	for _, name := range in.cfg.tracked() {
+		in.linkUp[name] = links[name]
+	}
+}
+
+// handleLink takes a link change of a tracked interface.
+func (in *Instance) handleLink(now time.Time, name string, up bool) {
+	if !slices.Contains(in.cfg.tracked(), name) || in.stopping {
+		return
+	}
+	in.linkUp[name] = up
+	switch {
+	case !up && in.state != StateFault:
+		in.enterFault(now, "link "+name+" is down")
+	case up && in.state == StateFault && in.downLink() == "":
+		in.log.Info("tracked links are up again, leaving fault")
+		in.start(now)
+	}
+}
+
+func (in *Instance) enterFault(now time.Time, reason string) {
+	var took time.Duration
+	if in.state == StateMaster {
+		// A master whose own link still works tells the others to take
+		// over now rather than after Master_Down_Interval.
+		if in.linkUp[in.cfg.Interface] {
+			in.sendAdvert(PriorityStop)
+		}
+		took = in.releaseVIPs(now)
+	}
+	in.clearTimers()
+	in.fault = reason
+	in.setState(now, StateFault, reason, took)
+}
+
+func (in *Instance) clearTimers() {
+	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	in.garp = garpSchedule{}
+}
+
+// becomeMaster is (110)-(140) and (250)-(280): advertise, take the VIPs,
+// announce them.
+func (in *Instance) becomeMaster(now time.Time, reason string) {
+	in.masterDownAt = time.Time{}
+	in.sendAdvert(in.cfg.Priority)
+	in.installVIPs()
+	in.garp = garpSchedule{}
+	in.startBurst(now, in.cfg.GARP.Repeat)
+	if in.cfg.GARP.Delay > 0 {
+		in.garp.second = now.Add(in.cfg.GARP.Delay)
+	}
+	if in.cfg.GARP.Refresh > 0 {
+		in.garp.refresh = now.Add(in.cfg.GARP.Refresh)
+	}
+	in.adverAt = now.Add(in.cfg.Interval)
+	in.master, in.masterPrio = in.local, in.cfg.Priority
+	took := in.clock.Now().Sub(now)
+	in.m.takeover.WithLabelValues(in.cfg.Name).Observe(took.Seconds())
+	in.setState(now, StateMaster, reason, took)
+}
+
+// becomeBackup is (725)-(765): a master yields to a better one.
+func (in *Instance) becomeBackup(now time.Time, p Packet, adv Advertisement, reason string) {
+	in.adverAt = time.Time{}
+	in.garp = garpSchedule{}
+	in.follow(now, p, adv)
+	took := in.releaseVIPs(now)
+	in.setState(now, StateBackup, reason, took)
+}
+
+// follow takes the advert of the current master: learn its interval and
+// restart Master_Down_Timer (RFC 9568 §6.4.2 (440)-(460)).
+func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
+	if in.cfg.Version == 3 && adv.Interval != in.masterAdverInterval {
+		if in.masterAdverInterval != 0 {
+			in.log.Info("advert interval updated by master", "from", in.masterAdverInterval, "to", adv.Interval, "master", p.Src)
+		}
+		in.masterAdverInterval = adv.Interval
+	}
+	if in.cfg.Version == 2 {
+		in.masterAdverInterval = in.cfg.Interval
+	}
+	in.masterDownAt = now.Add(in.masterDownInterval())
+	in.master, in.masterPrio, in.lastAdvert = p.Src, adv.Priority, now
+}
+
+// shutdown is the Shutdown event: a master sends priority 0 (RFC 9568
+// §6.4.3 (610)-(640)) and gives up its VIPs, after the handoff if
+// HandoffHold is set.
+func (in *Instance) shutdown(now time.Time) {
+	if in.state != StateMaster {
+		in.clearTimers()
+		in.setState(now, StateInit, "shutdown", 0)
+		in.stopped = true
+		return
+	}
+	in.sendAdvert(PriorityStop)
+	in.adverAt = time.Time{}
+	in.garp = garpSchedule{}
+	if in.cfg.HandoffHold {
+		in.stopping = true
+		in.holdUntil = now.Add(min(2*in.cfg.Interval, maxHold))
+		in.log.Info("shutting down: sent priority 0, holding VIPs until a new master advertises", "hold", in.holdUntil.Sub(now))
+		return
+	}
+	in.finishStop(now, "shutdown")
+}
+
+func (in *Instance) finishStop(now time.Time, reason string) {
+	took := in.releaseVIPs(now)
+	in.clearTimers()
+	in.setState(now, StateInit, reason, took)
+	in.stopping = false
+	in.stopped = true
+}
+
+// reconfigure takes a new configuration of the same router without
+// restarting it.
+func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool) {
+	old := in.cfg
+	in.cfg = cfg
+	in.setLinks(links)
+	if in.stopping || in.stopped {
+		return
+	}
+	if cfg.Source != old.Source && in.state != StateFault {
+		if a, err := in.resolveSource(); err == nil {
+			in.local = a
+		} else {
+			in.fail("source", err)
+		}
+	}
+	if down := in.downLink(); down != "" {
+		if in.state != StateFault {
+			in.enterFault(now, "link "+down+" is down")
+		}
+		return
+	}
+	switch in.state {
+	case StateFault:
+		in.start(now)
+	case StateMaster:
+		for p := range in.installed {
+			if !slices.Contains(cfg.VIPs, p) {
+				if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
+					in.fail("vip-delete", err)
+				}
+				delete(in.installed, p)
+			}
+		}
+		vipsChanged := !slices.Equal(old.VIPs, cfg.VIPs)
+		if vipsChanged {
+			in.installVIPs()
+			in.startBurst(now, cfg.GARP.Repeat)
+		}
+		if vipsChanged || old.Priority != cfg.Priority || old.Interval != cfg.Interval {
+			in.sendAdvert(cfg.Priority)
+			in.adverAt = now.Add(cfg.Interval)
+		}
+		in.masterPrio = cfg.Priority
+		if cfg.GARP.Refresh != old.GARP.Refresh {
+			in.garp.refresh = time.Time{}
+			if cfg.GARP.Refresh > 0 {
+				in.garp.refresh = now.Add(cfg.GARP.Refresh)
+			}
+		}
+	case StateBackup:
+		if cfg.Priority == PriorityOwner {
+			in.becomeMaster(now, "priority raised to 255: address owner")
+			return
+		}
+		if old.Priority != cfg.Priority && in.masterDownAt.After(now) {
+			// Skew_Time depends on our priority.
+			in.masterDownAt = in.lastAdvertOr(now).Add(in.masterDownInterval())
+		}
+	}
+}
+
+func (in *Instance) lastAdvertOr(t time.Time) time.Time {
+	if in.lastAdvert.IsZero() {
+		return t
+	}
+	return in.lastAdvert
+}
+
+// handleTimers fires every timer that is due at now.
+func (in *Instance) handleTimers(now time.Time) {
+	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
+	switch in.state {
+	case StateBackup:
+		if due(in.masterDownAt) {
+			since := now.Sub(in.lastAdvertOr(in.since))
+			in.becomeMaster(now, fmt.Sprintf("no advert for %v (Master_Down_Interval %v)", since.Round(time.Millisecond), in.masterDownInterval()))
+		}
+	case StateMaster:
+		if in.stopping {
+			if due(in.holdUntil) {
+				in.finishStop(now, "shutdown: no new master within the hold time")
+			}
+			return
+		}
+		if due(in.adverAt) {
+			in.sendAdvert(in.cfg.Priority)
+			// Keep the cadence unless we fell behind by a whole interval.
+			next := in.adverAt.Add(in.cfg.Interval)
+			if !next.After(now) {
+				next = now.Add(in.cfg.Interval)
+			}
+			in.adverAt = next
+		}
+		if due(in.garp.second) {
+			in.garp.second = time.Time{}
+			in.startBurst(now, in.cfg.GARP.Repeat)
+		}
+		if due(in.garp.refresh) {
+			in.garp.refresh = now.Add(in.cfg.GARP.Refresh)
+			in.startBurst(now, in.cfg.GARP.RefreshRepeat)
+		}
+		if in.garp.rounds > 0 && due(in.garp.next) {
+			in.runBurst(now)
+		}
+	case StateFault:
+		if due(in.retryAt) {
+			in.start(now)
+		}
+	}
+}
+
+// nextDeadline returns the earliest pending timer.
+func (in *Instance) nextDeadline() (time.Time, bool) {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	switch in.state {
+	case StateBackup:
+		consider(in.masterDownAt)
+	case StateMaster:
+		if in.stopping {
+			consider(in.holdUntil)
+			break
+		}
+		consider(in.adverAt)
+		consider(in.garp.second)
+		consider(in.garp.refresh)
+		if in.garp.rounds > 0 {
+			consider(in.garp.next)
+		}
+	case StateFault:
+		consider(in.retryAt)
+	}
+	return next, !next.IsZero()
+}
+
+// handlePacket applies the instance's receive checks to an advert that
+// passed decode, then the state machine (RFC 9568 §6.4.2, §6.4.3).
+func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
+	drop := func(r DropReason) {
+		in.drops[r]++
+		in.m.drop(in.cfg.Interface, in.cfg.Family(), in.cfg.VRID, r)
+	}
+	switch {
+	case in.state == StateInit || in.state == StateFault:
+		drop(DropInactive)
+		return
+	case adv.Version != in.cfg.Version:
+		drop(DropVersionMismatch)
+		return
+	case p.Src == in.local:
+		drop(DropOwnAddress)
+		return
+	case in.cfg.unicast() && p.Dst.IsMulticast():
+		drop(DropUnexpectedMulti)
+		return
+	case in.cfg.unicast() && !slices.Contains(in.cfg.Peers, p.Src):
+		drop(DropNotPeer)
+		return
+	case !in.cfg.unicast() && !p.Dst.IsMulticast():
+		drop(DropUnexpectedUni)
+		return
+	case in.cfg.Priority == PriorityOwner && !in.stopping:
+		// RFC 9568 §7.1: the owner discards adverts.
+		drop(DropOwner)
+		return
+	}
+	if in.cfg.Version == 2 {
+		if !in.authOK(adv) {
+			drop(DropAuth)
+			return
+		}
+		if adv.Interval != in.cfg.Interval {
+			drop(DropIntervalMismatch)
+			return
+		}
+	}
+	in.received++
+	in.m.received.WithLabelValues(in.cfg.Name).Inc()
+	in.checkAddresses(p, adv)
+
+	if in.stopping {
+		if adv.Priority != PriorityStop {
+			in.finishStop(now, fmt.Sprintf("shutdown: handed off to %s", p.Src))
+		}
+		return
+	}
+	switch in.state {
+	case StateBackup:
+		if adv.Priority == PriorityStop {
+			// (430) the master is leaving: take over after Skew_Time.
+			in.masterDownAt = now.Add(in.skew())
+			in.log.Info("master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
+			return
+		}
+		if !in.preemptAllowed(now) || adv.Priority >= in.cfg.Priority {
+			in.follow(now, p, adv)
+			return
+		}
+		// (470) a lower-priority master: discard and let
+		// Master_Down_Timer run out, which preempts it.
+		in.log.Debug("received lower priority advert, discarding", "from", p.Src, "priority", adv.Priority)
+	case StateMaster:
+		if adv.Priority == PriorityStop {
+			// (705)-(715) another master is leaving: assert ourselves.
+			in.sendAdvert(in.cfg.Priority)
+			in.adverAt = now.Add(in.cfg.Interval)
+			return
+		}
+		switch c := p.Src.WithZone("").Compare(in.local.WithZone("")); {
+		case adv.Priority > in.cfg.Priority:
+			in.becomeBackup(now, p, adv, fmt.Sprintf("advert from %s with higher priority %d, ours %d", p.Src, adv.Priority, in.cfg.Priority))
+			return
+		case adv.Priority == in.cfg.Priority && c > 0:
+			in.becomeBackup(now, p, adv, fmt.Sprintf("advert from %s with the same priority %d and a higher address", p.Src, adv.Priority))
+			return
+		}
+		if in.cfg.LowerPriorityAdvert {
+			in.log.Info("received advert from a lower-priority master, forcing a new election", "from", p.Src, "priority", adv.Priority)
+			in.sendAdvert(in.cfg.Priority)
+			in.adverAt = now.Add(in.cfg.Interval)
+			in.startBurst(now, in.cfg.GARP.LowerPriorityRepeat)
+		}
+	}
+}
+
+func (in *Instance) authOK(adv Advertisement) bool {
+	var want [8]byte
+	copy(want[:], in.cfg.AuthPassword)
+	if in.cfg.AuthPassword == "" {
+		return adv.AuthType == 0
+	}
+	return adv.AuthType == 1 && adv.AuthData == want
+}
+
+// checkAddresses logs when an advert's address list differs from ours (RFC
+// 9568 §7.1 says MAY check, MUST log). keepalived drops such adverts; keepvip
+// accepts them, because the election must still see a single master while
+// nodes roll out a new configuration one by one.
+func (in *Instance) checkAddresses(p Packet, adv Advertisement) {
+	want := in.cfg.vipAddrs()
+	got := slices.Clone(adv.Addrs)
+	slices.SortFunc(want, func(a, b netip.Addr) int { return a.Compare(b) })
+	slices.SortFunc(got, func(a, b netip.Addr) int { return a.Compare(b) })
+	if slices.Equal(want, got) {
+		in.lastMismatch = ""
+		return
+	}
+	in.m.mismatch.WithLabelValues(in.cfg.Name).Inc()
+	key := p.Src.String() + fmt.Sprint(got)
+	if key != in.lastMismatch {
+		in.lastMismatch = key
+		in.log.Warn("advert address list differs from the configured VIPs", "from", p.Src, "advertised", got, "configured", want)
+	}
+}
+
+// sendAdvert sends one advert with priority prio to every destination.
+func (in *Instance) sendAdvert(prio uint8) {
+	adv := Advertisement{
+		Version:  in.cfg.Version,
+		VRID:     in.cfg.VRID,
+		Priority: prio,
+		Interval: in.cfg.Interval,
+		Addrs:    in.cfg.vipAddrs(),
+	}
+	if in.cfg.Version == 2 && in.cfg.AuthPassword != "" {
+		adv.AuthType = 1
+		copy(adv.AuthData[:], in.cfg.AuthPassword)
+	}
+	for _, dst := range in.cfg.destinations() {
+		b, err := adv.Marshal(in.local, dst, in.cfg.Checksum)
+		if err == nil {
+			err = in.io.tx.WritePacket(b, in.local, dst)
+		}
+		if err != nil {
+			in.fail("send", fmt.Errorf("sending advert to %s: %w", dst, err))
+			continue
+		}
+		in.sent++
+		in.m.sent.WithLabelValues(in.cfg.Name).Inc()
+	}
+}
+
+func (in *Instance) installVIPs() {
+	for _, p := range in.cfg.VIPs {
+		if in.installed[p] {
+			continue
+		}
+		if err := in.io.addrs.AddVIP(in.io.ifindex, p); err != nil {
+			in.fail("vip-add", err)
+			continue
+		}
+		in.installed[p] = true
+	}
+}
+
+func (in *Instance) releaseVIPs(now time.Time) time.Duration {
+	for p := range in.installed {
+		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
+			in.fail("vip-delete", err)
+		}
+		delete(in.installed, p)
+	}
+	return in.clock.Now().Sub(now)
+}
+
+// startBurst queues n rounds of announcements, each one message per VIP,
+// and sends what is due now.
+func (in *Instance) startBurst(now time.Time, n int) {
+	if n <= 0 {
+		return
+	}
+	if in.garp.rounds == 0 {
+		in.garp.next = now
+	}
+	in.garp.rounds += n
+	in.runBurst(now)
+}
+
+func (in *Instance) runBurst(now time.Time) {
+	for in.garp.rounds > 0 && !now.Before(in.garp.next) {
+		n, err := in.io.announce.Announce(in.cfg.vipAddrs())
+		in.m.announced.WithLabelValues(in.cfg.Name).Add(float64(n))
+		if err != nil {
+			in.fail("announce", err)
+		}
+		in.garp.rounds--
+		if in.cfg.GARP.Interval > 0 {
+			in.garp.next = now.Add(in.cfg.GARP.Interval)
+		}
+	}
+}
+
+func (in *Instance) setState(now time.Time, to State, reason string, took time.Duration) {
+	from := in.state
+	in.state = to
+	in.since = now
+	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: took}
+	in.transitions = append(in.transitions, tr)
+	if len(in.transitions) > maxTransitions {
+		in.transitions = slices.Delete(in.transitions, 0, len(in.transitions)-maxTransitions)
+	}
+	in.m.state.WithLabelValues(in.labels()...).Set(float64(to))
+	if from != to {
+		in.m.transitions.WithLabelValues(in.cfg.Name, from.String(), to.String()).Inc()
+	}
+	in.log.Info("entering "+to.String()+" state", "from", from.String(), "reason", reason, "took", took)
+}
+
+// fail records a failed operation: counted, kept for status, logged once
+// per errorLogEvery while it repeats.
+func (in *Instance) fail(op string, err error) {
+	in.m.errors.WithLabelValues(in.cfg.Name, op).Inc()
+	msg := op + ": " + err.Error()
+	now := in.clock.Now()
+	in.errs = append(in.errs, now.Format(time.RFC3339)+" "+msg)
+	if len(in.errs) > maxErrors {
+		in.errs = slices.Delete(in.errs, 0, len(in.errs)-maxErrors)
+	}
+	if last, ok := in.lastErrLog[msg]; ok && now.Sub(last) < errorLogEvery {
+		return
+	}
+	if len(in.lastErrLog) > 64 {
+		clear(in.lastErrLog)
+	}
+	in.lastErrLog[msg] = now
+	in.log.Warn("vrrp operation failed", "op", op, "err", err)
+}

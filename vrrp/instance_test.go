@@ -1,0 +1,523 @@
+package vrrp
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+const ms = time.Millisecond
+
+// mdi is Master_Down_Interval for priority prio at interval adv.
+func mdi(prio int, adv time.Duration) time.Duration {
+	return 3*adv + time.Duration(256-prio)*adv/256
+}
+
+func wantState(t *testing.T, r *simRouter, want State) {
+	t.Helper()
+	if r.in.state != want {
+		t.Fatalf("%s state = %v; want %v (transitions %+v)", r.in.cfg.Name, r.in.state, want, r.in.transitions)
+	}
+}
+
+func TestStartupBackupThenMasterAfterMasterDownInterval(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	wantState(t, r, StateBackup)
+	// (150)-(160): Master_Down_Interval = 3 × 1 s + 156/256 s = 3.609375 s.
+	want := mdi(100, time.Second)
+	if want != 3609375*time.Microsecond {
+		t.Fatalf("formula gives %v", want)
+	}
+	s.runFor(want - time.Microsecond)
+	wantState(t, r, StateBackup)
+	if len(s.capture) != 0 {
+		t.Fatalf("a backup sent %d adverts", len(s.capture))
+	}
+	s.runFor(time.Microsecond)
+	wantState(t, r, StateMaster)
+	// (250)-(280): advert first, then VIPs and a burst of 5 GARPs.
+	if len(s.capture) != 1 || s.capture[0].adv.Priority != 100 || s.capture[0].dst != GroupIPv4 {
+		t.Fatalf("adverts on becoming master = %+v; want one priority 100 to 224.0.0.18", s.capture)
+	}
+	if !r.vips.on[netip.MustParsePrefix("192.0.2.100/24")] {
+		t.Errorf("VIP not installed on becoming master: %v", r.vips.log)
+	}
+	if r.ann.sent != 5 {
+		t.Errorf("announcements in first burst = %d; want 5 (garp_master_repeat)", r.ann.sent)
+	}
+	// Adver_Timer: one advert per second from then on.
+	s.runFor(3*time.Second + ms)
+	adverts := s.sent(0, simStart)
+	if len(adverts) != 4 {
+		t.Fatalf("adverts after 3 s as master = %d; want 4", len(adverts))
+	}
+	for i := 1; i < len(adverts); i++ {
+		if gap := adverts[i].at.Sub(adverts[i-1].at); gap != time.Second {
+			t.Errorf("advert %d came %v after the previous; want 1s", i, gap)
+		}
+	}
+}
+
+func TestOwnerBecomesMasterAtOnceAndDropsAdverts(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.100", func(c *Config) { c.Priority = 255 })
+	wantState(t, r, StateMaster)
+	if tr := r.lastTransition(); tr.From != StateInit || tr.At != simStart {
+		t.Errorf("owner transition = %+v; want INIT->MASTER at start", tr)
+	}
+	s.inject(r, "192.0.2.200", "224.0.0.18", Advertisement{Priority: 254})
+	wantState(t, r, StateMaster)
+	if r.in.drops[DropOwner] != 1 {
+		t.Errorf("owner drops = %v; want 1", r.in.drops)
+	}
+}
+
+func TestBackupFollowsMasterAndLearnsInterval(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	// A master advertising every 2 s: Master_Down_Interval becomes
+	// 3×2 + 156×2/256 = 7.21875 s (the interop notes measured 7.219 s).
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200, Interval: 2 * time.Second})
+	if r.in.masterAdverInterval != 2*time.Second {
+		t.Fatalf("learned interval = %v; want 2s", r.in.masterAdverInterval)
+	}
+	if r.in.master != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("master = %v; want 192.0.2.2", r.in.master)
+	}
+	s.runFor(7218750*time.Microsecond - time.Microsecond)
+	wantState(t, r, StateBackup)
+	s.runFor(time.Microsecond)
+	wantState(t, r, StateMaster)
+	// On becoming master it advertises its own interval again.
+	if got := s.capture[len(s.capture)-1].adv.Interval; got != time.Second {
+		t.Errorf("new master advertises %v; want its own 1s", got)
+	}
+}
+
+func TestBackupTakesOverSkewTimeAfterPriorityZero(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.Interval = 100 * ms })
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200, Interval: 100 * ms})
+	s.runFor(50 * ms)
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 0, Interval: 100 * ms})
+	// (430): Master_Down_Timer = Skew_Time = 156 × 100 ms / 256 = 60.9375 ms.
+	skew := 60937500 * time.Nanosecond
+	s.runFor(skew - time.Microsecond)
+	wantState(t, r, StateBackup)
+	s.runFor(time.Microsecond)
+	wantState(t, r, StateMaster)
+}
+
+func TestPreemption(t *testing.T) {
+	lower := Advertisement{Priority: 50}
+	t.Run("preempt discards a lower master", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", nil)
+		for range 5 {
+			s.inject(r, "192.0.2.2", "224.0.0.18", lower)
+			s.runFor(time.Second)
+		}
+		// (470): the adverts were discarded, so the timer from startup ran out.
+		wantState(t, r, StateMaster)
+		if got := r.in.since.Sub(simStart); got != mdi(100, time.Second) {
+			t.Errorf("preempted after %v; want Master_Down_Interval from startup %v", got, mdi(100, time.Second))
+		}
+	})
+	t.Run("nopreempt follows a lower master", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", func(c *Config) { c.Preempt = false })
+		for range 10 {
+			s.inject(r, "192.0.2.2", "224.0.0.18", lower)
+			s.runFor(time.Second)
+		}
+		wantState(t, r, StateBackup)
+		if r.in.masterPrio != 50 {
+			t.Errorf("master priority = %d; want 50", r.in.masterPrio)
+		}
+	})
+	t.Run("preempt_delay follows a lower master until it expires", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", func(c *Config) { c.PreemptDelay = 5 * time.Second })
+		var tookOver time.Duration
+		for range 20 {
+			s.inject(r, "192.0.2.2", "224.0.0.18", lower)
+			s.runFor(time.Second)
+			if r.in.state == StateMaster && tookOver == 0 {
+				tookOver = r.in.since.Sub(simStart)
+			}
+		}
+		// Adverts up to 5 s are followed; the one at 5 s is discarded,
+		// so the master is down 3.609 s after the one at 4 s.
+		if want := 4*time.Second + mdi(100, time.Second); tookOver != want {
+			t.Errorf("took over at %v; want %v", tookOver, want)
+		}
+	})
+}
+
+func TestMasterElection(t *testing.T) {
+	tests := []struct {
+		name      string
+		src       string
+		prio      uint8
+		wantState State
+	}{
+		{"higher priority wins", "192.0.2.0", 150, StateBackup},
+		{"equal priority, higher address wins", "192.0.2.9", 100, StateBackup},
+		{"equal priority, lower address loses", "192.0.2.0", 100, StateMaster},
+		{"lower priority loses", "192.0.2.9", 99, StateMaster},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSim(t)
+			r := s.add("192.0.2.5", nil)
+			s.runFor(4 * time.Second)
+			wantState(t, r, StateMaster)
+			before := len(s.capture)
+			s.inject(r, tt.src, "224.0.0.18", Advertisement{Priority: tt.prio, Interval: 2 * time.Second})
+			wantState(t, r, tt.wantState)
+			switch tt.wantState {
+			case StateBackup:
+				if len(r.vips.on) != 0 {
+					t.Errorf("VIPs left on a router that became backup: %v", r.vips.on)
+				}
+				if r.in.masterAdverInterval != 2*time.Second {
+					t.Errorf("learned interval = %v; want 2s", r.in.masterAdverInterval)
+				}
+			case StateMaster:
+				// keepalived answers a lower master at once to force
+				// the election.
+				if len(s.capture) != before+1 {
+					t.Errorf("adverts sent in reply = %d; want 1", len(s.capture)-before)
+				}
+			}
+		})
+	}
+}
+
+func TestMasterAnswersPriorityZeroAtOnce(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.5", func(c *Config) { c.LowerPriorityAdvert = false })
+	s.runFor(4 * time.Second)
+	s.runFor(500 * ms)
+	before := len(s.capture)
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 0})
+	if len(s.capture) != before+1 {
+		t.Fatalf("adverts in reply to priority 0 = %d; want 1", len(s.capture)-before)
+	}
+	// (715) Adver_Timer restarts from now.
+	if got := r.in.adverAt.Sub(s.clock.Now()); got != time.Second {
+		t.Errorf("next advert in %v; want 1s", got)
+	}
+	// Without LowerPriorityAdvert a lower master is simply discarded.
+	before = len(s.capture)
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 50})
+	if len(s.capture) != before {
+		t.Errorf("replied to a lower master with lower_prio_no_advert")
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	t.Run("backup stops silently", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", nil)
+		r.in.shutdown(s.clock.Now())
+		if !r.in.stopped || len(s.capture) != 0 {
+			t.Errorf("stopped=%v, sent %d", r.in.stopped, len(s.capture))
+		}
+	})
+	t.Run("master without hold sends priority 0 and drops VIPs", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", func(c *Config) { c.HandoffHold = false })
+		s.runFor(4 * time.Second)
+		r.in.shutdown(s.clock.Now())
+		last := s.capture[len(s.capture)-1]
+		if last.adv.Priority != 0 {
+			t.Errorf("last advert priority = %d; want 0", last.adv.Priority)
+		}
+		if !r.in.stopped || len(r.vips.on) != 0 {
+			t.Errorf("stopped=%v VIPs=%v", r.in.stopped, r.vips.on)
+		}
+	})
+	t.Run("master holds VIPs until the new master advertises", func(t *testing.T) {
+		s := newSim(t)
+		s.latency = 0
+		a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = 100 * ms })
+		b := s.add("192.0.2.2", func(c *Config) { c.Interval = 100 * ms })
+		s.runFor(time.Second)
+		wantState(t, a, StateMaster)
+		wantState(t, b, StateBackup)
+		stop := s.clock.Now()
+		a.in.shutdown(stop)
+		if a.in.stopped || len(a.vips.on) == 0 {
+			t.Fatal("stopping master gave its VIPs up before the handoff")
+		}
+		s.runFor(200 * ms)
+		wantState(t, b, StateMaster)
+		if !a.in.stopped || len(a.vips.on) != 0 {
+			t.Fatalf("old master still holds VIPs after the new one advertised: stopped=%v", a.in.stopped)
+		}
+		// Both held the VIP only from b's takeover (skew after the
+		// priority 0) until a heard b's first advert: the same instant here.
+		if got, want := b.in.since.Sub(stop), 60937500*time.Nanosecond; got != want {
+			t.Errorf("backup took over %v after priority 0; want Skew_Time %v", got, want)
+		}
+		if got := a.lastTransition(); got.At != b.in.since {
+			t.Errorf("old master released at %v; want when the new master advertised %v", got.At, b.in.since)
+		}
+	})
+	t.Run("hold ends after 2 intervals without a backup", func(t *testing.T) {
+		s := newSim(t)
+		a := s.add("192.0.2.1", func(c *Config) { c.Interval = 100 * ms })
+		s.runFor(time.Second)
+		stop := s.clock.Now()
+		a.in.shutdown(stop)
+		s.runFor(time.Second)
+		if !a.in.stopped || a.lastTransition().At.Sub(stop) != 200*ms {
+			t.Errorf("hold ended at %v after shutdown (stopped=%v); want 200ms", a.lastTransition().At.Sub(stop), a.in.stopped)
+		}
+	})
+}
+
+func TestLinkTracking(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.Track = []string{"uplink"} })
+	// The uplink was never reported up: the router starts in fault.
+	wantState(t, r, StateFault)
+	r.in.handleLink(s.clock.Now(), "uplink", true)
+	wantState(t, r, StateBackup)
+	s.runFor(4 * time.Second)
+	wantState(t, r, StateMaster)
+	before := len(s.capture)
+	r.in.handleLink(s.clock.Now(), "uplink", false)
+	wantState(t, r, StateFault)
+	if len(r.vips.on) != 0 {
+		t.Errorf("VIPs kept in fault: %v", r.vips.on)
+	}
+	// Its own link is still up, so it tells the backups to take over now.
+	if got := s.sent(0, s.clock.Now()); len(s.capture) != before+1 || got[0].adv.Priority != 0 {
+		t.Errorf("adverts on fault = %+v; want one with priority 0", got)
+	}
+	s.runFor(10 * time.Second)
+	wantState(t, r, StateFault)
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 50})
+	if r.in.drops[DropInactive] != 1 {
+		t.Errorf("advert in fault not dropped as inactive: %v", r.in.drops)
+	}
+	// Own link down: nothing can be sent.
+	r.in.handleLink(s.clock.Now(), "uplink", true)
+	wantState(t, r, StateBackup)
+	s.runFor(4 * time.Second)
+	before = len(s.capture)
+	r.in.handleLink(s.clock.Now(), "eth0", false)
+	if len(s.capture) != before {
+		t.Errorf("sent on a link that is down")
+	}
+	r.in.handleLink(s.clock.Now(), "eth0", true)
+	wantState(t, r, StateBackup)
+}
+
+func TestUnicastChecks(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) {
+		c.Peers = []netip.Addr{netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")}
+	})
+	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
+	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
+	s.inject(r, "192.0.2.3", "224.0.0.18", Advertisement{Priority: 200})
+	if r.in.received != 1 || r.in.drops[DropNotPeer] != 1 || r.in.drops[DropUnexpectedMulti] != 1 {
+		t.Errorf("received %d drops %v; want 1 accepted, 1 not-peer, 1 unexpected-multicast", r.in.received, r.in.drops)
+	}
+	// Peers change at run time without a restart.
+	cfg := r.in.cfg
+	cfg.Peers = []netip.Addr{netip.MustParseAddr("192.0.2.9")}
+	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
+	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
+	if r.in.received != 2 || r.in.drops[DropNotPeer] != 2 {
+		t.Errorf("after peer change: received %d drops %v", r.in.received, r.in.drops)
+	}
+	// It sends one copy to each peer, by unicast.
+	s.runFor(10 * time.Second)
+	for _, w := range s.capture {
+		if w.dst != netip.MustParseAddr("192.0.2.9") {
+			t.Errorf("advert sent to %v; want only the peer 192.0.2.9", w.dst)
+		}
+	}
+	// A multicast instance drops unicast adverts.
+	m := s.add("192.0.2.4", nil)
+	s.inject(m, "192.0.2.2", "192.0.2.4", Advertisement{Priority: 200})
+	if m.in.drops[DropUnexpectedUni] != 1 {
+		t.Errorf("multicast instance drops = %v", m.in.drops)
+	}
+}
+
+func TestVersion2(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.Version = 2; c.AuthPassword = "secret12" })
+	auth := [8]byte([]byte("secret12"))
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: auth})
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: [8]byte([]byte("wrongpas"))})
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: auth, Interval: 2 * time.Second})
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 3, Priority: 200})
+	if r.in.received != 1 || r.in.drops[DropAuth] != 1 || r.in.drops[DropIntervalMismatch] != 1 || r.in.drops[DropVersionMismatch] != 1 {
+		t.Fatalf("received %d drops %v", r.in.received, r.in.drops)
+	}
+	// RFC 3768: Skew_Time = (256 − 100)/256 s, whatever the interval.
+	s.runFor(mdi(100, time.Second) - time.Microsecond)
+	wantState(t, r, StateBackup)
+	s.runFor(time.Microsecond)
+	wantState(t, r, StateMaster)
+	got := s.capture[0].adv
+	if got.Version != 2 || got.AuthType != 1 || got.AuthData != auth {
+		t.Errorf("v2 advert sent = %+v", got)
+	}
+}
+
+func TestGARPSchedule(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) {
+		c.VIPs = append(c.VIPs, netip.MustParsePrefix("192.0.2.101/24"))
+		c.GARP = GARP{Repeat: 3, Delay: 5 * time.Second, Refresh: 10 * time.Second, RefreshRepeat: 2, Interval: 20 * ms, LowerPriorityRepeat: 1}
+	})
+	s.runFor(mdi(100, time.Second))
+	became := r.in.since
+	s.runFor(16 * time.Second)
+	var offsets []time.Duration
+	for _, at := range r.ann.times {
+		offsets = append(offsets, at.Sub(became))
+	}
+	want := []time.Duration{
+		0, 20 * ms, 40 * ms, // first burst, rounds spaced by the interval
+		5 * time.Second, 5*time.Second + 20*ms, 5*time.Second + 40*ms, // garp_master_delay
+		10 * time.Second, 10*time.Second + 20*ms, // refresh
+	}
+	if !slices.Equal(offsets, want) {
+		t.Errorf("announcement rounds at %v; want %v", offsets, want)
+	}
+	if r.ann.sent != 2*len(want) {
+		t.Errorf("messages = %d; want %d (one per VIP per round)", r.ann.sent, 2*len(want))
+	}
+	// Leaving master cancels what is pending.
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 200, Addrs: r.in.cfg.vipAddrs()})
+	n := len(r.ann.times)
+	s.runFor(3 * time.Second) // below Master_Down_Interval: still backup
+	wantState(t, r, StateBackup)
+	if len(r.ann.times) != n {
+		t.Errorf("announced %d rounds as backup", len(r.ann.times)-n)
+	}
+}
+
+func TestReconfigureAsMaster(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	s.runFor(4 * time.Second)
+	cfg := r.in.cfg
+	cfg.VIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.101/32")}
+	cfg.Priority = 120
+	before := len(s.capture)
+	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+	wantState(t, r, StateMaster)
+	if len(r.vips.on) != 1 || !r.vips.on[netip.MustParsePrefix("192.0.2.101/32")] {
+		t.Errorf("VIPs after reconfigure = %v", r.vips.on)
+	}
+	got := s.capture[before:]
+	if len(got) != 1 || got[0].adv.Priority != 120 || got[0].adv.Addrs[0] != netip.MustParseAddr("192.0.2.101") {
+		t.Errorf("adverts after reconfigure = %+v; want one with the new priority and VIP", got)
+	}
+}
+
+func TestAddressListMismatchIsAcceptedAndCounted(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200, Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.77")}})
+	if r.in.received != 1 || r.in.master != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("mismatched advert not followed: received %d master %v", r.in.received, r.in.master)
+	}
+}
+
+func TestStartsInFaultWithoutSourceAndRetries(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	fails := 2
+	r.in.io.source = func() (netip.Addr, error) {
+		if fails > 0 {
+			fails--
+			return netip.Addr{}, errNoAddr
+		}
+		return r.addr, nil
+	}
+	r.in.state = StateInit
+	r.in.start(s.clock.Now())
+	wantState(t, r, StateFault)
+	s.runFor(sourceRetry)
+	wantState(t, r, StateFault)
+	s.runFor(sourceRetry)
+	wantState(t, r, StateBackup)
+}
+
+var errNoAddr = &FieldError{Field: "test", Reason: "no address"}
+
+// Several routers on one segment.
+func TestElectionOnASegment(t *testing.T) {
+	t.Run("highest priority wins and a kill hands over", func(t *testing.T) {
+		s := newSim(t)
+		adv := 100 * ms
+		a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = adv })
+		b := s.add("192.0.2.2", func(c *Config) { c.Priority = 150; c.Interval = adv })
+		c := s.add("192.0.2.3", func(c *Config) { c.Priority = 100; c.Interval = adv })
+		s.runFor(2 * time.Second)
+		if got := s.masters(); !slices.Equal(got, []int{0}) {
+			t.Fatalf("masters = %v; want [0]", got)
+		}
+		wantState(t, b, StateBackup)
+		wantState(t, c, StateBackup)
+		// Kill the master right after it advertised.
+		s.runFor(a.in.adverAt.Sub(s.clock.Now()))
+		s.runFor(s.latency)
+		killed := s.clock.Now()
+		s.kill(a)
+		s.runFor(2 * time.Second)
+		if got := s.masters(); !slices.Equal(got, []int{1}) {
+			t.Fatalf("masters after kill = %v; want [1]", got)
+		}
+		// b's master-down timer ran from a's last advert.
+		if got, want := b.in.since.Sub(killed), mdi(150, adv); got != want {
+			t.Errorf("failover took %v after the last advert; want Master_Down_Interval %v", got, want)
+		}
+		wantState(t, c, StateBackup)
+		if c.in.master != b.addr {
+			t.Errorf("c follows %v; want %v", c.in.master, b.addr)
+		}
+	})
+	t.Run("equal priorities elect the highest address", func(t *testing.T) {
+		s := newSim(t)
+		for _, a := range []string{"192.0.2.7", "192.0.2.30", "192.0.2.4"} {
+			s.add(a, func(c *Config) { c.Interval = 100 * ms })
+		}
+		s.runFor(3 * time.Second)
+		if got := s.masters(); !slices.Equal(got, []int{1}) {
+			t.Fatalf("masters = %v; want [1] (192.0.2.30)", got)
+		}
+	})
+	t.Run("split brain on a partition heals to one master", func(t *testing.T) {
+		s := newSim(t)
+		a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = 100 * ms })
+		b := s.add("192.0.2.2", func(c *Config) { c.Interval = 100 * ms })
+		s.runFor(time.Second)
+		s.cut[0] = true
+		s.runFor(time.Second)
+		if got := s.masters(); !slices.Equal(got, []int{0, 1}) {
+			t.Fatalf("masters during the partition = %v; want both", got)
+		}
+		delete(s.cut, 0)
+		s.runFor(200 * ms)
+		if got := s.masters(); !slices.Equal(got, []int{0}) {
+			t.Fatalf("masters after healing = %v; want [0]", got)
+		}
+		if len(b.vips.on) != 0 || len(a.vips.on) != 1 {
+			t.Errorf("VIPs after healing: a=%v b=%v", a.vips.on, b.vips.on)
+		}
+	})
+}

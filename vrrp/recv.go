@@ -1,0 +1,87 @@
+package vrrp
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Packet is one VRRP message as received, with the IP header fields the
+// receive checks of RFC 9568 §7.1 need.
+type Packet struct {
+	Payload []byte
+	Src     netip.Addr
+	Dst     netip.Addr
+	// TTL is the IPv4 TTL or IPv6 Hop Limit.
+	TTL     int
+	IfIndex int
+	At      time.Time
+}
+
+// DropReason names why a received packet was not used. The reasons are the
+// label values of the keepvip_vrrp_packets_dropped_total metric.
+type DropReason string
+
+// Drop reasons. The first group follows the RFC 9568 §7.1 receive checks;
+// the second keepalived's additional checks; the last keepvip's own.
+const (
+	DropTTL       DropReason = "ttl"       // multicast advert with TTL/Hop Limit other than 255
+	DropTruncated DropReason = "truncated" // shorter than its address count says
+	DropTrailing  DropReason = "trailing"  // bytes after the addresses
+	DropVersion   DropReason = "version"   // not version 2 or 3, or v2 over IPv6
+	DropType      DropReason = "type"      // not an advertisement
+	DropVRIDZero  DropReason = "vrid-zero"
+	DropCountZero DropReason = "count-zero"
+	DropInterval  DropReason = "interval" // advertisement interval 0
+	DropChecksum  DropReason = "checksum"
+	DropUnknown   DropReason = "unknown-vrid" // no instance for this VRID on this interface
+	DropOwner     DropReason = "owner"        // we own the addresses (priority 255): RFC 9568 §7.1
+
+	DropVersionMismatch  DropReason = "version-mismatch"   // v2 advert to a v3 instance or the reverse
+	DropIntervalMismatch DropReason = "interval-mismatch"  // v2 advert interval differs (RFC 3768 §7.1)
+	DropAuth             DropReason = "auth"               // v2 authentication differs
+	DropNotPeer          DropReason = "not-peer"           // unicast instance, sender not a configured peer
+	DropUnexpectedUni    DropReason = "unexpected-unicast" // multicast instance got a unicast advert
+	DropUnexpectedMulti  DropReason = "unexpected-multicast"
+	DropOwnAddress       DropReason = "own-address" // sent from our own source address
+	DropInactive         DropReason = "inactive"    // instance in Initialize or Fault
+	DropQueueFull        DropReason = "queue-full"  // instance not keeping up
+)
+
+// decode applies the receive checks that do not depend on the instance:
+// TTL for multicast (unicast adverts may come with any TTL, as from
+// keepalived), structure and checksum.
+func decode(p Packet, fam Family) (Advertisement, DropReason, error) {
+	if p.Dst.IsMulticast() && p.TTL != 255 {
+		return Advertisement{}, DropTTL, errors.New("multicast advert with TTL other than 255")
+	}
+	adv, err := ParseAdvertisement(p.Payload, fam)
+	if err != nil {
+		return adv, reasonOf(err), err
+	}
+	if _, err := VerifyChecksum(p.Payload, p.Src, p.Dst); err != nil {
+		return adv, DropChecksum, err
+	}
+	return adv, "", nil
+}
+
+func reasonOf(err error) DropReason {
+	for _, m := range []struct {
+		err    error
+		reason DropReason
+	}{
+		{ErrTruncated, DropTruncated},
+		{ErrTrailing, DropTrailing},
+		{ErrVersion, DropVersion},
+		{ErrType, DropType},
+		{ErrVRID, DropVRIDZero},
+		{ErrCount, DropCountZero},
+		{ErrInterval, DropInterval},
+		{ErrChecksum, DropChecksum},
+	} {
+		if errors.Is(err, m.err) {
+			return m.reason
+		}
+	}
+	return DropTruncated
+}
