@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/keepvip/keepvip/internal/clock"
@@ -37,7 +38,7 @@ type instanceIO struct {
 	addrs    addresser
 	announce announcer
 	// source returns the address to send from when Config.Source is unset.
-	source  func() (netip.Addr, error)
+	source  func(*Config) (netip.Addr, error)
 	ifindex int
 }
 
@@ -90,7 +91,7 @@ type Instance struct {
 	lastMismatch        string
 
 	sent, received uint64
-	drops          map[DropReason]uint64
+	drops          dropCounts
 	transitions    []Transition
 	errs           []string
 	lastErrLog     map[string]time.Time
@@ -98,6 +99,42 @@ type Instance struct {
 	rx   chan received
 	ctl  chan func()
 	done chan struct{}
+}
+
+// dropCounts counts drops by reason; the socket reader adds to it too.
+type dropCounts struct {
+	mu sync.Mutex
+	n  map[DropReason]uint64
+}
+
+// countDrop counts a dropped packet for the status command. Safe from any
+// goroutine.
+func (in *Instance) countDrop(r DropReason) {
+	in.drops.mu.Lock()
+	defer in.drops.mu.Unlock()
+	if in.drops.n == nil {
+		in.drops.n = map[DropReason]uint64{}
+	}
+	in.drops.n[r]++
+}
+
+func (d *dropCounts) get(r DropReason) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.n[r]
+}
+
+func (d *dropCounts) snapshot() map[string]uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.n) == 0 {
+		return nil
+	}
+	out := make(map[string]uint64, len(d.n))
+	for r, n := range d.n {
+		out[string(r)] = n
+	}
+	return out
 }
 
 // garpSchedule tracks the announcement bursts of a master.
@@ -117,7 +154,6 @@ func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m
 		m:          m,
 		linkUp:     map[string]bool{},
 		installed:  map[netip.Prefix]bool{},
-		drops:      map[DropReason]uint64{},
 		lastErrLog: map[string]time.Time{},
 		rx:         make(chan received, 256),
 		ctl:        make(chan func()),
@@ -204,12 +240,7 @@ func (in *Instance) status() Status {
 		LastAdvert: in.lastAdvert, AdvertsSent: in.sent, AdvertsReceived: in.received,
 		Transitions: slices.Clone(in.transitions), Errors: slices.Clone(in.errs),
 	}
-	if len(in.drops) > 0 {
-		s.Drops = map[string]uint64{}
-		for r, n := range in.drops {
-			s.Drops[string(r)] = n
-		}
-	}
+	s.Drops = in.drops.snapshot()
 	return s
 }
 
@@ -268,7 +299,7 @@ func (in *Instance) resolveSource() (netip.Addr, error) {
 	if in.io.source == nil {
 		return netip.Addr{}, fmt.Errorf("no source address for %s", in.cfg.Interface)
 	}
-	a, err := in.io.source()
+	a, err := in.io.source(&in.cfg)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("finding the %s source address on %s: %w", in.cfg.Family(), in.cfg.Interface, err)
 	}
@@ -546,7 +577,7 @@ func (in *Instance) nextDeadline() (time.Time, bool) {
 // passed decode, then the state machine (RFC 9568 §6.4.2, §6.4.3).
 func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	drop := func(r DropReason) {
-		in.drops[r]++
+		in.countDrop(r)
 		in.m.drop(in.cfg.Interface, in.cfg.Family(), in.cfg.VRID, r)
 	}
 	switch {

@@ -69,8 +69,8 @@ func TestOwnerBecomesMasterAtOnceAndDropsAdverts(t *testing.T) {
 	}
 	s.inject(r, "192.0.2.200", "224.0.0.18", Advertisement{Priority: 254})
 	wantState(t, r, StateMaster)
-	if r.in.drops[DropOwner] != 1 {
-		t.Errorf("owner drops = %v; want 1", r.in.drops)
+	if r.in.drops.get(DropOwner) != 1 {
+		t.Errorf("owner drops = %v; want 1", r.in.drops.snapshot())
 	}
 }
 
@@ -302,8 +302,8 @@ func TestLinkTracking(t *testing.T) {
 	s.runFor(10 * time.Second)
 	wantState(t, r, StateFault)
 	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 50})
-	if r.in.drops[DropInactive] != 1 {
-		t.Errorf("advert in fault not dropped as inactive: %v", r.in.drops)
+	if r.in.drops.get(DropInactive) != 1 {
+		t.Errorf("advert in fault not dropped as inactive: %v", r.in.drops.snapshot())
 	}
 	// Own link down: nothing can be sent.
 	r.in.handleLink(s.clock.Now(), "uplink", true)
@@ -326,8 +326,8 @@ func TestUnicastChecks(t *testing.T) {
 	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.3", "224.0.0.18", Advertisement{Priority: 200})
-	if r.in.received != 1 || r.in.drops[DropNotPeer] != 1 || r.in.drops[DropUnexpectedMulti] != 1 {
-		t.Errorf("received %d drops %v; want 1 accepted, 1 not-peer, 1 unexpected-multicast", r.in.received, r.in.drops)
+	if r.in.received != 1 || r.in.drops.get(DropNotPeer) != 1 || r.in.drops.get(DropUnexpectedMulti) != 1 {
+		t.Errorf("received %d drops %v; want 1 accepted, 1 not-peer, 1 unexpected-multicast", r.in.received, r.in.drops.snapshot())
 	}
 	// Peers change at run time without a restart.
 	cfg := r.in.cfg
@@ -335,8 +335,8 @@ func TestUnicastChecks(t *testing.T) {
 	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
 	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
-	if r.in.received != 2 || r.in.drops[DropNotPeer] != 2 {
-		t.Errorf("after peer change: received %d drops %v", r.in.received, r.in.drops)
+	if r.in.received != 2 || r.in.drops.get(DropNotPeer) != 2 {
+		t.Errorf("after peer change: received %d drops %v", r.in.received, r.in.drops.snapshot())
 	}
 	// It sends one copy to each peer, by unicast.
 	s.runFor(10 * time.Second)
@@ -348,8 +348,8 @@ func TestUnicastChecks(t *testing.T) {
 	// A multicast instance drops unicast adverts.
 	m := s.add("192.0.2.4", nil)
 	s.inject(m, "192.0.2.2", "192.0.2.4", Advertisement{Priority: 200})
-	if m.in.drops[DropUnexpectedUni] != 1 {
-		t.Errorf("multicast instance drops = %v", m.in.drops)
+	if m.in.drops.get(DropUnexpectedUni) != 1 {
+		t.Errorf("multicast instance drops = %v", m.in.drops.snapshot())
 	}
 }
 
@@ -361,8 +361,8 @@ func TestVersion2(t *testing.T) {
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: [8]byte([]byte("wrongpas"))})
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: auth, Interval: 2 * time.Second})
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 3, Priority: 200})
-	if r.in.received != 1 || r.in.drops[DropAuth] != 1 || r.in.drops[DropIntervalMismatch] != 1 || r.in.drops[DropVersionMismatch] != 1 {
-		t.Fatalf("received %d drops %v", r.in.received, r.in.drops)
+	if r.in.received != 1 || r.in.drops.get(DropAuth) != 1 || r.in.drops.get(DropIntervalMismatch) != 1 || r.in.drops.get(DropVersionMismatch) != 1 {
+		t.Fatalf("received %d drops %v", r.in.received, r.in.drops.snapshot())
 	}
 	// RFC 3768: Skew_Time = (256 − 100)/256 s, whatever the interval.
 	s.runFor(mdi(100, time.Second) - time.Microsecond)
@@ -441,7 +441,7 @@ func TestStartsInFaultWithoutSourceAndRetries(t *testing.T) {
 	s := newSim(t)
 	r := s.add("192.0.2.1", nil)
 	fails := 2
-	r.in.io.source = func() (netip.Addr, error) {
+	r.in.io.source = func(*Config) (netip.Addr, error) {
 		if fails > 0 {
 			fails--
 			return netip.Addr{}, errNoAddr

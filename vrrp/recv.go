@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -48,16 +49,17 @@ const (
 	DropQueueFull        DropReason = "queue-full"  // instance not keeping up
 )
 
-// decode applies the receive checks that do not depend on the instance:
-// TTL for multicast (unicast adverts may come with any TTL, as from
-// keepalived), structure and checksum.
+// decode applies the receive checks that do not depend on the instance, in
+// keepalived's order: structure, TTL for multicast (unicast adverts may come
+// with any TTL, as keepalived sends IPv6 unicast with hop limit 64), then the
+// checksum. The VRID is parsed first so that drops can be attributed.
 func decode(p Packet, fam Family) (Advertisement, DropReason, error) {
-	if p.Dst.IsMulticast() && p.TTL != 255 {
-		return Advertisement{}, DropTTL, errors.New("multicast advert with TTL other than 255")
-	}
 	adv, err := ParseAdvertisement(p.Payload, fam)
 	if err != nil {
 		return adv, reasonOf(err), err
+	}
+	if p.Dst.IsMulticast() && p.TTL != 255 {
+		return adv, DropTTL, fmt.Errorf("multicast advert with TTL %d, not 255", p.TTL)
 	}
 	if _, err := VerifyChecksum(p.Payload, p.Src, p.Dst); err != nil {
 		return adv, DropChecksum, err

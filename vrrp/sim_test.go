@@ -140,7 +140,7 @@ func (s *sim) add(addr string, mod func(*Config)) *simRouter {
 	}
 	io := instanceIO{
 		tx: tx{r}, addrs: r.vips, announce: r.ann, ifindex: 2,
-		source: func() (netip.Addr, error) { return r.addr, nil },
+		source: func(*Config) (netip.Addr, error) { return r.addr, nil },
 	}
 	r.in = newInstance(cfg, io, s.clock, discard(), NewMetrics(nil), map[string]bool{"eth0": true})
 	s.routers = append(s.routers, r)
@@ -194,11 +194,11 @@ func (s *sim) runFor(d time.Duration) {
 func (s *sim) deliver(r *simRouter, p Packet) {
 	adv, reason, _ := decode(p, r.in.cfg.Family())
 	if reason != "" {
-		r.in.drops[reason]++
+		r.in.countDrop(reason)
 		return
 	}
 	if adv.VRID != r.in.cfg.VRID {
-		r.in.drops[DropUnknown]++
+		r.in.countDrop(DropUnknown)
 		return
 	}
 	r.in.handlePacket(s.clock.Now(), p, adv)

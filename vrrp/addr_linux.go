@@ -1,0 +1,259 @@
+package vrrp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// AddrProto is the IFA_PROTO value (Linux 6.1+) keepvip marks every address
+// it adds with, so that a restarted keepvip can tell its own VIPs, left
+// behind by a crash, from addresses an operator or another program added.
+// `ip -d address` (iproute2 6.2+) shows it as "proto 0x6b".
+const AddrProto = 0x6b
+
+// ifaProto is the IFA_PROTO netlink attribute (include/uapi/linux/if_addr.h).
+const ifaProto = 11
+
+// netlinkAddrs adds and removes VIPs. It deletes only what it added, or
+// what carries AddrProto; an address that was already there is left alone.
+type netlinkAddrs struct {
+	log   *slog.Logger
+	mu    sync.Mutex
+	owned map[addrKey]netip.Prefix
+}
+
+type addrKey struct {
+	ifindex int
+	addr    netip.Addr
+}
+
+func newNetlinkAddrs(log *slog.Logger) *netlinkAddrs {
+	return &netlinkAddrs{log: log, owned: map[addrKey]netip.Prefix{}}
+}
+
+// ifAddr is one address as the kernel reports it.
+type ifAddr struct {
+	ifindex int
+	prefix  netip.Prefix
+	proto   uint8
+	flags   uint32
+}
+
+// AddVIP puts p on the interface unless the address is there already.
+func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := addrKey{ifindex, p.Addr()}
+	existing, err := listAddrs(FamilyOf(p.Addr()))
+	if err != nil {
+		return fmt.Errorf("adding VIP %s: %w", p, err)
+	}
+	for _, e := range existing {
+		if e.ifindex != ifindex || e.prefix.Addr() != p.Addr() {
+			continue
+		}
+		if e.proto == AddrProto {
+			// Ours, from before a restart or from this run.
+			a.owned[key] = e.prefix
+			return nil
+		}
+		if _, mine := a.owned[key]; !mine {
+			a.log.Warn("VIP is already on the interface and was not added by keepvip; leaving it alone",
+				"vip", p, "ifindex", ifindex)
+		}
+		return nil
+	}
+	if err := addrRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil
+		}
+		return fmt.Errorf("adding VIP %s to interface %d: %w", p, ifindex, err)
+	}
+	a.owned[key] = p
+	return nil
+}
+
+// DeleteVIP removes p if keepvip added it. Deleting an address that is
+// already gone is not an error.
+func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := addrKey{ifindex, p.Addr()}
+	added, ok := a.owned[key]
+	if !ok {
+		return nil
+	}
+	delete(a.owned, key)
+	if err := addrRequest(unix.RTM_DELADDR, 0, ifindex, added); err != nil {
+		if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("removing VIP %s from interface %d: %w", added, ifindex, err)
+	}
+	return nil
+}
+
+// pruneStale removes every address marked AddrProto: at startup no
+// instance holds a VIP yet, so any such address is left over from a
+// keepvip that did not stop cleanly.
+func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var removed []netip.Prefix
+	var errs []error
+	for _, fam := range []Family{IPv4, IPv6} {
+		addrs, err := listAddrs(fam)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range addrs {
+			if e.proto != AddrProto {
+				continue
+			}
+			if _, live := a.owned[addrKey{e.ifindex, e.prefix.Addr()}]; live {
+				continue
+			}
+			if err := addrRequest(unix.RTM_DELADDR, 0, e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				errs = append(errs, fmt.Errorf("removing stale VIP %s: %w", e.prefix, err))
+				continue
+			}
+			removed = append(removed, e.prefix)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// releaseAll removes every address this process still owns.
+func (a *netlinkAddrs) releaseAll() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	for key, p := range a.owned {
+		if err := addrRequest(unix.RTM_DELADDR, 0, key.ifindex, p); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("removing VIP %s: %w", p, err))
+		}
+		delete(a.owned, key)
+	}
+	return errors.Join(errs...)
+}
+
+// addrRequest adds or deletes one address. Added addresses carry
+// AddrProto; IPv6 ones skip duplicate address detection, so they are usable
+// at once (IFA_F_NODAD), as keepalived does.
+func addrRequest(op, flags, ifindex int, p netip.Prefix) error {
+	fam := unix.AF_INET
+	if FamilyOf(p.Addr()) == IPv6 {
+		fam = unix.AF_INET6
+	}
+	req := nl.NewNetlinkRequest(op, flags|unix.NLM_F_ACK)
+	msg := nl.NewIfAddrmsg(fam)
+	msg.Index = uint32(ifindex)
+	msg.Prefixlen = uint8(p.Bits())
+	req.AddData(msg)
+	addr := p.Addr().Unmap().AsSlice()
+	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, addr))
+	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, addr))
+	if op == unix.RTM_NEWADDR {
+		if fam == unix.AF_INET6 {
+			req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, nl.Uint32Attr(unix.IFA_F_NODAD)))
+		}
+		req.AddData(nl.NewRtAttr(ifaProto, nl.Uint8Attr(AddrProto)))
+	}
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// listAddrs dumps the addresses of one family on every interface, with the
+// IFA_PROTO mark that the netlink library does not decode.
+func listAddrs(fam Family) ([]ifAddr, error) {
+	af := unix.AF_INET
+	if fam == IPv6 {
+		af = unix.AF_INET6
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+	req.AddData(nl.NewIfAddrmsg(af))
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
+	if err != nil && !errors.Is(err, nl.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("listing %s addresses: %w", fam, err)
+	}
+	out := make([]ifAddr, 0, len(msgs))
+	for _, m := range msgs {
+		if len(m) < unix.SizeofIfAddrmsg {
+			continue
+		}
+		h := nl.DeserializeIfAddrmsg(m)
+		attrs, err := nl.ParseRouteAttr(m[unix.SizeofIfAddrmsg:])
+		if err != nil {
+			return nil, fmt.Errorf("decoding %s address: %w", fam, err)
+		}
+		e := ifAddr{ifindex: int(h.Index), flags: uint32(h.Flags)}
+		var local, address netip.Addr
+		for _, a := range attrs {
+			switch a.Attr.Type {
+			case unix.IFA_LOCAL:
+				local, _ = netip.AddrFromSlice(a.Value)
+			case unix.IFA_ADDRESS:
+				address, _ = netip.AddrFromSlice(a.Value)
+			case unix.IFA_FLAGS:
+				if len(a.Value) >= 4 {
+					e.flags = nl.NativeEndian().Uint32(a.Value)
+				}
+			case ifaProto:
+				if len(a.Value) >= 1 {
+					e.proto = a.Value[0]
+				}
+			}
+		}
+		ad := local
+		if !ad.IsValid() {
+			ad = address
+		}
+		if !ad.IsValid() {
+			continue
+		}
+		e.prefix = netip.PrefixFrom(ad.Unmap(), int(h.Prefixlen))
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// sourceAddr picks the address adverts go out from on ifindex, as keepalived
+// does when neither unicast_src_ip nor mcast_src_ip is set: the primary IPv4
+// address; for IPv6 the link-local address, or a global one when the peers
+// are global. VIPs and tentative addresses are never chosen.
+func sourceAddr(ifindex int, fam Family, peers []netip.Addr, vips map[netip.Addr]bool) (netip.Addr, error) {
+	addrs, err := listAddrs(fam)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	wantLinkLocal := fam == IPv6 && (len(peers) == 0 || peers[0].IsLinkLocalUnicast())
+	for _, e := range addrs {
+		a := e.prefix.Addr()
+		switch {
+		case e.ifindex != ifindex, vips[a], e.proto == AddrProto:
+			continue
+		case e.flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0:
+			continue
+		case fam == IPv4 && e.flags&unix.IFA_F_SECONDARY != 0:
+			continue
+		case fam == IPv6 && a.IsLinkLocalUnicast() != wantLinkLocal:
+			continue
+		}
+		return a, nil
+	}
+	what := "IPv4"
+	if fam == IPv6 {
+		what = "global IPv6"
+		if wantLinkLocal {
+			what = "usable IPv6 link-local"
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("interface %d has no %s address", ifindex, what)
+}

@@ -1,0 +1,414 @@
+package vrrp
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/packet"
+
+	"github.com/keepvip/keepvip/internal/netnstest"
+)
+
+// These tests run the Manager against the real kernel in a fresh network
+// namespace: a veth pair va <-> vb, keepvip on va, the test as the peer on vb.
+
+func vethPair(t *testing.T) (va, vb *net.Interface) {
+	t.Helper()
+	netnstest.Sh(t, `
+		ip link set lo up
+		ip link add va address 02:00:00:00:00:0a type veth peer name vb address 02:00:00:00:00:0b
+		sysctl -qw net.ipv4.conf.all.accept_local=1 net.ipv4.conf.all.rp_filter=0
+		sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+		sysctl -qw net.ipv4.conf.default.accept_local=1 net.ipv4.conf.default.rp_filter=0
+		ip addr add 192.0.2.1/24 dev va
+		ip addr add 192.0.2.2/24 dev vb
+		ip addr add 2001:db8::1/64 dev va nodad
+		ip addr add 2001:db8::2/64 dev vb nodad
+		ip link set va up
+		ip link set vb up`)
+	var err error
+	if va, err = net.InterfaceByName("va"); err != nil {
+		t.Fatal(err)
+	}
+	if vb, err = net.InterfaceByName("vb"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the IPv6 link-locals to be usable.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := sourceAddr(va.Index, IPv6, nil, nil); err == nil {
+			if _, err := sourceAddr(vb.Index, IPv6, nil, nil); err == nil {
+				return va, vb
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no usable IPv6 link-local address on the veth pair")
+	return nil, nil
+}
+
+// peer reads and writes adverts on vb.
+type peer struct {
+	t    *testing.T
+	conn *rawConn
+	ch   chan Packet
+}
+
+func newPeer(t *testing.T, ifi *net.Interface, fam Family) *peer {
+	c, err := listenRaw(ifi, fam)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &peer{t: t, conn: c, ch: make(chan Packet, 1024)}
+	go func() {
+		for {
+			buf := make([]byte, 2048)
+			pkt, err := c.ReadPacket(buf)
+			if err != nil {
+				close(p.ch)
+				return
+			}
+			p.ch <- pkt
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return p
+}
+
+// next returns the next advert that satisfies ok.
+func (p *peer) next(ok func(Packet, Advertisement) bool) (Packet, Advertisement) {
+	p.t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case pkt, open := <-p.ch:
+			if !open {
+				p.t.Fatal("peer socket closed")
+			}
+			adv, reason, err := decode(pkt, FamilyOf(pkt.Src))
+			if reason != "" {
+				p.t.Fatalf("keepvip sent an advert that fails the receive checks (%s): %v", reason, err)
+			}
+			if ok(pkt, adv) {
+				return pkt, adv
+			}
+		case <-timeout:
+			p.t.Fatal("no matching advert within 5s")
+		}
+	}
+}
+
+func (p *peer) send(adv Advertisement, src, dst netip.Addr) {
+	p.t.Helper()
+	b, err := adv.Marshal(src, dst, ChecksumPseudoHeader)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := p.conn.WritePacket(b, src, dst); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func waitState(t *testing.T, m *Manager, name string, want State) Status {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range m.Status() {
+			if s.Name == name && s.State == want {
+				return s
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("instance %s did not reach %v: %+v", name, want, m.Status())
+	return Status{}
+}
+
+func hasAddr(t *testing.T, ifindex int, a netip.Addr) (ifAddr, bool) {
+	t.Helper()
+	addrs, err := listAddrs(FamilyOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range addrs {
+		if e.ifindex == ifindex && e.prefix.Addr() == a {
+			return e, true
+		}
+	}
+	return ifAddr{}, false
+}
+
+func testConfig(name, ifname string, vrid uint8, vips ...string) Config {
+	c := DefaultConfig()
+	c.Name, c.Interface, c.VRID = name, ifname, vrid
+	c.Interval = 100 * time.Millisecond
+	c.GARP.Delay = 0
+	for _, v := range vips {
+		c.VIPs = append(c.VIPs, netip.MustParsePrefix(v))
+	}
+	return c
+}
+
+func TestManagerIPv4(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, vb := vethPair(t)
+	p := newPeer(t, vb, IPv4)
+	arp, err := packet.Listen(vb, packet.Raw, 0x0806, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arp.Close()
+
+	// An address that keepvip did not add must survive everything.
+	netnstest.Sh(t, "ip addr add 192.0.2.101/24 dev va")
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig("vi4", "va", 51, "192.0.2.100/24", "192.0.2.101/24")
+	if err := m.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, m, "vi4", StateMaster)
+	if st.Source != netip.MustParseAddr("192.0.2.1") {
+		t.Errorf("source = %v; want the primary address 192.0.2.1", st.Source)
+	}
+	// The advert on the wire: TTL 255, to the group, checksum with the
+	// pseudo-header as keepalived needs.
+	pkt, adv := p.next(func(_ Packet, a Advertisement) bool { return a.VRID == 51 })
+	if pkt.TTL != 255 || pkt.Dst != GroupIPv4 || pkt.Src != netip.MustParseAddr("192.0.2.1") {
+		t.Errorf("advert carried %v -> %v TTL %d; want 192.0.2.1 -> 224.0.0.18 TTL 255", pkt.Src, pkt.Dst, pkt.TTL)
+	}
+	if adv.Priority != 100 || adv.Interval != 100*time.Millisecond || len(adv.Addrs) != 2 {
+		t.Errorf("advert = %+v", adv)
+	}
+	// The VIP keepvip added carries its mark; the one it found does not.
+	if e, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.100")); !ok || e.proto != AddrProto {
+		t.Errorf("VIP 192.0.2.100 present=%v proto=%#x; want present with proto %#x", ok, e.proto, AddrProto)
+	}
+	// The gratuitous ARPs: requests from va's MAC for each VIP.
+	seen := map[netip.Addr]int{}
+	arp.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for len(seen) < 2 || seen[netip.MustParseAddr("192.0.2.100")] < 5 {
+		buf := make([]byte, 128)
+		n, _, err := arp.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("GARPs seen %v before: %v", seen, err)
+		}
+		f := buf[:n]
+		if !bytes.Equal(f[6:12], va.HardwareAddr) || f[21] != 1 {
+			continue
+		}
+		spa, _ := netip.AddrFromSlice(f[28:32])
+		tpa, _ := netip.AddrFromSlice(f[38:42])
+		if spa != tpa || !bytes.Equal(f[32:38], broadcastMAC) {
+			t.Errorf("ARP from keepvip is not gratuitous: %x", f)
+		}
+		seen[spa]++
+	}
+
+	// A higher priority from the peer: keepvip yields and removes only its
+	// own VIP.
+	peerAddr := netip.MustParseAddr("192.0.2.2")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			p.send(Advertisement{Version: 3, VRID: 51, Priority: 200, Interval: 100 * time.Millisecond, Addrs: adv.Addrs}, peerAddr, GroupIPv4)
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	st = waitState(t, m, "vi4", StateBackup)
+	if st.Master != peerAddr {
+		t.Errorf("master = %v; want %v", st.Master, peerAddr)
+	}
+	if _, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.100")); ok {
+		t.Error("VIP still on the interface as backup")
+	}
+	if _, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.101")); !ok {
+		t.Error("the address keepvip did not add was removed")
+	}
+	close(stop)
+	<-done
+	// The peer goes silent: keepvip takes over again, then stops with
+	// priority 0 and removes its VIP.
+	waitState(t, m, "vi4", StateMaster)
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	p.next(func(_ Packet, a Advertisement) bool { return a.Priority == 0 })
+	if _, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.100")); ok {
+		t.Error("VIP left on the interface after Stop")
+	}
+	if _, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.101")); !ok {
+		t.Error("the address keepvip did not add was removed on Stop")
+	}
+}
+
+func TestManagerIPv6AndBadPackets(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, vb := vethPair(t)
+	p := newPeer(t, vb, IPv6)
+	nd, err := packet.Listen(vb, packet.Raw, 0x86dd, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nd.Close()
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	cfg := testConfig("vi6", "va", 52, "fe80::52/64", "2001:db8::100/64")
+	if err := m.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, m, "vi6", StateMaster)
+	if !st.Source.IsLinkLocalUnicast() {
+		t.Errorf("IPv6 source %v is not link-local", st.Source)
+	}
+	pkt, _ := p.next(func(_ Packet, a Advertisement) bool { return a.VRID == 52 })
+	if pkt.TTL != 255 || pkt.Dst != GroupIPv6 {
+		t.Errorf("advert to %v hop limit %d; want ff02::12 and 255", pkt.Dst, pkt.TTL)
+	}
+	// The VIP is usable at once: no duplicate address detection.
+	e, ok := hasAddr(t, va.Index, netip.MustParseAddr("2001:db8::100"))
+	if !ok || e.flags&0x40 != 0 { // IFA_F_TENTATIVE
+		t.Errorf("IPv6 VIP present=%v flags=%#x; want present and not tentative", ok, e.flags)
+	}
+	// An unsolicited NA for each VIP, from the VIP, with Override set.
+	nd.SetReadDeadline(time.Now().Add(2 * time.Second))
+	targets := map[netip.Addr]bool{}
+	for len(targets) < 2 {
+		buf := make([]byte, 256)
+		n, _, err := nd.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("NAs seen for %v before: %v", targets, err)
+		}
+		f := buf[:n]
+		if n < 86 || f[20] != 58 || f[54] != 136 {
+			continue
+		}
+		src, _ := netip.AddrFromSlice(f[22:38])
+		target, _ := netip.AddrFromSlice(f[62:78])
+		if src != target || f[21] != 255 || f[58]&0x20 == 0 || !bytes.Equal(f[80:86], va.HardwareAddr) {
+			t.Errorf("NA is not as keepalived sends it: %x", f)
+		}
+		targets[target] = true
+	}
+
+	// Garbage of every kind is counted, never fatal.
+	bad := [][]byte{
+		{},
+		{0x31},
+		{0x31, 52, 100, 9, 0, 100, 0, 0},
+		slices.Repeat([]byte{0xff}, 64),
+	}
+	from, err := sourceAddr(vb.Index, IPv6, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bad {
+		if err := p.conn.WritePacket(b, from, GroupIPv6); err != nil {
+			t.Fatalf("sending garbage %x: %v", b, err)
+		}
+	}
+	// A valid advert with a wrong checksum, and one with hop limit 64.
+	good, _ := (&Advertisement{Version: 3, VRID: 52, Priority: 250, Interval: time.Second, Addrs: cfg.vipAddrs()}).Marshal(from, GroupIPv6, ChecksumPseudoHeader)
+	corrupt := slices.Clone(good)
+	corrupt[7] ^= 1
+	if err := p.conn.WritePacket(corrupt, from, GroupIPv6); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.conn.p6.SetMulticastHopLimit(64); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.conn.p6.WriteTo(good, nil, &net.IPAddr{IP: GroupIPv6.AsSlice(), Zone: "vb"}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{string(DropTruncated): 1, string(DropChecksum): 1, string(DropTTL): 1}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		st = waitState(t, m, "vi6", StateMaster)
+		ok := true
+		for r, n := range want {
+			ok = ok && st.Drops[r] >= n
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drops counted %v; want at least %v", st.Drops, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestManagerPrunesStaleAndChecksReuse(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, _ := vethPair(t)
+	// A VIP marked by an earlier keepvip that was killed.
+	stale := netip.MustParsePrefix("192.0.2.200/32")
+	if err := addrRequest(0x14 /* RTM_NEWADDR */, 0x400|0x200, va.Index, stale); err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	if _, ok := hasAddr(t, va.Index, stale.Addr()); ok {
+		t.Error("stale VIP marked as keepvip's was not removed at start")
+	}
+	// Bad instances are reported; good ones still start.
+	good := testConfig("good", "va", 60, "192.0.2.60/24")
+	dup := testConfig("dup", "va", 60, "192.0.2.61/24")
+	missing := testConfig("missing", "nosuch0", 61, "192.0.2.62/24")
+	err := m.Sync([]Config{good, dup, missing})
+	if err == nil {
+		t.Fatal("Sync accepted a duplicate VRID and a missing interface")
+	}
+	t.Logf("Sync error (expected): %v", err)
+	waitState(t, m, "good", StateMaster)
+	if n := len(m.Status()); n != 1 {
+		t.Errorf("%d instances running; want 1", n)
+	}
+	// Changing the VRID restarts the router; changing the priority does not.
+	good.Priority = 120
+	if err := m.Sync([]Config{good}); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, m, "good", StateMaster)
+	if len(st.Transitions) != 2 || st.Priority != 120 {
+		t.Errorf("live priority change restarted the router: %+v", st.Transitions)
+	}
+	good.VRID = 62
+	if err := m.Sync([]Config{good}); err != nil {
+		t.Fatal(err)
+	}
+	st = waitState(t, m, "good", StateBackup)
+	if st.VRID != 62 {
+		t.Errorf("VRID = %d; want 62", st.VRID)
+	}
+	if err := m.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(m.Status()); n != 0 {
+		t.Errorf("%d instances after syncing an empty set", n)
+	}
+}
