@@ -47,7 +47,7 @@ func naFrame(mac net.HardwareAddr, vip netip.Addr, router bool) ([]byte, error) 
 	}
 	const icmpLen = 4 + 4 + 16 + 8 // header, flags, target, TLLA option
 	icmp := make([]byte, icmpLen)
-	icmp[0] = 136 // Neighbor Advertisement
+	icmp[0] = 136            // Neighbor Advertisement
 	flags := uint32(1 << 29) // Override
 	if router {
 		flags |= 1 << 31
