@@ -1,0 +1,196 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+func TestParseFullExample(t *testing.T) {
+	data, err := os.ReadFile("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		t.Fatalf("Parse(testdata/full.yaml): %v", err)
+	}
+	got := c.VRRP()
+	want0 := vrrp.DefaultConfig()
+	want0.Name = "web"
+	want0.Interface = "eth0"
+	want0.VRID = 51
+	want0.Priority = 150
+	want0.Interval = 100 * time.Millisecond
+	want0.PreemptDelay = 30 * time.Second
+	want0.VIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24"), netip.MustParsePrefix("192.0.2.101/32")}
+	want0.Track = []string{"eth1"}
+	want0.GARP.Delay = 2 * time.Second
+	want0.GARP.Refresh = time.Minute
+
+	want1 := vrrp.DefaultConfig()
+	want1.Name = "eth0-52-v6"
+	want1.Interface = "eth0"
+	want1.VRID = 52
+	want1.Preempt = false
+	want1.VIPs = []netip.Prefix{netip.MustParsePrefix("fe80::52/64"), netip.MustParsePrefix("2001:db8::100/64")}
+
+	want2 := vrrp.DefaultConfig()
+	want2.Name = "uni"
+	want2.Interface = "eth0"
+	want2.VRID = 71
+	want2.Interval = 500 * time.Millisecond
+	want2.Source = netip.MustParseAddr("192.0.2.1")
+	want2.Peers = []netip.Addr{netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")}
+	want2.VIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.171/32")}
+	want2.Checksum = vrrp.ChecksumMessageOnly
+	want2.LowerPriorityAdvert = false
+	want2.HandoffHold = false
+
+	want3 := vrrp.DefaultConfig()
+	want3.Name = "legacy"
+	want3.Interface = "eth0"
+	want3.VRID = 61
+	want3.Version = 2
+	want3.Interval = 2 * time.Second
+	want3.AuthPassword = "secret12"
+	want3.VIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.161/32")}
+
+	opt := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
+	if diff := cmp.Diff([]vrrp.Config{want0, want1, want2, want3}, got, opt); diff != "" {
+		t.Errorf("Parse(full.yaml).VRRP() mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	base := "instances:\n- interface: eth0\n  vrid: 51\n  vips: [192.0.2.100]\n"
+	tests := []struct {
+		name string
+		yaml string
+		want []string // every message, in order
+	}{
+		{"not yaml", "instances: [", []string{"cannot read the configuration"}},
+		{"unknown field", base + "  prio: 100\n", []string{`unknown field "prio"`}},
+		{"wrong type", "instances:\n- interface: eth0\n  vrid: one\n", []string{"instances.vrid: got a string, want a int"}},
+		{"missing interface and vrid", "instances:\n- vips: [192.0.2.1]\n", []string{
+			"instances[0].interface: is required", "instances[0].vrid: 0 is outside 1-255"}},
+		{"priority out of range", base + "  priority: 300\n", []string{"instances[0].priority: 300 is outside 1-255"}},
+		{"priority 0", base + "  priority: 0\n", []string{"instances[0].priority: 0 is outside 1-255"}},
+		{"bad VIP", "instances:\n- interface: eth0\n  vrid: 1\n  vips: [192.0.2.1, 10.0.0.300/24, fe80::1]\n", []string{
+			`instances[0].vips[1]: "10.0.0.300/24" is not an IP address with a prefix length`}},
+		{"mixed families", "instances:\n- interface: eth0\n  vrid: 1\n  vips: [192.0.2.1, fe80::1]\n", []string{
+			"instances[0].vips[1]: fe80::1/128 is ipv6 while vips[0] is ipv4; use one instance per address family"}},
+		{"no VIPs", "instances:\n- interface: eth0\n  vrid: 1\n", []string{"instances[0].vips: at least one virtual address is required"}},
+		{"interval not 10ms steps", base + "  advertInterval: 15ms\n", []string{
+			"instances[0].advertInterval: 15ms is not a multiple of 10ms between 10ms and 40.95s"}},
+		{"interval too long", base + "  advertInterval: 41s\n", []string{"instances[0].advertInterval: 41s is not a multiple of 10ms"}},
+		{"interval garbage", base + "  advertInterval: soon\n", []string{`instances[0].advertInterval: "soon" is not a duration`}},
+		{"interval as seconds", base + "  advertInterval: 0.1\n", nil},
+		{"v2 sub-second", base + "  version: 2\n  advertInterval: 100ms\n", []string{"instances[0].advertInterval: 100ms is not whole seconds"}},
+		{"v2 IPv6", "instances:\n- interface: eth0\n  vrid: 1\n  version: 2\n  vips: [fe80::1]\n", []string{"instances[0].version: VRRP version 2 carries IPv4 only"}},
+		{"version 4", base + "  version: 4\n", []string{"instances[0].version: 4: want 3 (RFC 9568) or 2 (RFC 3768)"}},
+		{"password in v3", base + "  authPassword: x\n", []string{"instances[0].authPassword: VRRP version 3 has no authentication"}},
+		{"bad peer", base + "  unicastPeers: [192.0.2.2, nope]\n", []string{`instances[0].unicastPeers[1]: "nope" is not an IP address`}},
+		{"peer family", base + "  unicastPeers: [2001:db8::2]\n", []string{"instances[0].unicastPeers[0]: 2001:db8::2 is not ipv4 like the VIPs"}},
+		{"duplicate peer", base + "  unicastPeers: [192.0.2.2, 192.0.2.2]\n", []string{"instances[0].unicastPeers[1]: 192.0.2.2 is listed twice"}},
+		{"bad checksum", base + "  checksum: crc32\n", []string{`instances[0].checksum: "crc32": want rfc5798`}},
+		{"bad garp", base + "  garp:\n    masterRepeat: 0\n    masterRefresh: 10ms\n", []string{
+			"instances[0].garp.masterRepeat: 0 is outside 1-255", "instances[0].garp.masterRefresh: 10ms is below 1s"}},
+		{"duplicate VRID", base + "- interface: eth0\n  vrid: 51\n  vips: [192.0.2.200]\n", []string{
+			"instances[1].vrid: VRID 51 (ipv4) on eth0 is also used by instances[0]"}},
+		{"same VRID other family is fine", base + "- interface: eth0\n  vrid: 51\n  vips: [fe80::51]\n", nil},
+		{"duplicate VIP", base + "- interface: eth1\n  vrid: 52\n  vips: [192.0.2.100/24]\n", []string{
+			"instances[1].vips[0]: 192.0.2.100 is also a VIP of instances[0]"}},
+		{"duplicate name", "instances:\n- {name: a, interface: eth0, vrid: 1, vips: [192.0.2.1]}\n- {name: a, interface: eth0, vrid: 2, vips: [192.0.2.2]}\n", []string{
+			`instances[1].name: "a" is also the name of instances[0]`}},
+		{"bad name", "instances:\n- {name: 'a b', interface: eth0, vrid: 1, vips: [192.0.2.1]}\n", []string{`instances[0].name: "a b": use letters`}},
+		{"every bad entry is reported", "instances:\n- {interface: eth0, vrid: 1, priority: 0, vips: [192.0.2.1]}\n- {interface: eth0, vrid: 2, vips: [x]}\n", []string{
+			"instances[0].priority", "instances[1].vips[0]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Parse(%q) = %v; want no error", tt.yaml, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse(%q) accepted it; want %q", tt.yaml, tt.want)
+			}
+			got := splitErrors(err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("Parse(%q) gave %d errors %q; want %d like %q", tt.yaml, len(got), got, len(tt.want), tt.want)
+			}
+			for i := range got {
+				if !strings.Contains(got[i], tt.want[i]) {
+					t.Errorf("error %d = %q; want it to contain %q", i, got[i], tt.want[i])
+				}
+				var fe *FieldError
+				if !errors.As(err, &fe) {
+					t.Errorf("errors are not *FieldError")
+				}
+			}
+		})
+	}
+}
+
+func splitErrors(err error) []string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, e.Error())
+		}
+		return out
+	}
+	return []string{err.Error()}
+}
+
+func TestDefaultsAndDurations(t *testing.T) {
+	c, err := Parse([]byte("instances:\n- interface: eth0\n  vrid: 9\n  vips: [192.0.2.9]\n  advertInterval: 0.25\n  garp: {masterDelay: 0s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.VRRP()[0]
+	if v.Name != "eth0-9" || v.Priority != 100 || !v.Preempt || v.Version != 3 || v.Interval != 250*time.Millisecond {
+		t.Errorf("defaults = %+v", v)
+	}
+	if v.GARP.Delay != 0 || v.GARP.Repeat != 5 {
+		t.Errorf("masterDelay 0s must turn the second burst off, keeping the rest: %+v", v.GARP)
+	}
+	if v.VIPs[0].Bits() != 32 {
+		t.Errorf("VIP without prefix length got /%d; want /32", v.VIPs[0].Bits())
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	if b, err := os.ReadFile("testdata/full.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("instances:\n- interface: eth0\n  vrid: 51\n  vips: [192.0.2.100]\n"))
+	f.Add([]byte("instances: [{interface: e, vrid: 300, vips: [::1/200]}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err != nil {
+			if c != nil {
+				t.Fatal("Parse returned a config with an error")
+			}
+			return
+		}
+		// Whatever Parse accepts must be valid for the protocol.
+		for _, v := range c.VRRP() {
+			if errs := v.Validate(); len(errs) > 0 {
+				t.Fatalf("Parse accepted %q but vrrp rejects it: %v", data, errs)
+			}
+		}
+	})
+}
