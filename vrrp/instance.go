@@ -83,6 +83,7 @@ type Instance struct {
 	master              netip.Addr
 	masterPrio          uint8
 	lastAdvert          time.Time
+	masterLeft          time.Time // when the master sent priority 0
 	linkUp              map[string]bool
 	installed           map[netip.Prefix]bool
 	garp                garpSchedule
@@ -235,8 +236,8 @@ func (in *Instance) status() Status {
 		State: in.state, Since: in.since, Fault: in.fault, Priority: in.cfg.Priority,
 		Source: in.local, Peers: slices.Clone(in.cfg.Peers), VIPs: slices.Clone(in.cfg.VIPs),
 		VIPsInstalled: len(in.installed) > 0, Master: in.master, MasterPriority: in.masterPrio,
-		AdvertInterval: in.cfg.Interval, MasterAdvertInterval: in.masterAdverInterval,
-		MasterDownInterval: in.masterDownInterval(), Preempt: in.cfg.Preempt,
+		AdvertInterval: Duration(in.cfg.Interval), MasterAdvertInterval: Duration(in.masterAdverInterval),
+		MasterDownInterval: Duration(in.masterDownInterval()), Preempt: in.cfg.Preempt,
 		LastAdvert: in.lastAdvert, AdvertsSent: in.sent, AdvertsReceived: in.received,
 		Transitions: slices.Clone(in.transitions), Errors: slices.Clone(in.errs),
 	}
@@ -360,7 +361,7 @@ func (in *Instance) clearTimers() {
 // becomeMaster is (110)-(140) and (250)-(280): advertise, take the VIPs,
 // announce them.
 func (in *Instance) becomeMaster(now time.Time, reason string) {
-	in.masterDownAt = time.Time{}
+	in.masterDownAt, in.masterLeft = time.Time{}, time.Time{}
 	in.sendAdvert(in.cfg.Priority)
 	in.installVIPs()
 	in.garp = garpSchedule{}
@@ -401,6 +402,7 @@ func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 	}
 	in.masterDownAt = now.Add(in.masterDownInterval())
 	in.master, in.masterPrio, in.lastAdvert = p.Src, adv.Priority, now
+	in.masterLeft = time.Time{}
 }
 
 // shutdown is the Shutdown event: a master sends priority 0 (RFC 9568
@@ -508,8 +510,11 @@ func (in *Instance) handleTimers(now time.Time) {
 	switch in.state {
 	case StateBackup:
 		if due(in.masterDownAt) {
-			since := now.Sub(in.lastAdvertOr(in.since))
-			in.becomeMaster(now, fmt.Sprintf("no advert for %v (Master_Down_Interval %v)", since.Round(time.Millisecond), in.masterDownInterval()))
+			reason := fmt.Sprintf("no advert for %v (Master_Down_Interval %v)", now.Sub(in.lastAdvertOr(in.since)).Round(time.Millisecond), in.masterDownInterval())
+			if !in.masterLeft.IsZero() {
+				reason = fmt.Sprintf("master %s sent priority 0 (Skew_Time %v)", in.master, in.skew())
+			}
+			in.becomeMaster(now, reason)
 		}
 	case StateMaster:
 		if in.stopping {
@@ -629,6 +634,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 		if adv.Priority == PriorityStop {
 			// (430) the master is leaving: take over after Skew_Time.
 			in.masterDownAt = now.Add(in.skew())
+			in.masterLeft = now
 			in.log.Info("master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
 		}
@@ -774,7 +780,7 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 	from := in.state
 	in.state = to
 	in.since = now
-	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: took}
+	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: Duration(took)}
 	in.transitions = append(in.transitions, tr)
 	if len(in.transitions) > maxTransitions {
 		in.transitions = slices.Delete(in.transitions, 0, len(in.transitions)-maxTransitions)

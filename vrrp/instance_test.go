@@ -108,6 +108,9 @@ func TestBackupTakesOverSkewTimeAfterPriorityZero(t *testing.T) {
 	wantState(t, r, StateBackup)
 	s.runFor(time.Microsecond)
 	wantState(t, r, StateMaster)
+	if got := r.lastTransition().Reason; got != "master 192.0.2.2 sent priority 0 (Skew_Time 60.9375ms)" {
+		t.Errorf("reason = %q", got)
+	}
 }
 
 func TestPreemption(t *testing.T) {

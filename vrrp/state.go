@@ -63,8 +63,23 @@ type Transition struct {
 	Reason string    `json:"reason"`
 	// Took is how long the change took to apply: VIPs added and the first
 	// GARP/NA sent when becoming master, VIPs removed when leaving it.
-	Took time.Duration `json:"took"`
+	Took Duration `json:"took"`
 }
+
+// Duration is a time.Duration that reads as "100ms" in JSON and YAML.
+type Duration time.Duration
+
+// MarshalText writes the duration as time.Duration.String does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText parses what MarshalText wrote.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
 
 // Status is a snapshot of one virtual router.
 type Status struct {
@@ -85,12 +100,12 @@ type Status struct {
 	VIPsInstalled bool `json:"vipsInstalled"`
 	// Master is the current master as far as this router knows: itself
 	// when master, the sender of the adverts it follows when backup.
-	Master               netip.Addr    `json:"master"`
-	MasterPriority       uint8         `json:"masterPriority"`
-	AdvertInterval       time.Duration `json:"advertInterval"`
-	MasterAdvertInterval time.Duration `json:"masterAdvertInterval"`
+	Master               netip.Addr `json:"master"`
+	MasterPriority       uint8      `json:"masterPriority"`
+	AdvertInterval       Duration   `json:"advertInterval"`
+	MasterAdvertInterval Duration   `json:"masterAdvertInterval"`
 	// MasterDownInterval is 3 × MasterAdvertInterval + Skew_Time.
-	MasterDownInterval time.Duration     `json:"masterDownInterval"`
+	MasterDownInterval Duration          `json:"masterDownInterval"`
 	Preempt            bool              `json:"preempt"`
 	LastAdvert         time.Time         `json:"lastAdvertReceived"`
 	AdvertsSent        uint64            `json:"advertsSent"`

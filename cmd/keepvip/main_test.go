@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepvip/keepvip/internal/daemon"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+func TestValidateExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("instances:\n- {interface: eth0, vrid: 1, vips: [192.0.2.1]}\n"), 0o644)
+	os.WriteFile(bad, []byte("instances:\n- {interface: eth0, vrid: 0, vips: [192.0.2.1, nope]}\n"), 0o644)
+	tests := []struct {
+		args     []string
+		code     int
+		contains string
+	}{
+		{[]string{"validate", good}, 0, "ok, 1 VRRP instance"},
+		{[]string{"validate", bad}, 1, "instances[0].vips[1]: \"nope\" is not an IP address"},
+		{[]string{"validate"}, 2, "want exactly one FILE"},
+		{[]string{"validate", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"run"}, 2, "--config is required"},
+		{[]string{"version"}, 0, "keepvip "},
+		{nil, 2, "Usage:"},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		code := run(tt.args, &out, &errb)
+		got := out.String() + errb.String()
+		if code != tt.code || !strings.Contains(got, tt.contains) {
+			t.Errorf("keepvip %q = %d, %q; want %d and %q", tt.args, code, got, tt.code, tt.contains)
+		}
+	}
+}
+
+func sampleStatus(now time.Time) *daemon.Status {
+	return &daemon.Status{
+		Version: "v1", ConfigFile: "/etc/keepvip.yaml", ConfigLoaded: now.Add(-time.Minute),
+		Instances: []vrrp.Status{{
+			Name: "web", Interface: "eth0", VRID: 51, Family: "ipv4", Version: 3, State: vrrp.StateBackup,
+			Since: now.Add(-2 * time.Second), Priority: 100, Source: netip.MustParseAddr("192.0.2.1"),
+			VIPs:   []netip.Prefix{netip.MustParsePrefix("192.0.2.100/24")},
+			Master: netip.MustParseAddr("192.0.2.2"), MasterPriority: 150,
+			AdvertInterval: vrrp.Duration(time.Second), MasterAdvertInterval: vrrp.Duration(2 * time.Second),
+			Drops: map[string]uint64{"checksum": 2},
+			Transitions: []vrrp.Transition{{At: now.Add(-2 * time.Second), From: vrrp.StateMaster, To: vrrp.StateBackup,
+				Reason: "advert from 192.0.2.2 with higher priority 150, ours 100", Took: vrrp.Duration(300 * time.Microsecond)}},
+		}},
+	}
+}
+
+func TestStatusOutputs(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := sampleStatus(now)
+	var table bytes.Buffer
+	if err := printStatus(&table, s, "table", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"web", "51/ipv4 v3", "BACKUP", "192.0.2.2 (150)", "1s (master 2s)", "dropped: checksum=2", "MASTER -> BACKUP", "took 300µs"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	var js bytes.Buffer
+	if err := printStatus(&js, s, "json", now); err != nil {
+		t.Fatal(err)
+	}
+	var back daemon.Status
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatalf("JSON output does not read back: %v\n%s", err, js.String())
+	}
+	if back.Instances[0].State != vrrp.StateBackup || back.Instances[0].MasterAdvertInterval != vrrp.Duration(2*time.Second) {
+		t.Errorf("JSON round trip lost data: %+v", back.Instances[0])
+	}
+	if !strings.Contains(js.String(), `"state": "BACKUP"`) || !strings.Contains(js.String(), `"advertInterval": "1s"`) {
+		t.Errorf("JSON is not readable:\n%s", js.String())
+	}
+	var y bytes.Buffer
+	if err := printStatus(&y, s, "yaml", now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(y.String(), "state: BACKUP") {
+		t.Errorf("YAML output:\n%s", y.String())
+	}
+	if err := printStatus(&y, s, "xml", now); err == nil {
+		t.Error("unknown output format accepted")
+	}
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/keepvip/keepvip/internal/daemon"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+func printStatus(w io.Writer, s *daemon.Status, format string, now time.Time) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	case "yaml":
+		b, err := yaml.Marshal(s)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "table":
+		return printTable(w, s, now)
+	}
+	return usageError{fmt.Sprintf("status: -o %q: want table, json or yaml", format)}
+}
+
+func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
+	fmt.Fprintf(w, "keepvip %s, configuration %s loaded %s ago\n", s.Version, s.ConfigFile, ago(now, s.ConfigLoaded))
+	if len(s.ConfigErrors) > 0 {
+		fmt.Fprintln(w, "\nCONFIGURATION ERRORS (the last good configuration is in force):")
+		for _, e := range s.ConfigErrors {
+			fmt.Fprintln(w, "  "+strings.TrimSpace(e))
+		}
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tINTERFACE\tVRID\tSTATE\tPRIO\tMASTER\tADVERT\tSINCE\tVIPS")
+	for _, in := range s.Instances {
+		master := "-"
+		if in.Master.IsValid() {
+			master = fmt.Sprintf("%s (%d)", in.Master, in.MasterPriority)
+			if in.Master == in.Source && in.State == vrrp.StateMaster {
+				master = "self"
+			}
+		}
+		state := in.State.String()
+		if in.Fault != "" {
+			state += " (" + in.Fault + ")"
+		}
+		vips := make([]string, len(in.VIPs))
+		for i, v := range in.VIPs {
+			vips[i] = v.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%s v%d\t%s\t%d\t%s\t%s\t%s\t%s\n", in.Name, in.Interface, in.VRID, in.Family, in.Version,
+			state, in.Priority, master, advert(in), ago(now, in.Since), strings.Join(vips, ","))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, in := range s.Instances {
+		fmt.Fprintf(w, "\n%s: source %s, %s, master down interval %s, adverts sent %d received %d\n",
+			in.Name, in.Source, mode(in), in.MasterDownInterval, in.AdvertsSent, in.AdvertsReceived)
+		if len(in.Drops) > 0 {
+			reasons := make([]string, 0, len(in.Drops))
+			for r := range in.Drops {
+				reasons = append(reasons, r)
+			}
+			slices.Sort(reasons)
+			parts := make([]string, len(reasons))
+			for i, r := range reasons {
+				parts[i] = fmt.Sprintf("%s=%d", r, in.Drops[r])
+			}
+			fmt.Fprintf(w, "  dropped: %s\n", strings.Join(parts, " "))
+		}
+		for _, t := range lastN(in.Transitions, 5) {
+			fmt.Fprintf(w, "  %s  %-6s -> %-6s  took %-9s %s\n", t.At.Local().Format("15:04:05.000"), t.From, t.To, t.Took, t.Reason)
+		}
+		for _, e := range in.Errors {
+			fmt.Fprintf(w, "  error: %s\n", e)
+		}
+	}
+	return nil
+}
+
+func advert(in vrrp.Status) string {
+	if in.State == vrrp.StateBackup && in.MasterAdvertInterval != in.AdvertInterval && in.MasterAdvertInterval != 0 {
+		return fmt.Sprintf("%s (master %s)", in.AdvertInterval, in.MasterAdvertInterval)
+	}
+	return in.AdvertInterval.String()
+}
+
+func mode(in vrrp.Status) string {
+	if len(in.Peers) == 0 {
+		return "multicast"
+	}
+	peers := make([]string, len(in.Peers))
+	for i, p := range in.Peers {
+		peers[i] = p.String()
+	}
+	return "unicast to " + strings.Join(peers, ",")
+}
+
+func lastN[T any](s []T, n int) []T {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return d.Round(time.Minute).String()
+	}
+}

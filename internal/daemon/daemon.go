@@ -1,0 +1,300 @@
+// Package daemon runs keepvip in standalone mode: it reads the configuration
+// file, keeps the VRRP instances in line with it (reloading on SIGHUP, keeping
+// the last good configuration when a new one is bad), and serves the status
+// socket and the metrics endpoint.
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+// Options configures the daemon.
+type Options struct {
+	ConfigFile   string
+	StatusSocket string // unix socket for `keepvip status`; "" for none
+	MetricsAddr  string // host:port for /metrics, /healthz, /readyz; "" for none
+	Version      string
+	Logger       *slog.Logger
+	// Reload receives a value for each reload request (SIGHUP).
+	Reload <-chan struct{}
+}
+
+// Status is what `keepvip status` shows.
+type Status struct {
+	Version      string        `json:"version"`
+	ConfigFile   string        `json:"configFile"`
+	ConfigLoaded time.Time     `json:"configLoaded"`
+	ConfigErrors []string      `json:"configErrors,omitempty"`
+	Instances    []vrrp.Status `json:"instances"`
+}
+
+type daemon struct {
+	opts    Options
+	log     *slog.Logger
+	mgr     *vrrp.Manager
+	reloads *prometheus.CounterVec
+	cfgErrs prometheus.Gauge
+
+	mu       sync.Mutex
+	loadedAt time.Time
+	errs     []string
+	ready    bool
+}
+
+// Run runs the daemon until ctx is cancelled, then stops every instance
+// (masters hand off with priority 0) and returns. It fails at once if the
+// configuration cannot be loaded at start.
+func Run(ctx context.Context, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	cfg, err := load(o.ConfigFile)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d := &daemon{
+		opts: o,
+		log:  o.Logger,
+		mgr:  vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepvip_config_reloads_total",
+			Help: "Configuration loads, by result (ok, error).",
+		}, []string{"result"}),
+		cfgErrs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keepvip_config_errors",
+			Help: "Problems in the configuration last read; the last good configuration stays in force.",
+		}),
+	}
+	reg.MustRegister(d.reloads, d.cfgErrs)
+
+	var servers []*http.Server
+	if o.StatusSocket != "" {
+		srv, err := d.serveStatus(o.StatusSocket)
+		if err != nil {
+			return err
+		}
+		servers = append(servers, srv)
+	}
+	if o.MetricsAddr != "" {
+		srv, err := d.serveMetrics(o.MetricsAddr, reg)
+		if err != nil {
+			return errors.Join(err, shutdownAll(servers))
+		}
+		servers = append(servers, srv)
+	}
+	if err := d.mgr.Start(); err != nil {
+		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
+	}
+	d.apply(cfg)
+	d.mu.Lock()
+	d.ready = true
+	d.mu.Unlock()
+	d.log.Info("keepvip running", "version", o.Version, "config", o.ConfigFile, "instances", len(cfg.Instances))
+
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("shutting down: handing off VIPs")
+			err := d.mgr.Stop()
+			if err != nil {
+				d.log.Error("stopping VRRP", "err", err)
+			}
+			d.log.Info("stopped")
+			return errors.Join(err, shutdownAll(servers))
+		case <-o.Reload:
+			d.reload()
+		}
+	}
+}
+
+func load(path string) (*config.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	c, err := config.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("configuration %s:\n%w", path, indent(err))
+	}
+	return c, nil
+}
+
+// indent puts each joined error on its own indented line.
+func indent(err error) error {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = "  " + l
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// reload reads the file again. A bad file changes nothing that runs: the
+// error is logged, counted and shown by `keepvip status`.
+func (d *daemon) reload() {
+	cfg, err := load(d.opts.ConfigFile)
+	if err != nil {
+		d.reloads.WithLabelValues("error").Inc()
+		errs := strings.Split(err.Error(), "\n")
+		d.cfgErrs.Set(float64(len(errs) - 1))
+		d.mu.Lock()
+		d.errs = errs
+		d.mu.Unlock()
+		d.log.Error("configuration rejected; the last good configuration stays in force", "err", err)
+		return
+	}
+	d.log.Info("configuration reloaded", "instances", len(cfg.Instances))
+	d.apply(cfg)
+}
+
+func (d *daemon) apply(cfg *config.Config) {
+	d.reloads.WithLabelValues("ok").Inc()
+	err := d.mgr.Sync(cfg.VRRP())
+	var errs []string
+	if err != nil {
+		// The file was valid but an instance could not start (for
+		// example its interface is missing); the others run.
+		errs = strings.Split(err.Error(), "\n")
+		d.log.Error("some instances could not start", "err", err)
+	}
+	d.cfgErrs.Set(float64(len(errs)))
+	d.mu.Lock()
+	d.loadedAt = time.Now()
+	d.errs = errs
+	d.mu.Unlock()
+}
+
+func (d *daemon) status() Status {
+	d.mu.Lock()
+	s := Status{Version: d.opts.Version, ConfigFile: d.opts.ConfigFile, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs}
+	d.mu.Unlock()
+	s.Instances = d.mgr.Status()
+	return s
+}
+
+// serveStatus listens on a unix socket only root can use.
+func (d *daemon) serveStatus(path string) (*http.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating status socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("status socket %s is in use: is another keepvip running?", path)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restricting status socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("status socket", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// Every instance goroutine answering is the liveness signal.
+		done := make(chan struct{})
+		go func() { d.mgr.Status(); close(done) }()
+		select {
+		case <-done:
+			fmt.Fprintln(w, "ok")
+		case <-time.After(2 * time.Second):
+			http.Error(w, "VRRP instances are not answering", http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		d.mu.Lock()
+		ready := d.ready
+		d.mu.Unlock()
+		if !ready {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server", "err", err)
+		}
+	}()
+	return srv, nil
+}
+
+func shutdownAll(servers []*http.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var errs []error
+	for _, s := range servers {
+		errs = append(errs, s.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// GetStatus asks the daemon on socket for its status.
+func GetStatus(ctx context.Context, socket string) (*Status, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://keepvip/v1/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking keepvip on %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("keepvip on %s answered %s", socket, resp.Status)
+	}
+	var s Status
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return nil, fmt.Errorf("decoding status from %s: %w", socket, err)
+	}
+	return &s, nil
+}

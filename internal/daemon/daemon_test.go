@@ -1,0 +1,100 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	netnstest.Sh(t, `ip link set lo up
+		ip link add eth0 type veth peer name peer0
+		ip addr add 192.0.2.1/24 dev eth0
+		ip link set eth0 up; ip link set peer0 up`)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "keepvip.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(cfgPath, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("instances:\n- {name: vi, interface: eth0, vrid: 5, priority: 100, advertInterval: 50ms, vips: [192.0.2.100/24]}\n")
+	sock := filepath.Join(dir, "s", "keepvip.sock")
+	reload := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{ConfigFile: cfgPath, StatusSocket: sock, MetricsAddr: "127.0.0.1:19742",
+			Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Reload: reload})
+	}()
+	status := func() *Status {
+		s, err := GetStatus(context.Background(), sock)
+		if err != nil {
+			return nil
+		}
+		return s
+	}
+	waitFor(t, "master", func() bool {
+		s := status()
+		return s != nil && len(s.Instances) == 1 && s.Instances[0].State == vrrp.StateMaster
+	})
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("status socket mode = %v, %v; want 0600 (root only)", fi.Mode().Perm(), err)
+	}
+	// A bad file: reported, nothing that runs changes.
+	write("instances:\n- {name: vi, interface: eth0, vrid: 5, priority: 900, vips: [192.0.2.100/24]}\n")
+	reload <- struct{}{}
+	waitFor(t, "config error in status", func() bool { s := status(); return s != nil && len(s.ConfigErrors) > 0 })
+	s := status()
+	if !strings.Contains(strings.Join(s.ConfigErrors, "\n"), "instances[0].priority: 900 is outside 1-255") {
+		t.Errorf("config errors = %q", s.ConfigErrors)
+	}
+	if s.Instances[0].State != vrrp.StateMaster || s.Instances[0].Priority != 100 {
+		t.Errorf("bad reload disturbed the running instance: %+v", s.Instances[0])
+	}
+	resp, err := http.Get("http://127.0.0.1:19742/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`keepvip_config_reloads_total{result="error"} 1`, `keepvip_vrrp_state{family="ipv4",instance="vi",interface="eth0",vrid="5"} 2`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	// A good file: applied live, errors cleared.
+	write("instances:\n- {name: vi, interface: eth0, vrid: 5, priority: 120, advertInterval: 50ms, vips: [192.0.2.100/24]}\n")
+	reload <- struct{}{}
+	waitFor(t, "new priority", func() bool {
+		s := status()
+		return s != nil && len(s.ConfigErrors) == 0 && len(s.Instances) == 1 && s.Instances[0].Priority == 120
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
