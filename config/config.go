@@ -43,6 +43,9 @@ type Instance struct {
 	// Preempt: default true (RFC 9568). false is keepalived's nopreempt.
 	Preempt      *bool    `json:"preempt,omitempty"`
 	PreemptDelay Duration `json:"preemptDelay,omitempty"`
+	// Accept: a master accepts packets sent to its VIPs (default true, as
+	// keepalived). false drops them with an nftables table "keepvip".
+	Accept *bool `json:"accept,omitempty"`
 	// SourceAddress is keepalived's unicast_src_ip / mcast_src_ip.
 	SourceAddress string `json:"sourceAddress,omitempty"`
 	// UnicastPeers switches the instance to unicast adverts.
@@ -267,6 +270,9 @@ func (in *Instance) toVRRP(path string) (vrrp.Config, []error) {
 	dur("preemptDelay", in.PreemptDelay, &c.PreemptDelay)
 	if in.Preempt != nil {
 		c.Preempt = *in.Preempt
+	}
+	if in.Accept != nil {
+		c.Accept = *in.Accept
 	}
 	if in.LowerPriorityAdvert != nil {
 		c.LowerPriorityAdvert = *in.LowerPriorityAdvert

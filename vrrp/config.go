@@ -29,6 +29,12 @@ type Config struct {
 	// (keepalived's preempt_delay).
 	Preempt      bool
 	PreemptDelay time.Duration
+	// Accept is RFC 9568 Accept_Mode: whether a master that does not own
+	// the addresses accepts packets sent to them. keepalived turns it on
+	// unless vrrp_strict, and so does DefaultConfig: a VIP that load
+	// balances must accept. Off, keepvip drops such packets with an
+	// nftables table of its own (FilterTable).
+	Accept bool
 	// Source is the address adverts are sent from and the one compared in
 	// equal-priority elections. Zero means the interface's primary IPv4
 	// address, or for IPv6 its link-local address (a global one when Peers
@@ -96,6 +102,7 @@ func DefaultConfig() Config {
 		Interval:            time.Second,
 		Version:             3,
 		Preempt:             true,
+		Accept:              true,
 		GARP:                DefaultGARP(),
 		LowerPriorityAdvert: true,
 		HandoffHold:         true,

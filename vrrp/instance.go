@@ -25,6 +25,12 @@ type addresser interface {
 	DeleteVIP(ifindex int, p netip.Prefix) error
 }
 
+// filterer drops or admits packets addressed to an address (Accept_Mode).
+type filterer interface {
+	Block(a netip.Addr) error
+	Unblock(a netip.Addr) error
+}
+
 // announcer sends one gratuitous ARP or unsolicited NA per address and
 // returns how many it sent.
 type announcer interface {
@@ -37,6 +43,7 @@ type instanceIO struct {
 	tx       sender
 	addrs    addresser
 	announce announcer
+	filter   filterer
 	// source returns the address to send from when Config.Source is unset.
 	source  func(*Config) (netip.Addr, error)
 	ifindex int
@@ -86,6 +93,7 @@ type Instance struct {
 	masterLeft          time.Time // when the master sent priority 0
 	linkUp              map[string]bool
 	installed           map[netip.Prefix]bool
+	blocked             map[netip.Addr]bool // VIPs filtered for Accept_Mode false
 	garp                garpSchedule
 	stopping            bool // shutdown requested while master: handing off
 	stopped             bool
@@ -155,6 +163,7 @@ func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m
 		m:          m,
 		linkUp:     map[string]bool{},
 		installed:  map[netip.Prefix]bool{},
+		blocked:    map[netip.Addr]bool{},
 		lastErrLog: map[string]time.Time{},
 		rx:         make(chan received, 256),
 		ctl:        make(chan func()),
@@ -469,6 +478,7 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 				delete(in.installed, p)
 			}
 		}
+		in.syncFilter()
 		vipsChanged := !slices.Equal(old.VIPs, cfg.VIPs)
 		if vipsChanged {
 			in.installVIPs()
@@ -726,9 +736,14 @@ func (in *Instance) sendAdvert(prio uint8) {
 	}
 }
 
+// installVIPs adds the VIPs, first filtering them when the router must not
+// accept packets sent to them.
 func (in *Instance) installVIPs() {
 	for _, p := range in.cfg.VIPs {
 		if in.installed[p] {
+			continue
+		}
+		if in.mustFilter() && !in.blockVIP(p.Addr()) {
 			continue
 		}
 		if err := in.io.addrs.AddVIP(in.io.ifindex, p); err != nil {
@@ -746,7 +761,57 @@ func (in *Instance) releaseVIPs(now time.Time) time.Duration {
 		}
 		delete(in.installed, p)
 	}
+	in.unblockAll(nil)
 	return in.clock.Now().Sub(now)
+}
+
+// mustFilter reports Accept_Mode false for a router that is not the owner
+// (the owner always accepts: RFC 9568 §6.4.3).
+func (in *Instance) mustFilter() bool {
+	return !in.cfg.Accept && in.cfg.Priority != PriorityOwner
+}
+
+func (in *Instance) blockVIP(a netip.Addr) bool {
+	if in.blocked[a] {
+		return true
+	}
+	if in.io.filter == nil {
+		in.fail("filter", fmt.Errorf("accept mode off for %s, but no packet filter is available", a))
+		return false
+	}
+	if err := in.io.filter.Block(a); err != nil {
+		in.fail("filter", err)
+		return false
+	}
+	in.blocked[a] = true
+	return true
+}
+
+// unblockAll lets in packets to every filtered VIP not in keep.
+func (in *Instance) unblockAll(keep map[netip.Addr]bool) {
+	for a := range in.blocked {
+		if keep[a] {
+			continue
+		}
+		if err := in.io.filter.Unblock(a); err != nil {
+			in.fail("filter", err)
+		}
+		delete(in.blocked, a)
+	}
+}
+
+// syncFilter makes the filtered set match Accept_Mode for the installed
+// VIPs, after a live change of accept or priority.
+func (in *Instance) syncFilter() {
+	keep := map[netip.Addr]bool{}
+	if in.mustFilter() {
+		for p := range in.installed {
+			if in.blockVIP(p.Addr()) {
+				keep[p.Addr()] = true
+			}
+		}
+	}
+	in.unblockAll(keep)
 }
 
 // startBurst queues n rounds of announcements, each one message per VIP,

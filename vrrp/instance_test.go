@@ -524,3 +524,45 @@ func TestElectionOnASegment(t *testing.T) {
 		}
 	})
 }
+
+type fakeFilter struct{ blocked map[netip.Addr]bool }
+
+func (f *fakeFilter) Block(a netip.Addr) error   { f.blocked[a] = true; return nil }
+func (f *fakeFilter) Unblock(a netip.Addr) error { delete(f.blocked, a); return nil }
+
+func TestAcceptModeOffFiltersOnlyWhileMaster(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.Accept = false })
+	f := &fakeFilter{blocked: map[netip.Addr]bool{}}
+	r.in.io.filter = f
+	vip := netip.MustParseAddr("192.0.2.100")
+	s.runFor(4 * time.Second)
+	wantState(t, r, StateMaster)
+	if !f.blocked[vip] {
+		t.Fatal("non-accept master does not filter its VIP")
+	}
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 200})
+	wantState(t, r, StateBackup)
+	if len(f.blocked) != 0 {
+		t.Errorf("backup still filters %v", f.blocked)
+	}
+	// Turning accept on live lifts the filter of a master.
+	s.runFor(4 * time.Second)
+	wantState(t, r, StateMaster)
+	cfg := r.in.cfg
+	cfg.Accept = true
+	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+	if len(f.blocked) != 0 {
+		t.Errorf("accept turned on, still filtering %v", f.blocked)
+	}
+	// The owner always accepts (RFC 9568 §6.4.3).
+	o := s.add("192.0.2.100", func(c *Config) { c.Accept = false; c.Priority = 255; c.VRID = 52 })
+	of := &fakeFilter{blocked: map[netip.Addr]bool{}}
+	o.in.io.filter = of
+	o.in.state = StateInit
+	o.in.start(s.clock.Now())
+	wantState(t, o, StateMaster)
+	if len(of.blocked) != 0 {
+		t.Errorf("owner filters %v", of.blocked)
+	}
+}

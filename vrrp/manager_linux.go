@@ -33,6 +33,7 @@ type Manager struct {
 	clock   clock.Clock
 	metrics *Metrics
 	addrs   *netlinkAddrs
+	filter  *nftFilter
 	links   linkWatcher
 
 	ctx    context.Context
@@ -87,6 +88,7 @@ func NewManager(o Options) *Manager {
 		clock:      o.Clock,
 		metrics:    NewMetrics(o.Registerer),
 		addrs:      newNetlinkAddrs(o.Logger),
+		filter:     newNFTFilter(),
 		ctx:        ctx,
 		cancel:     cancel,
 		insts:      map[string]*managed{},
@@ -102,6 +104,9 @@ func NewManager(o Options) *Manager {
 // elected.
 func (m *Manager) Start() error {
 	if err := m.links.start(m.ctx.Done()); err != nil {
+		return err
+	}
+	if err := pruneFilter(); err != nil {
 		return err
 	}
 	removed, err := m.addrs.pruneStale()
@@ -205,6 +210,7 @@ func (m *Manager) startLocked(c Config) error {
 		tx:       sock.conn,
 		addrs:    m.addrs,
 		announce: ann,
+		filter:   m.filter,
 		ifindex:  ifi.Index,
 		source: func(c *Config) (netip.Addr, error) {
 			vips := map[netip.Addr]bool{}
@@ -406,5 +412,5 @@ func (m *Manager) Stop() error {
 		delete(m.insts, name)
 	}
 	m.closeIdleLocked()
-	return m.addrs.releaseAll()
+	return errors.Join(m.addrs.releaseAll(), m.filter.Close())
 }

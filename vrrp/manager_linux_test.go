@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/packet"
 
 	"github.com/keepvip/keepvip/internal/netnstest"
@@ -410,5 +412,43 @@ func TestManagerPrunesStaleAndChecksReuse(t *testing.T) {
 	}
 	if n := len(m.Status()); n != 0 {
 		t.Errorf("%d instances after syncing an empty set", n)
+	}
+}
+
+func TestManagerAcceptModeOff(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	vethPair(t)
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ping := func(a string) bool {
+		return exec.Command("ping", "-c1", "-W1", a).Run() == nil
+	}
+	strict := testConfig("strict", "va", 70, "192.0.2.70/24")
+	strict.Accept = false
+	open := testConfig("open", "va", 71, "192.0.2.71/24")
+	if err := m.Sync([]Config{strict, open}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "strict", StateMaster)
+	waitState(t, m, "open", StateMaster)
+	if ping("192.0.2.70") {
+		t.Error("a non-accept master accepted a packet to its VIP")
+	}
+	if !ping("192.0.2.71") {
+		t.Error("an accept-mode master dropped a packet to its VIP")
+	}
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tbl, _ := c.ListTableOfFamily(FilterTable, nftables.TableFamilyINet); tbl != nil {
+		t.Errorf("nftables table %s left after Stop", FilterTable)
 	}
 }
