@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+)
+
+// EnvPrivileged, when "1", turns Require's skips into failures: where
+// privileged tests are expected to run (CI, `make test`), one that cannot
+// run is a failure, not a pass.
+const EnvPrivileged = "KEEPVIP_PRIVILEGED"
+
+// EnvNoInstall, when "1", stops EnsureTools from installing anything.
+const EnvNoInstall = "KEEPVIP_LAB_NO_INSTALL"
+
+// TB is the part of testing.TB that Require uses.
+type TB interface {
+	Helper()
+	Skipf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// debPackages maps commands EnsureTools may install to Debian packages.
+var debPackages = map[string]string{
+	"keepalived": "keepalived",
+	"tshark":     "tshark",
+	"ping":       "iputils-ping",
+	"tcpdump":    "tcpdump",
+	"bridge":     "iproute2",
+	"ip":         "iproute2",
+}
+
+var (
+	netnsOnce sync.Once
+	netnsErr  error
+)
+
+// Check reports why labs cannot run here (nil if they can): the process
+// must be root, `ip` and `unshare` must be installed, and creating a
+// network namespace must work. commands are further commands the caller
+// needs; missing ones are installed with EnsureTools when possible.
+func Check(commands ...string) error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, c := range []string{"ip", "unshare"} {
+		if _, err := exec.LookPath(c); err != nil {
+			missing = append(missing, "command "+c)
+		}
+	}
+	if len(missing) > 0 {
+		return errors.New("needs " + strings.Join(missing, ", "))
+	}
+	netnsOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+		defer cancel()
+		if _, err := runCmd(ctx, "unshare", "--net", "--", "true"); err != nil {
+			netnsErr = fmt.Errorf("cannot create a network namespace: %w", err)
+		}
+	})
+	if netnsErr != nil {
+		return netnsErr
+	}
+	return EnsureTools(nil, commands...)
+}
+
+// Require skips t unless labs can run here (see Check), or fails it if
+// KEEPVIP_PRIVILEGED=1.
+func Require(t TB, commands ...string) {
+	t.Helper()
+	err := Check(commands...)
+	if err == nil {
+		return
+	}
+	if os.Getenv(EnvPrivileged) == "1" {
+		t.Fatalf("lab: %v (%s=1: privileged tests must run)", err, EnvPrivileged)
+	}
+	t.Skipf("lab: %v (run as root; set %s=1 to make this a failure)", err, EnvPrivileged)
+}
+
+var installMu sync.Mutex
+
+// EnsureTools makes sure commands are on PATH, installing the Debian
+// packages that provide missing ones (keepalived, tshark, ping, tcpdump)
+// with apt-get when running as root and KEEPVIP_LAB_NO_INSTALL is not 1.
+// logf may be nil.
+func EnsureTools(logf func(format string, args ...any), commands ...string) error {
+	installMu.Lock()
+	defer installMu.Unlock()
+	var missing, pkgs []string
+	for _, c := range commands {
+		if _, err := exec.LookPath(c); err == nil {
+			continue
+		}
+		missing = append(missing, c)
+		if p, ok := debPackages[c]; ok {
+			pkgs = append(pkgs, p)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	fail := func(why string) error {
+		return fmt.Errorf("needs command(s) %s (%s)", strings.Join(missing, ", "), why)
+	}
+	if len(pkgs) != len(missing) {
+		return fail("no known Debian package")
+	}
+	if os.Getenv(EnvNoInstall) == "1" {
+		return fail(EnvNoInstall + "=1")
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
+		return fail("cannot apt-get install " + strings.Join(pkgs, " "))
+	}
+	if logf != nil {
+		logf("lab: installing %s", strings.Join(pkgs, " "))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	install := func() error {
+		args := append([]string{"env", "DEBIAN_FRONTEND=noninteractive", "apt-get",
+			"-o", "DPkg::Lock::Timeout=120", "install", "-y", "--no-install-recommends"}, pkgs...)
+		_, err := runCmd(ctx, args[0], args[1:]...)
+		return err
+	}
+	if err := install(); err != nil {
+		// The package lists may be missing or stale.
+		if _, uerr := runCmd(ctx, "apt-get", "-o", "DPkg::Lock::Timeout=120", "update"); uerr != nil {
+			return fmt.Errorf("installing %s: %w; apt-get update: %w", strings.Join(pkgs, " "), err, uerr)
+		}
+		if err := install(); err != nil {
+			return fmt.Errorf("installing %s: %w", strings.Join(pkgs, " "), err)
+		}
+	}
+	for _, c := range missing {
+		if _, err := exec.LookPath(c); err != nil {
+			return fmt.Errorf("installed %s but %s is still missing", strings.Join(pkgs, " "), c)
+		}
+	}
+	return nil
+}
