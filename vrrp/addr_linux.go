@@ -45,11 +45,21 @@ type ifAddr struct {
 	flags   uint32
 }
 
-// AddVIP puts p on the interface unless the address is there already.
+// AddVIP puts p on the interface unless the address is there already. It
+// tries the add first, so that becoming master costs one netlink round trip;
+// only when the address exists does it look at who put it there.
 func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	key := addrKey{ifindex, p.Addr()}
+	err := addrRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p)
+	if err == nil {
+		a.owned[key] = p
+		return nil
+	}
+	if !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("adding VIP %s to interface %d: %w", p, ifindex, err)
+	}
 	existing, err := listAddrs(FamilyOf(p.Addr()))
 	if err != nil {
 		return fmt.Errorf("adding VIP %s: %w", p, err)
@@ -63,19 +73,12 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 			a.owned[key] = e.prefix
 			return nil
 		}
-		if _, mine := a.owned[key]; !mine {
-			a.log.Warn("VIP is already on the interface and was not added by keepvip; leaving it alone",
-				"vip", p, "ifindex", ifindex)
-		}
-		return nil
+		break
 	}
-	if err := addrRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return nil
-		}
-		return fmt.Errorf("adding VIP %s to interface %d: %w", p, ifindex, err)
+	if _, mine := a.owned[key]; !mine {
+		a.log.Warn("VIP is already on the interface and was not added by keepvip; leaving it alone",
+			"vip", p, "ifindex", ifindex)
 	}
-	a.owned[key] = p
 	return nil
 }
 
@@ -257,3 +260,7 @@ func sourceAddr(ifindex int, fam Family, peers []netip.Addr, vips map[netip.Addr
 	}
 	return netip.Addr{}, fmt.Errorf("interface %d has no %s address", ifindex, what)
 }
+
+// warmUp runs one address dump, which exercises the netlink path that
+// adding a VIP takes.
+func (a *netlinkAddrs) warmUp(fam Family) { _, _ = listAddrs(fam) }

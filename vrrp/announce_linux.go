@@ -64,3 +64,15 @@ func forwarding(ifname string) bool {
 	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + ifname + "/forwarding")
 	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
+
+// warmUp builds the frames for addrs without sending them.
+func (a *linkAnnouncer) warmUp(addrs []netip.Addr) {
+	forwarding(a.ifi.Name)
+	for _, addr := range addrs {
+		if addr.Unmap().Is4() {
+			_, _ = garpFrame(a.ifi.HardwareAddr, addr.Unmap())
+		} else {
+			_, _ = naFrame(a.ifi.HardwareAddr, addr, false)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package vrrp
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -184,6 +185,9 @@ func (in *Instance) run(ctx context.Context) {
 	defer close(in.done)
 	timer := in.clock.NewTimer(time.Hour)
 	timer.Stop()
+	if c, ok := timer.(io.Closer); ok {
+		defer c.Close()
+	}
 	in.start(in.clock.Now())
 	stop := ctx.Done()
 	for !in.stopped {
@@ -293,6 +297,7 @@ func (in *Instance) start(now time.Time) {
 		in.becomeMaster(now, "priority 255: address owner")
 		return
 	}
+	in.warmUp()
 	// (150)-(160): Master_Adver_Interval = Advertisement_Interval,
 	// Master_Down_Timer = Master_Down_Interval.
 	in.masterAdverInterval = in.cfg.Interval
@@ -300,6 +305,24 @@ func (in *Instance) start(now time.Time) {
 	in.preemptAt = now.Add(in.cfg.PreemptDelay)
 	in.master, in.masterPrio = netip.Addr{}, 0
 	in.setState(now, StateBackup, "startup", 0)
+}
+
+// warmUp runs, without effect, the code that becoming master runs, so that
+// the first takeover of a freshly started daemon is not slowed by code and
+// data the process has not touched yet (measured: about 1 ms cold, 0.2 ms
+// warm).
+func (in *Instance) warmUp() {
+	adv := Advertisement{Version: in.cfg.Version, VRID: in.cfg.VRID, Priority: in.cfg.Priority,
+		Interval: in.cfg.Interval, Addrs: in.cfg.vipAddrs()}
+	for _, dst := range in.cfg.destinations() {
+		_, _ = adv.Marshal(in.local, dst, in.cfg.Checksum)
+	}
+	if w, ok := in.io.announce.(interface{ warmUp([]netip.Addr) }); ok {
+		w.warmUp(in.cfg.vipAddrs())
+	}
+	if w, ok := in.io.addrs.(interface{ warmUp(Family) }); ok {
+		w.warmUp(in.cfg.Family())
+	}
 }
 
 func (in *Instance) resolveSource() (netip.Addr, error) {

@@ -22,7 +22,7 @@ import (
 type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are kept but not exported
-	Clock      clock.Clock           // nil: the wall clock
+	Clock      clock.Clock           // nil: the wall clock with timerfd timers (clock.Precise)
 }
 
 // Manager runs the virtual routers of this host. Sync takes the full desired
@@ -80,7 +80,7 @@ func NewManager(o Options) *Manager {
 		o.Logger = slog.Default()
 	}
 	if o.Clock == nil {
-		o.Clock = clock.Real{}
+		o.Clock = clock.Precise{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{

@@ -1,0 +1,41 @@
+// Command keepvip-lab runs keepvip in a network-namespace lab on this
+// machine: `demo` shows an election, a failover and a handoff as a client
+// sees them; `bench` measures failover and handoff of keepvip and of
+// keepalived with the same settings. It needs root; everything it creates
+// is removed when it exits.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: keepvip-lab demo | bench [-runs N] [-quick]")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "demo":
+		err = demo(ctx)
+	case "bench":
+		fs := flag.NewFlagSet("bench", flag.ExitOnError)
+		runs := fs.Int("runs", 10, "measured runs per case")
+		quick := fs.Bool("quick", false, "only the 100 ms cases")
+		fs.Parse(os.Args[2:])
+		err = bench(ctx, *runs, *quick)
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keepvip-lab:", err)
+		os.Exit(1)
+	}
+}
