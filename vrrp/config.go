@@ -59,7 +59,9 @@ type Config struct {
 	// LowerPriorityAdvert makes a master that hears a lower-priority
 	// master answer at once with an advert and a GARP/NA burst, as
 	// keepalived does unless lower_prio_no_advert is set. The lower router
-	// then steps down without waiting for the next interval.
+	// then steps down without waiting for the next interval. A master that
+	// yields also sends one last advert first, so that the new master
+	// re-announces the VIPs to clients that still point at the old one.
 	LowerPriorityAdvert bool
 	// HandoffHold makes a stopping master keep its VIPs after sending
 	// priority 0 until another router advertises as master, or at most

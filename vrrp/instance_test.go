@@ -182,6 +182,11 @@ func TestMasterElection(t *testing.T) {
 			wantState(t, r, tt.wantState)
 			switch tt.wantState {
 			case StateBackup:
+				// One last advert at its own priority, so that the new
+				// master re-announces the VIPs.
+				if got := s.capture[before:]; len(got) != 1 || got[0].adv.Priority != 100 {
+					t.Errorf("adverts when yielding = %+v; want one at priority 100", got)
+				}
 				if len(r.vips.on) != 0 {
 					t.Errorf("VIPs left on a router that became backup: %v", r.vips.on)
 				}

@@ -228,11 +228,12 @@ func ParseAdvertisement(b []byte, f Family) (Advertisement, error) {
 		return a, fmt.Errorf("%d bytes: %w", len(b), ErrTruncated)
 	}
 	a.Version = b[0] >> 4
+	// VRID and priority first, so that a drop can be attributed.
+	a.VRID = b[1]
+	a.Priority = b[2]
 	if t := b[0] & 0x0f; t != typeAdvert {
 		return a, fmt.Errorf("type %d: %w", t, ErrType)
 	}
-	a.VRID = b[1]
-	a.Priority = b[2]
 	count := int(b[3])
 	want := headerLen + count*f.addrLen()
 	switch a.Version {

@@ -279,6 +279,16 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+func TestParseErrorKeepsVRID(t *testing.T) {
+	// Drops are counted per VRID, so the VRID is read before any check.
+	for _, h := range []string{"3233640200644307c0000264c0000265", "4133640200644307c0000264c0000265", "3133640200644307c0000264"} {
+		a, err := ParseAdvertisement(unhex(t, h), IPv4)
+		if err == nil || a.VRID != 51 {
+			t.Errorf("ParseAdvertisement(%s) = VRID %d, %v; want VRID 51 and an error", h, a.VRID, err)
+		}
+	}
+}
+
 func TestReservedBitsIgnored(t *testing.T) {
 	// RFC 9568 §5.2.6: the reserved bits MUST be ignored on receive.
 	b := unhex(t, "31 33 64 02 f064 4307 c0000264 c0000265")

@@ -216,7 +216,7 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("status socket", "err", err)
@@ -253,7 +253,7 @@ func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry) (*http.Serv
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server", "err", err)
@@ -272,9 +272,11 @@ func shutdownAll(servers []*http.Server) error {
 	return errors.Join(errs...)
 }
 
-// GetStatus asks the daemon on socket for its status.
+// GetStatus asks the daemon on socket for its status. Each call uses one
+// connection and closes it.
 func GetStatus(ctx context.Context, socket string) (*Status, error) {
 	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)

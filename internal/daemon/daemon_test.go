@@ -75,6 +75,25 @@ func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
 	if s.Instances[0].State != vrrp.StateMaster || s.Instances[0].Priority != 100 {
 		t.Errorf("bad reload disturbed the running instance: %+v", s.Instances[0])
 	}
+	// Status calls do not leave connections behind (each used to keep an
+	// fd and a goroutine on both sides until the daemon exited).
+	fds := func() int {
+		d, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(d)
+	}
+	fd0 := fds()
+	for range 200 {
+		if status() == nil {
+			t.Fatal("status call failed")
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if grown := fds() - fd0; grown > 10 {
+		t.Errorf("200 status calls left %d more open files", grown)
+	}
 	resp, err := http.Get("http://127.0.0.1:19742/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -272,12 +272,23 @@ func (k *Keepalived) record(line string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.history = append(k.history, sc)
-	if sc.Kind == "INSTANCE" {
+	// keepalived 2.2.7 also writes event lines such as
+	// `INSTANCE "X" MASTER_RX_LOWER_PRI 100` (a master heard a lower
+	// priority); they stay in the history but are not states.
+	if sc.Kind == "INSTANCE" && isKeepalivedState(sc.State) {
 		k.states[sc.Name] = sc.State
 	}
 	close(k.changed)
 	k.changed = make(chan struct{})
 	k.Node.lab.logf("lab %s: %s: keepalived: %s", k.Node.lab.id, k.Node.Name, line)
+}
+
+func isKeepalivedState(s string) bool {
+	switch s {
+	case "MASTER", "BACKUP", "FAULT", "STOP":
+		return true
+	}
+	return false
 }
 
 // Proc is the keepalived parent process.

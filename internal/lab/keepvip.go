@@ -83,7 +83,9 @@ func (n *Node) StartKeepvip(config string, args ...string) (*Keepvip, error) {
 	if err := os.WriteFile(k.config, []byte(config), 0o644); err != nil {
 		return nil, fmt.Errorf("writing keepvip config for %s: %w", n.Name, err)
 	}
-	argv := append([]string{bin, "run", "--config", k.config, "--status-socket", k.socket, "--log-level", "debug"}, args...)
+	// env execs the daemon (same PID); a race-built daemon otherwise
+	// sleeps 1 s at exit (GORACE atexit_sleep_ms).
+	argv := append([]string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--config", k.config, "--status-socket", k.socket, "--log-level", "debug"}, args...)
 	k.proc, err = n.Start("keepvip", argv...)
 	if err != nil {
 		return nil, err

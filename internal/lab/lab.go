@@ -48,6 +48,8 @@ const (
 	// EnvKeep, when "1", makes Close keep the temporary directory (logs,
 	// configs, captures) and log where it is.
 	EnvKeep = "KEEPVIP_LAB_KEEP"
+	// keepMarker is the file that marks a directory kept by EnvKeep.
+	keepMarker = ".keep"
 )
 
 // nodeNameRE restricts node names so that the switch port "p-<name>" is a
@@ -481,6 +483,8 @@ func (l *Lab) Close() error {
 		}
 	}
 	if os.Getenv(EnvKeep) == "1" {
+		// The marker keeps other labs' CleanupStale off it.
+		_ = os.WriteFile(filepath.Join(l.dir, keepMarker), nil, 0o644)
 		l.logf("lab %s: keeping %s (%s=1)", l.id, l.dir, EnvKeep)
 	} else if err := os.RemoveAll(l.dir); err != nil {
 		errs = append(errs, fmt.Errorf("removing lab dir: %w", err))
@@ -579,6 +583,9 @@ func CleanupStale(logf func(format string, args ...any)) error {
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), nsPrefix+"*"))
 	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, keepMarker)); err == nil {
+			continue // kept on purpose (KEEPVIP_LAB_KEEP=1)
+		}
 		if stalePID(filepath.Base(d)) {
 			logf("lab: removing stale directory %s", d)
 			if err := os.RemoveAll(d); err != nil {
