@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,6 +27,9 @@ type netlinkAddrs struct {
 	log   *slog.Logger
 	mu    sync.Mutex
 	owned map[addrKey]netip.Prefix
+	// sock is one netlink socket kept open for every request (nil: a new
+	// socket per request), so that adding a VIP costs one round trip.
+	sock map[int]*nl.SocketHandle
 }
 
 type addrKey struct {
@@ -34,7 +38,26 @@ type addrKey struct {
 }
 
 func newNetlinkAddrs(log *slog.Logger) *netlinkAddrs {
-	return &netlinkAddrs{log: log, owned: map[addrKey]netip.Prefix{}}
+	a := &netlinkAddrs{log: log, owned: map[addrKey]netip.Prefix{}}
+	if s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE); err == nil {
+		tv := unix.Timeval{Sec: 5}
+		if s.SetSendTimeout(&tv) == nil && s.SetReceiveTimeout(&tv) == nil {
+			a.sock = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+		} else {
+			s.Close()
+		}
+	}
+	return a
+}
+
+// close releases the netlink socket.
+func (a *netlinkAddrs) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h := a.sock[unix.NETLINK_ROUTE]; h != nil {
+		h.Socket.Close()
+	}
+	a.sock = nil
 }
 
 // ifAddr is one address as the kernel reports it.
@@ -52,7 +75,7 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	key := addrKey{ifindex, p.Addr()}
-	err := addrRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p)
+	err := addrRequest(a.sock, unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p)
 	if err == nil {
 		a.owned[key] = p
 		return nil
@@ -60,7 +83,7 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	if !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("adding VIP %s to interface %d: %w", p, ifindex, err)
 	}
-	existing, err := listAddrs(FamilyOf(p.Addr()))
+	existing, err := listAddrs(a.sock, FamilyOf(p.Addr()))
 	if err != nil {
 		return fmt.Errorf("adding VIP %s: %w", p, err)
 	}
@@ -93,7 +116,7 @@ func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
 		return nil
 	}
 	delete(a.owned, key)
-	if err := addrRequest(unix.RTM_DELADDR, 0, ifindex, added); err != nil {
+	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, added); err != nil {
 		if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) {
 			return nil
 		}
@@ -111,7 +134,7 @@ func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
 	var removed []netip.Prefix
 	var errs []error
 	for _, fam := range []Family{IPv4, IPv6} {
-		addrs, err := listAddrs(fam)
+		addrs, err := listAddrs(a.sock, fam)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -123,7 +146,7 @@ func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
 			if _, live := a.owned[addrKey{e.ifindex, e.prefix.Addr()}]; live {
 				continue
 			}
-			if err := addrRequest(unix.RTM_DELADDR, 0, e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				errs = append(errs, fmt.Errorf("removing stale VIP %s: %w", e.prefix, err))
 				continue
 			}
@@ -139,7 +162,7 @@ func (a *netlinkAddrs) releaseAll() error {
 	defer a.mu.Unlock()
 	var errs []error
 	for key, p := range a.owned {
-		if err := addrRequest(unix.RTM_DELADDR, 0, key.ifindex, p); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, key.ifindex, p); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("removing VIP %s: %w", p, err))
 		}
 		delete(a.owned, key)
@@ -150,12 +173,13 @@ func (a *netlinkAddrs) releaseAll() error {
 // addrRequest adds or deletes one address. Added addresses carry
 // AddrProto; IPv6 ones skip duplicate address detection, so they are usable
 // at once (IFA_F_NODAD), as keepalived does.
-func addrRequest(op, flags, ifindex int, p netip.Prefix) error {
+func addrRequest(sock map[int]*nl.SocketHandle, op, flags, ifindex int, p netip.Prefix) error {
 	fam := unix.AF_INET
 	if FamilyOf(p.Addr()) == IPv6 {
 		fam = unix.AF_INET6
 	}
 	req := nl.NewNetlinkRequest(op, flags|unix.NLM_F_ACK)
+	req.Sockets = sock
 	msg := nl.NewIfAddrmsg(fam)
 	msg.Index = uint32(ifindex)
 	msg.Prefixlen = uint8(p.Bits())
@@ -175,12 +199,13 @@ func addrRequest(op, flags, ifindex int, p netip.Prefix) error {
 
 // listAddrs dumps the addresses of one family on every interface, with the
 // IFA_PROTO mark that the netlink library does not decode.
-func listAddrs(fam Family) ([]ifAddr, error) {
+func listAddrs(sock map[int]*nl.SocketHandle, fam Family) ([]ifAddr, error) {
 	af := unix.AF_INET
 	if fam == IPv6 {
 		af = unix.AF_INET6
 	}
 	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+	req.Sockets = sock
 	req.AddData(nl.NewIfAddrmsg(af))
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
 	if err != nil && !errors.Is(err, nl.ErrDumpInterrupted) {
@@ -232,7 +257,7 @@ func listAddrs(fam Family) ([]ifAddr, error) {
 // address; for IPv6 the link-local address, or a global one when the peers
 // are global. VIPs and tentative addresses are never chosen.
 func sourceAddr(ifindex int, fam Family, peers []netip.Addr, vips map[netip.Addr]bool) (netip.Addr, error) {
-	addrs, err := listAddrs(fam)
+	addrs, err := listAddrs(nil, fam)
 	if err != nil {
 		return netip.Addr{}, err
 	}
@@ -263,4 +288,8 @@ func sourceAddr(ifindex int, fam Family, peers []netip.Addr, vips map[netip.Addr
 
 // warmUp runs one address dump, which exercises the netlink path that
 // adding a VIP takes.
-func (a *netlinkAddrs) warmUp(fam Family) { _, _ = listAddrs(fam) }
+func (a *netlinkAddrs) warmUp(fam Family) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, _ = listAddrs(a.sock, fam)
+}

@@ -7,16 +7,29 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/mdlayher/packet"
 )
 
 // linkAnnouncer sends gratuitous ARPs and unsolicited NAs on one interface
 // through a raw packet socket. It is bound to no protocol, so it receives
-// nothing.
+// nothing. Frames are built once per address and kept: becoming master
+// sends them without building anything.
 type linkAnnouncer struct {
 	ifi  *net.Interface
 	conn *packet.Conn
+
+	mu     sync.Mutex
+	frames map[frameKey][]byte
+	router bool      // IPv6 forwarding on: NAs carry the Router flag
+	read   time.Time // when router was last read
+}
+
+type frameKey struct {
+	addr   netip.Addr
+	router bool
 }
 
 func newLinkAnnouncer(ifi *net.Interface) (*linkAnnouncer, error) {
@@ -24,7 +37,41 @@ func newLinkAnnouncer(ifi *net.Interface) (*linkAnnouncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening packet socket on %s for GARP/NA: %w", ifi.Name, err)
 	}
-	return &linkAnnouncer{ifi: ifi, conn: c}, nil
+	return &linkAnnouncer{ifi: ifi, conn: c, frames: map[frameKey][]byte{}}, nil
+}
+
+// frame returns the announcement for addr, building it the first time.
+func (a *linkAnnouncer) frame(addr netip.Addr, now time.Time) ([]byte, net.HardwareAddr, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	addr = addr.Unmap()
+	key := frameKey{addr: addr}
+	dst := broadcastMAC
+	if !addr.Is4() {
+		if now.Sub(a.read) > time.Second {
+			a.router, a.read = forwarding(a.ifi.Name), now
+		}
+		key.router = a.router
+		dst = allNodesMAC
+	}
+	if f, ok := a.frames[key]; ok {
+		return f, dst, nil
+	}
+	var f []byte
+	var err error
+	if addr.Is4() {
+		f, err = garpFrame(a.ifi.HardwareAddr, addr)
+	} else {
+		f, err = naFrame(a.ifi.HardwareAddr, addr, key.router)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(a.frames) > 4096 {
+		clear(a.frames)
+	}
+	a.frames[key] = f
+	return f, dst, nil
 }
 
 // Announce sends one message per address: a gratuitous ARP for IPv4, an
@@ -32,19 +79,11 @@ func newLinkAnnouncer(ifi *net.Interface) (*linkAnnouncer, error) {
 func (a *linkAnnouncer) Announce(addrs []netip.Addr) (int, error) {
 	var errs []error
 	sent := 0
-	router := forwarding(a.ifi.Name)
+	now := time.Now()
 	for _, addr := range addrs {
-		var frame []byte
-		var err error
-		dst := broadcastMAC
-		if addr.Unmap().Is4() {
-			frame, err = garpFrame(a.ifi.HardwareAddr, addr.Unmap())
-		} else {
-			frame, err = naFrame(a.ifi.HardwareAddr, addr, router)
-			dst = allNodesMAC
-		}
+		f, dst, err := a.frame(addr, now)
 		if err == nil {
-			_, err = a.conn.WriteTo(frame, &packet.Addr{HardwareAddr: dst})
+			_, err = a.conn.WriteTo(f, &packet.Addr{HardwareAddr: dst})
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("announcing %s on %s: %w", addr, a.ifi.Name, err))
@@ -67,12 +106,8 @@ func forwarding(ifname string) bool {
 
 // warmUp builds the frames for addrs without sending them.
 func (a *linkAnnouncer) warmUp(addrs []netip.Addr) {
-	forwarding(a.ifi.Name)
+	now := time.Now()
 	for _, addr := range addrs {
-		if addr.Unmap().Is4() {
-			_, _ = garpFrame(a.ifi.HardwareAddr, addr.Unmap())
-		} else {
-			_, _ = naFrame(a.ifi.HardwareAddr, addr, false)
-		}
+		_, _, _ = a.frame(addr, now)
 	}
 }

@@ -64,6 +64,10 @@ const (
 	sourceRetry = time.Second
 	// maxHold caps how long a stopping master keeps its VIPs.
 	maxHold = 10 * time.Second
+	// handoffGrace is how long a stopping master keeps its VIPs after the
+	// new master's first advert: its GARP/NA follows the advert, and until
+	// clients have it they still send to the old master.
+	handoffGrace = 20 * time.Millisecond
 	// errorLogEvery collapses repeats of the same failure in the log.
 	errorLogEvery = 10 * time.Second
 )
@@ -97,6 +101,7 @@ type Instance struct {
 	blocked             map[netip.Addr]bool // VIPs filtered for Accept_Mode false
 	garp                garpSchedule
 	stopping            bool // shutdown requested while master: handing off
+	handedTo            netip.Addr
 	stopped             bool
 	lastMismatch        string
 
@@ -564,7 +569,11 @@ func (in *Instance) handleTimers(now time.Time) {
 	case StateMaster:
 		if in.stopping {
 			if due(in.holdUntil) {
-				in.finishStop(now, "shutdown: no new master within the hold time")
+				reason := "shutdown: no new master within the hold time"
+				if in.handedTo.IsValid() {
+					reason = fmt.Sprintf("shutdown: handed off to %s", in.handedTo)
+				}
+				in.finishStop(now, reason)
 			}
 			return
 		}
@@ -669,8 +678,11 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	in.checkAddresses(p, adv)
 
 	if in.stopping {
-		if adv.Priority != PriorityStop {
-			in.finishStop(now, fmt.Sprintf("shutdown: handed off to %s", p.Src))
+		if adv.Priority != PriorityStop && !in.handedTo.IsValid() {
+			in.handedTo = p.Src
+			if grace := now.Add(handoffGrace); grace.Before(in.holdUntil) {
+				in.holdUntil = grace
+			}
 		}
 		return
 	}

@@ -266,13 +266,14 @@ func TestShutdown(t *testing.T) {
 		if !a.in.stopped || len(a.vips.on) != 0 {
 			t.Fatalf("old master still holds VIPs after the new one advertised: stopped=%v", a.in.stopped)
 		}
-		// Both held the VIP only from b's takeover (skew after the
-		// priority 0) until a heard b's first advert: the same instant here.
+		// Both hold the VIP from b's takeover (Skew_Time after the
+		// priority 0) until handoffGrace after a heard b's first advert,
+		// so that b's GARP reaches clients first.
 		if got, want := b.in.since.Sub(stop), 60937500*time.Nanosecond; got != want {
 			t.Errorf("backup took over %v after priority 0; want Skew_Time %v", got, want)
 		}
-		if got := a.lastTransition(); got.At != b.in.since {
-			t.Errorf("old master released at %v; want when the new master advertised %v", got.At, b.in.since)
+		if got, want := a.lastTransition(), b.in.since.Add(handoffGrace); got.At != want || got.Reason != "shutdown: handed off to 192.0.2.2" {
+			t.Errorf("old master released at %v (%q); want %v, handoffGrace after the new master advertised", got.At, got.Reason, want)
 		}
 	})
 	t.Run("hold ends after 2 intervals without a backup", func(t *testing.T) {

@@ -412,5 +412,7 @@ func (m *Manager) Stop() error {
 		delete(m.insts, name)
 	}
 	m.closeIdleLocked()
-	return errors.Join(m.addrs.releaseAll(), m.filter.Close())
+	err := errors.Join(m.addrs.releaseAll(), m.filter.Close())
+	m.addrs.close()
+	return err
 }

@@ -132,7 +132,7 @@ func waitState(t *testing.T, m *Manager, name string, want State) Status {
 
 func hasAddr(t *testing.T, ifindex int, a netip.Addr) (ifAddr, bool) {
 	t.Helper()
-	addrs, err := listAddrs(FamilyOf(a))
+	addrs, err := listAddrs(nil, FamilyOf(a))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestManagerPrunesStaleAndChecksReuse(t *testing.T) {
 	va, _ := vethPair(t)
 	// A VIP marked by an earlier keepvip that was killed.
 	stale := netip.MustParsePrefix("192.0.2.200/32")
-	if err := addrRequest(0x14 /* RTM_NEWADDR */, 0x400|0x200, va.Index, stale); err != nil {
+	if err := addrRequest(nil, 0x14 /* RTM_NEWADDR */, 0x400|0x200, va.Index, stale); err != nil {
 		t.Fatal(err)
 	}
 	m := NewManager(Options{Logger: discard()})

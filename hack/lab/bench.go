@@ -173,7 +173,7 @@ func benchCase(ctx context.Context, im impl, kind string, adv time.Duration, run
 	var out []sample
 	for run := 0; run < runs; run++ {
 		w, cancel := limit()
-		s, err := benchRun(w, l, im, kind, adv, master, backup, probe, watch)
+		s, err := benchRun(w, l, im, kind, adv, master, backup, client, probe, watch)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("run %d: %w", run+1, err)
@@ -185,12 +185,20 @@ func benchCase(ctx context.Context, im impl, kind string, adv time.Duration, run
 }
 
 func benchRun(ctx context.Context, l *lab.Lab, im impl, kind string, adv time.Duration, master, backup *benchNode,
-	probe *lab.Prober, watch *lab.AdvertWatcher) (sample, error) {
+	client *lab.Node, probe *lab.Prober, watch *lab.AdvertWatcher) (sample, error) {
 	if err := backup.r.WaitBackup(ctx); err != nil {
 		return sample{}, err
 	}
 	if err := master.r.WaitMaster(ctx); err != nil {
 		return sample{}, err
+	}
+	// Every run starts from the same client state: a freshly resolved,
+	// REACHABLE neighbour entry for the VIP. Otherwise what earlier runs
+	// left in the client's cache decides the last millisecond: an entry
+	// caught re-resolving queues pings that the new master's ARP reply
+	// releases before its GARP even arrives.
+	if out, err := client.Exec(ctx, "ip", "neigh", "flush", "dev", "eth0"); err != nil {
+		return sample{}, fmt.Errorf("flushing the client's neighbours: %w: %s", err, out)
 	}
 	if _, err := probe.WaitReplyAfter(ctx, time.Now()); err != nil {
 		return sample{}, fmt.Errorf("client cannot reach the VIP before the run: %w", err)
