@@ -20,14 +20,14 @@ deps:
 	@hack/deps.sh
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keepvip ./cmd/keepvip
+	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keepvip ./cmd/keepvip
 
 # The end-to-end tests run a race-enabled daemon.
 bin/keepvip-race: $(shell git ls-files '*.go') go.mod go.sum
 	$(GO) build -race -o $@ ./cmd/keepvip
 
 lab:
-	$(GO) build -o bin/keepvip-lab ./hack/lab
+	@$(GO) build -o bin/keepvip-lab ./hack/lab
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
