@@ -181,6 +181,8 @@ func (c *Config) Validate() []error {
 			bad(field, "not a valid address")
 		case a.Zone() != "":
 			bad(field, "%s: a zone is not allowed; the instance interface is used", p)
+		case a.Is4In6():
+			bad(field, "%s is an IPv4-mapped IPv6 address; write it as %s", p, a.Unmap())
 		case FamilyOf(a) != fam:
 			bad(field, "%s is %s while vips[0] is %s; use one instance per address family", p, FamilyOf(a), fam)
 		case a.IsMulticast() || a.IsUnspecified() || a.IsLoopback():
@@ -190,7 +192,9 @@ func (c *Config) Validate() []error {
 		}
 		seen[p.Addr()] = true
 	}
-	if c.Source.IsValid() && len(c.VIPs) > 0 && FamilyOf(c.Source) != fam {
+	if c.Source.Is4In6() {
+		bad("sourceAddress", "%s is an IPv4-mapped IPv6 address; write it as %s", c.Source, c.Source.Unmap())
+	} else if c.Source.IsValid() && len(c.VIPs) > 0 && FamilyOf(c.Source) != fam {
 		bad("sourceAddress", "%s is not %s like the VIPs", c.Source, fam)
 	}
 	peers := map[netip.Addr]bool{}
@@ -199,6 +203,8 @@ func (c *Config) Validate() []error {
 		switch {
 		case !p.IsValid():
 			bad(field, "not a valid address")
+		case p.Is4In6():
+			bad(field, "%s is an IPv4-mapped IPv6 address; write it as %s", p, p.Unmap())
 		case len(c.VIPs) > 0 && FamilyOf(p) != fam:
 			bad(field, "%s is not %s like the VIPs", p, fam)
 		case p.IsMulticast() || p.IsUnspecified():

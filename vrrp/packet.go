@@ -81,9 +81,11 @@ func (f Family) addrLen() int {
 	return 4
 }
 
-// FamilyOf returns the family of a.
+// FamilyOf returns the family of a as it travels: an IPv4-mapped IPv6
+// address (::ffff:a.b.c.d) is 16 bytes on the wire and so IPv6. Callers
+// that take addresses from users unmap them first.
 func FamilyOf(a netip.Addr) Family {
-	if a.Unmap().Is4() {
+	if a.Is4() {
 		return IPv4
 	}
 	return IPv6
@@ -204,8 +206,13 @@ func (a *Advertisement) Marshal(src, dst netip.Addr, mode ChecksumMode) ([]byte,
 	}
 	off := headerLen
 	for _, addr := range a.Addrs {
-		s := addr.Unmap().AsSlice()
-		off += copy(b[off:], s)
+		if f == IPv4 {
+			a4 := addr.As4()
+			off += copy(b[off:], a4[:])
+		} else {
+			a16 := addr.As16()
+			off += copy(b[off:], a16[:])
+		}
 	}
 	binary.BigEndian.PutUint16(b[6:8], checksum(b, src, dst, a.Version == 3 && (f == IPv6 || mode == ChecksumPseudoHeader)))
 	return b, nil

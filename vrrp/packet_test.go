@@ -289,6 +289,27 @@ func TestParseErrorKeepsVRID(t *testing.T) {
 	}
 }
 
+// An IPv6 advert may list an IPv4-mapped address: it is 16 bytes on the
+// wire, an IPv6 address, and must survive a round trip (found by fuzzing).
+func TestMappedAddressInIPv6Advert(t *testing.T) {
+	a := Advertisement{Version: 3, VRID: 1, Priority: 100, Interval: time.Second,
+		Addrs: []netip.Addr{ip("2001:db8::1"), ip("::ffff:192.0.2.1")}}
+	b, err := a.Marshal(ip("fe80::1"), GroupIPv6, ChecksumPseudoHeader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseAdvertisement(b, IPv6)
+	if err != nil || got.Addrs[1] != ip("::ffff:192.0.2.1") {
+		t.Errorf("round trip = %v, %v", got.Addrs, err)
+	}
+	c := DefaultConfig()
+	c.Interface, c.VRID = "eth0", 1
+	c.VIPs = []netip.Prefix{netip.MustParsePrefix("::ffff:192.0.2.1/128")}
+	if errs := c.Validate(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "IPv4-mapped") {
+		t.Errorf("Validate(mapped VIP) = %v", errs)
+	}
+}
+
 func TestReservedBitsIgnored(t *testing.T) {
 	// RFC 9568 §5.2.6: the reserved bits MUST be ignored on receive.
 	b := unhex(t, "31 33 64 02 f064 4307 c0000264 c0000265")
