@@ -9,22 +9,12 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// EnvPrivileged, when "1", turns Require's skips into failures: where
-// privileged tests are expected to run (CI, `make test`), one that cannot
-// run is a failure, not a pass.
-const EnvPrivileged = "KEEPVIP_PRIVILEGED"
+	"github.com/keepvip/keepvip/internal/netnstest"
+)
 
 // EnvNoInstall, when "1", stops EnsureTools from installing anything.
 const EnvNoInstall = "KEEPVIP_LAB_NO_INSTALL"
-
-// TB is the part of testing.TB that Require uses.
-type TB interface {
-	Helper()
-	Skipf(format string, args ...any)
-	Fatalf(format string, args ...any)
-}
 
 // debPackages maps commands EnsureTools may install to Debian packages.
 var debPackages = map[string]string{
@@ -71,18 +61,13 @@ func Check(commands ...string) error {
 	return EnsureTools(nil, commands...)
 }
 
-// Require skips t unless labs can run here (see Check), or fails it if
-// KEEPVIP_PRIVILEGED=1.
-func Require(t TB, commands ...string) {
+// Require skips t unless labs can run here (see Check), or fails it under
+// KEEPVIP_PRIVILEGED=1 (netnstest.Unavailable).
+func Require(t netnstest.TB, commands ...string) {
 	t.Helper()
-	err := Check(commands...)
-	if err == nil {
-		return
+	if err := Check(commands...); err != nil {
+		netnstest.Unavailable(t, "lab: "+err.Error())
 	}
-	if os.Getenv(EnvPrivileged) == "1" {
-		t.Fatalf("lab: %v (%s=1: privileged tests must run)", err, EnvPrivileged)
-	}
-	t.Skipf("lab: %v (run as root; set %s=1 to make this a failure)", err, EnvPrivileged)
 }
 
 var installMu sync.Mutex

@@ -42,11 +42,24 @@ func Require(t testing.TB, commands ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := "needs " + strings.Join(missing, ", ")
+	Unavailable(t, "needs "+strings.Join(missing, ", "))
+}
+
+// TB is the part of testing.TB that Unavailable uses.
+type TB interface {
+	Helper()
+	Skipf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// Unavailable is the one policy for a privileged test that cannot run: it
+// skips t with the reason, or fails it when KEEPVIP_PRIVILEGED=1.
+func Unavailable(t TB, why string) {
+	t.Helper()
 	if os.Getenv(EnvPrivileged) == "1" {
-		t.Fatalf("%s (%s=1: privileged tests must run)", msg, EnvPrivileged)
+		t.Fatalf("%s (%s=1: privileged tests must run)", why, EnvPrivileged)
 	}
-	t.Skipf("%s; run as root or with `make test`", msg)
+	t.Skipf("%s; run as root or with `make test`", why)
 }
 
 // Enter reports whether the caller is now inside a fresh network namespace
