@@ -106,7 +106,8 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 }
 
 // DeleteVIP removes p if keepvip added it. Deleting an address that is
-// already gone is not an error.
+// already gone is not an error. If the kernel refuses, keepvip still owns
+// the address: the caller retries, and Stop removes it at the latest.
 func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -115,14 +116,25 @@ func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
 	if !ok {
 		return nil
 	}
-	delete(a.owned, key)
-	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, added); err != nil {
-		if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) {
-			return nil
-		}
+	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, added); err != nil &&
+		!errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing VIP %s from interface %d: %w", added, ifindex, err)
 	}
+	delete(a.owned, key)
 	return nil
+}
+
+// gone takes note that an address was removed from an interface and
+// reports whether keepvip owned it (then someone else removed it).
+func (a *netlinkAddrs) gone(ifindex int, addr netip.Addr) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := addrKey{ifindex, addr}
+	if _, ok := a.owned[key]; !ok {
+		return false
+	}
+	delete(a.owned, key)
+	return true
 }
 
 // pruneStale removes every address marked AddrProto: at startup no

@@ -22,6 +22,7 @@ type linkAnnouncer struct {
 	conn *packet.Conn
 
 	mu     sync.Mutex
+	mac    net.HardwareAddr
 	frames map[frameKey][]byte
 	router bool      // IPv6 forwarding on: NAs carry the Router flag
 	read   time.Time // when router was last read
@@ -37,7 +38,22 @@ func newLinkAnnouncer(ifi *net.Interface) (*linkAnnouncer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening packet socket on %s for GARP/NA: %w", ifi.Name, err)
 	}
-	return &linkAnnouncer{ifi: ifi, conn: c, frames: map[frameKey][]byte{}}, nil
+	return &linkAnnouncer{ifi: ifi, conn: c, mac: ifi.HardwareAddr, frames: map[frameKey][]byte{}}, nil
+}
+
+// setMAC follows a change of the interface's MAC (a bond failing over, an
+// operator): announcements must carry the address the interface now has.
+func (a *linkAnnouncer) setMAC(s string) {
+	mac, err := net.ParseMAC(s)
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if mac.String() != a.mac.String() {
+		a.mac = mac
+		clear(a.frames)
+	}
 }
 
 // frame returns the announcement for addr, building it the first time.
@@ -60,9 +76,9 @@ func (a *linkAnnouncer) frame(addr netip.Addr, now time.Time) ([]byte, net.Hardw
 	var f []byte
 	var err error
 	if addr.Is4() {
-		f, err = garpFrame(a.ifi.HardwareAddr, addr)
+		f, err = garpFrame(a.mac, addr)
 	} else {
-		f, err = naFrame(a.ifi.HardwareAddr, addr, key.router)
+		f, err = naFrame(a.mac, addr, key.router)
 	}
 	if err != nil {
 		return nil, nil, err

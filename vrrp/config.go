@@ -192,7 +192,9 @@ func (c *Config) Validate() []error {
 		}
 		seen[p.Addr()] = true
 	}
-	if c.Source.Is4In6() {
+	if c.Source.Zone() != "" {
+		bad("sourceAddress", "%s: a zone is not allowed; the instance interface is used", c.Source)
+	} else if c.Source.Is4In6() {
 		bad("sourceAddress", "%s is an IPv4-mapped IPv6 address; write it as %s", c.Source, c.Source.Unmap())
 	} else if c.Source.IsValid() && len(c.VIPs) > 0 && FamilyOf(c.Source) != fam {
 		bad("sourceAddress", "%s is not %s like the VIPs", c.Source, fam)
@@ -203,6 +205,10 @@ func (c *Config) Validate() []error {
 		switch {
 		case !p.IsValid():
 			bad(field, "not a valid address")
+		case p.Zone() != "":
+			// Received adverts carry no zone: a zoned peer would never
+			// match, and both routers would become master.
+			bad(field, "%s: a zone is not allowed; the instance interface is used", p)
 		case p.Is4In6():
 			bad(field, "%s is an IPv4-mapped IPv6 address; write it as %s", p, p.Unmap())
 		case len(c.VIPs) > 0 && FamilyOf(p) != fam:

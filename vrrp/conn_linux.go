@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
-	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -109,21 +108,20 @@ func (c *rawConn) ReadPacket(buf []byte) (Packet, error) {
 		var cm *ipv4.ControlMessage
 		n, cm, src, err = c.p4.ReadFrom(buf)
 		if err == nil && cm != nil {
-			p.TTL, p.IfIndex = cm.TTL, cm.IfIndex
+			p.TTL = cm.TTL
 			p.Dst, _ = netip.AddrFromSlice(cm.Dst.To4())
 		}
 	} else {
 		var cm *ipv6.ControlMessage
 		n, cm, src, err = c.p6.ReadFrom(buf)
 		if err == nil && cm != nil {
-			p.TTL, p.IfIndex = cm.HopLimit, cm.IfIndex
+			p.TTL = cm.HopLimit
 			p.Dst, _ = netip.AddrFromSlice(cm.Dst)
 		}
 	}
 	if err != nil {
 		return p, err
 	}
-	p.At = time.Now()
 	p.Payload = buf[:n]
 	if ia, ok := src.(*net.IPAddr); ok {
 		a, _ := netip.AddrFromSlice(ia.IP)

@@ -64,6 +64,10 @@ const (
 	sourceRetry = time.Second
 	// maxHold caps how long a stopping master keeps its VIPs.
 	maxHold = 10 * time.Second
+	// vipRetry is how soon a failed VIP add or delete is tried again.
+	vipRetry = time.Second
+	// logEvery rate-limits the logs a peer can cause by what it sends.
+	logEvery = 10 * time.Second
 	// handoffGrace is how long a stopping master keeps its VIPs after the
 	// new master's first advert: its GARP/NA follows the advert, and until
 	// clients have it they still send to the old master.
@@ -91,6 +95,8 @@ type Instance struct {
 	adverAt             time.Time // Adver_Timer (Master)
 	preemptAt           time.Time // preemption allowed from then (preempt_delay)
 	retryAt             time.Time // Fault without a source address: try again
+	vipRetryAt          time.Time // a VIP add or delete failed: try again
+	lastForced          time.Time // last answer to a lower-priority master
 	holdUntil           time.Time // stopping master gives its VIPs up then at the latest
 	master              netip.Addr
 	masterPrio          uint8
@@ -103,7 +109,6 @@ type Instance struct {
 	stopping            bool // shutdown requested while master: handing off
 	handedTo            netip.Addr
 	stopped             bool
-	lastMismatch        string
 
 	sent, received uint64
 	drops          dropCounts
@@ -298,6 +303,7 @@ func (in *Instance) start(now time.Time) {
 	}
 	in.local = local
 	in.fault = ""
+	in.lastAdvert, in.masterLeft = time.Time{}, time.Time{}
 	if in.cfg.Priority == PriorityOwner {
 		in.becomeMaster(now, "priority 255: address owner")
 		return
@@ -328,6 +334,21 @@ func (in *Instance) warmUp() {
 	if w, ok := in.io.addrs.(interface{ warmUp(Family) }); ok {
 		w.warmUp(in.cfg.Family())
 	}
+}
+
+// newSource looks the source address up again when it was not configured,
+// and reports whether it changed.
+func (in *Instance) newSource() bool {
+	if in.cfg.Source.IsValid() {
+		return false
+	}
+	a, err := in.resolveSource()
+	if err != nil || a == in.local {
+		return false
+	}
+	in.log.Warn("source address changed", "from", in.local, "to", a)
+	in.local = a
+	return true
 }
 
 func (in *Instance) resolveSource() (netip.Addr, error) {
@@ -386,12 +407,15 @@ func (in *Instance) enterFault(now time.Time, reason string) {
 		took = in.releaseVIPs(now)
 	}
 	in.clearTimers()
+	if in.state == StateFault && in.fault == reason {
+		return // a retry that failed the same way: not a new transition
+	}
 	in.fault = reason
 	in.setState(now, StateFault, reason, took)
 }
 
 func (in *Instance) clearTimers() {
-	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt, in.vipRetryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	in.garp = garpSchedule{}
 }
 
@@ -411,6 +435,7 @@ func (in *Instance) becomeMaster(now time.Time, reason string) {
 	}
 	in.adverAt = now.Add(in.cfg.Interval)
 	in.master, in.masterPrio = in.local, in.cfg.Priority
+	in.masterAdverInterval = in.cfg.Interval
 	took := in.clock.Now().Sub(now)
 	in.m.takeover.WithLabelValues(in.cfg.Name).Observe(took.Seconds())
 	in.setState(now, StateMaster, reason, took)
@@ -540,9 +565,10 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 			in.becomeMaster(now, "priority raised to 255: address owner")
 			return
 		}
-		if old.Priority != cfg.Priority && in.masterDownAt.After(now) {
-			// Skew_Time depends on our priority.
-			in.masterDownAt = in.lastAdvertOr(now).Add(in.masterDownInterval())
+		if old.Priority != cfg.Priority && in.masterDownAt.After(now) && in.masterLeft.IsZero() && !in.lastAdvert.IsZero() {
+			// Skew_Time depends on our priority. (After a priority 0
+			// the timer is Skew_Time itself and stays.)
+			in.masterDownAt = in.lastAdvert.Add(in.masterDownInterval())
 		}
 	}
 }
@@ -557,6 +583,10 @@ func (in *Instance) lastAdvertOr(t time.Time) time.Time {
 // handleTimers fires every timer that is due at now.
 func (in *Instance) handleTimers(now time.Time) {
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
+	if due(in.vipRetryAt) {
+		in.vipRetryAt = time.Time{}
+		in.reconcileVIPs(now)
+	}
 	switch in.state {
 	case StateBackup:
 		if due(in.masterDownAt) {
@@ -629,6 +659,7 @@ func (in *Instance) nextDeadline() (time.Time, bool) {
 	case StateFault:
 		consider(in.retryAt)
 	}
+	consider(in.vipRetryAt)
 	return next, !next.IsZero()
 }
 
@@ -692,7 +723,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 			// (430) the master is leaving: take over after Skew_Time.
 			in.masterDownAt = now.Add(in.skew())
 			in.masterLeft = now
-			in.log.Info("master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
+			in.logLimited(now, "prio0:"+p.Src.String(), "master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
 		}
 		if !in.preemptAllowed(now) || adv.Priority >= in.cfg.Priority {
@@ -717,8 +748,11 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 			in.becomeBackup(now, p, adv, fmt.Sprintf("advert from %s with the same priority %d and a higher address", p.Src, adv.Priority))
 			return
 		}
-		if in.cfg.LowerPriorityAdvert {
-			in.log.Info("received advert from a lower-priority master, forcing a new election", "from", p.Src, "priority", adv.Priority)
+		// At most once per interval: a peer flooding lower-priority
+		// adverts must not turn each into an advert and a GARP burst.
+		if in.cfg.LowerPriorityAdvert && (in.lastForced.IsZero() || now.Sub(in.lastForced) >= in.cfg.Interval) {
+			in.lastForced = now
+			in.logLimited(now, "lower:"+p.Src.String(), "received advert from a lower-priority master, forcing a new election", "from", p.Src, "priority", adv.Priority)
 			in.sendAdvert(in.cfg.Priority)
 			in.adverAt = now.Add(in.cfg.Interval)
 			in.startBurst(now, in.cfg.GARP.LowerPriorityRepeat)
@@ -745,13 +779,10 @@ func (in *Instance) checkAddresses(p Packet, adv Advertisement) {
 	slices.SortFunc(want, func(a, b netip.Addr) int { return a.Compare(b) })
 	slices.SortFunc(got, func(a, b netip.Addr) int { return a.Compare(b) })
 	if slices.Equal(want, got) {
-		in.lastMismatch = ""
 		return
 	}
 	in.m.mismatch.WithLabelValues(in.cfg.Name).Inc()
-	key := p.Src.String() + fmt.Sprint(got)
-	if key != in.lastMismatch {
-		in.lastMismatch = key
+	if in.logLimited(in.clock.Now(), "mismatch:"+p.Src.String(), "") {
 		in.log.Warn("advert address list differs from the configured VIPs", "from", p.Src, "advertised", got, "configured", want)
 	}
 }
@@ -773,6 +804,13 @@ func (in *Instance) sendAdvert(prio uint8) {
 		b, err := adv.Marshal(in.local, dst, in.cfg.Checksum)
 		if err == nil {
 			err = in.io.tx.WritePacket(b, in.local, dst)
+			if err != nil && in.newSource() {
+				// The address we sent from is gone (renumbered):
+				// send from the interface's address now.
+				if b, err = adv.Marshal(in.local, dst, in.cfg.Checksum); err == nil {
+					err = in.io.tx.WritePacket(b, in.local, dst)
+				}
+			}
 		}
 		if err != nil {
 			in.fail("send", fmt.Errorf("sending advert to %s: %w", dst, err))
@@ -791,24 +829,70 @@ func (in *Instance) installVIPs() {
 			continue
 		}
 		if in.mustFilter() && !in.blockVIP(p.Addr()) {
+			in.retryVIPs()
 			continue
 		}
 		if err := in.io.addrs.AddVIP(in.io.ifindex, p); err != nil {
 			in.fail("vip-add", err)
+			in.retryVIPs()
 			continue
 		}
 		in.installed[p] = true
 	}
 }
 
+// retryVIPs schedules reconcileVIPs after a failed add or delete.
+func (in *Instance) retryVIPs() {
+	if in.vipRetryAt.IsZero() {
+		in.vipRetryAt = in.clock.Now().Add(vipRetry)
+	}
+}
+
+// reconcileVIPs retries what failed: a master adds the VIPs it lacks (and
+// announces them), any other state removes those it still holds.
+func (in *Instance) reconcileVIPs(now time.Time) {
+	if in.state == StateMaster && !in.stopping {
+		missing := len(in.installed) < len(in.cfg.VIPs)
+		in.installVIPs()
+		if missing {
+			in.startBurst(now, in.cfg.GARP.Repeat)
+		}
+		return
+	}
+	if !in.stopping {
+		in.releaseVIPs(now)
+	}
+}
+
+// vipGone takes note that a VIP this router installed was removed by
+// someone else. A master puts it back at once and announces it.
+func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
+	if !in.installed[p] {
+		return
+	}
+	delete(in.installed, p)
+	in.fail("vip-removed", fmt.Errorf("VIP %s was removed from %s by another program", p, in.cfg.Interface))
+	if in.state == StateMaster && !in.stopping {
+		in.reconcileVIPs(now)
+	}
+}
+
+// releaseVIPs removes the VIPs. One that cannot be removed is kept as
+// installed and retried, so that a backup never keeps answering for it.
 func (in *Instance) releaseVIPs(now time.Time) time.Duration {
 	for p := range in.installed {
 		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
 			in.fail("vip-delete", err)
+			in.retryVIPs()
+			continue
 		}
 		delete(in.installed, p)
 	}
-	in.unblockAll(nil)
+	keep := map[netip.Addr]bool{}
+	for p := range in.installed {
+		keep[p.Addr()] = true
+	}
+	in.unblockAll(keep)
 	return in.clock.Now().Sub(now)
 }
 
@@ -863,6 +947,8 @@ func (in *Instance) syncFilter() {
 
 // startBurst queues n rounds of announcements, each one message per VIP,
 // and sends what is due now.
+// Bursts that overlap merge: the rounds left are the larger of the two,
+// so repeated triggers cannot queue announcements without bound.
 func (in *Instance) startBurst(now time.Time, n int) {
 	if n <= 0 {
 		return
@@ -870,7 +956,7 @@ func (in *Instance) startBurst(now time.Time, n int) {
 	if in.garp.rounds == 0 {
 		in.garp.next = now
 	}
-	in.garp.rounds += n
+	in.garp.rounds = max(in.garp.rounds, n)
 	in.runBurst(now)
 }
 
@@ -902,6 +988,22 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 		in.m.transitions.WithLabelValues(in.cfg.Name, from.String(), to.String()).Inc()
 	}
 	in.log.Info("entering "+to.String()+" state", "from", from.String(), "reason", reason, "took", took)
+}
+
+// logLimited logs msg at Info at most once per logEvery for key and
+// reports whether it did (with msg "" it only reports).
+func (in *Instance) logLimited(now time.Time, key, msg string, args ...any) bool {
+	if last, ok := in.lastErrLog[key]; ok && now.Sub(last) < logEvery {
+		return false
+	}
+	if len(in.lastErrLog) > 64 {
+		clear(in.lastErrLog)
+	}
+	in.lastErrLog[key] = now
+	if msg != "" {
+		in.log.Info(msg, args...)
+	}
+	return true
 }
 
 // fail records a failed operation: counted, kept for status, logged once

@@ -572,3 +572,114 @@ func TestAcceptModeOffFiltersOnlyWhileMaster(t *testing.T) {
 		t.Errorf("owner filters %v", of.blocked)
 	}
 }
+
+// failingAddrs fails the first n adds.
+type failingAddrs struct {
+	*fakeAddrs
+	n int
+}
+
+func (f *failingAddrs) AddVIP(ifindex int, p netip.Prefix) error {
+	if f.n > 0 {
+		f.n--
+		return errNoAddr
+	}
+	return f.fakeAddrs.AddVIP(ifindex, p)
+}
+
+func TestFailedVIPAddIsRetriedAndAnnounced(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	r.in.io.addrs = &failingAddrs{fakeAddrs: r.vips, n: 2}
+	s.runFor(mdi(100, time.Second))
+	wantState(t, r, StateMaster)
+	if len(r.vips.on) != 0 {
+		t.Fatalf("VIP on after a failed add: %v", r.vips.on)
+	}
+	announced := r.ann.sent
+	s.runFor(2*vipRetry + ms)
+	if len(r.vips.on) != 1 {
+		t.Fatalf("failed VIP add not retried: %v", r.vips.log)
+	}
+	if r.ann.sent <= announced {
+		t.Error("the VIP added on retry was not announced")
+	}
+	// Removed behind our back: put back at once and announced again.
+	announced = r.ann.sent
+	delete(r.vips.on, r.in.cfg.VIPs[0])
+	r.in.vipGone(s.clock.Now(), r.in.cfg.VIPs[0])
+	if len(r.vips.on) != 1 || r.ann.sent <= announced {
+		t.Errorf("VIP removed by another program not restored and announced: on=%v", r.vips.on)
+	}
+}
+
+func TestFaultRetriesDoNotRewriteHistory(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	r.in.io.source = func(*Config) (netip.Addr, error) { return netip.Addr{}, errNoAddr }
+	r.in.state = StateInit
+	r.in.start(s.clock.Now())
+	s.runFor(10 * sourceRetry)
+	faults := 0
+	for _, tr := range r.in.transitions {
+		if tr.To == StateFault {
+			faults++
+		}
+	}
+	if faults != 1 {
+		t.Errorf("%d FAULT transitions after 10 failed retries; want 1: %+v", faults, r.in.transitions)
+	}
+}
+
+func TestLowerPriorityFloodIsRateLimited(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.GARP.Interval = 100 * ms })
+	s.runFor(4 * time.Second)
+	before, ann := len(s.capture), len(r.ann.times)
+	for range 1000 {
+		s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 50})
+	}
+	if got := len(s.capture) - before; got != 1 {
+		t.Errorf("1000 lower-priority adverts within one interval drew %d replies; want 1", got)
+	}
+	s.runFor(30 * time.Second)
+	// The reply burst (5 rounds) plus regular cadence: no queue of 5000 rounds.
+	if got := len(r.ann.times) - ann; got > 10 {
+		t.Errorf("%d announcement rounds after the flood; want the one burst", got)
+	}
+}
+
+func TestPriorityChangeInBackupKeepsTheRightTimer(t *testing.T) {
+	t.Run("after a fault the old advert does not count", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", nil)
+		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200})
+		r.in.handleLink(s.clock.Now(), "eth0", false)
+		s.runFor(57 * time.Second)
+		r.in.handleLink(s.clock.Now(), "eth0", true)
+		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200})
+		wantState(t, r, StateBackup)
+		// A fresh start; before any advert, a priority change.
+		r.in.handleLink(s.clock.Now(), "eth0", false)
+		r.in.handleLink(s.clock.Now(), "eth0", true)
+		cfg := r.in.cfg
+		cfg.Priority = 90
+		r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+		if !r.in.masterDownAt.After(s.clock.Now()) {
+			t.Fatalf("master down timer is in the past after a priority change: %v", r.in.masterDownAt.Sub(s.clock.Now()))
+		}
+	})
+	t.Run("after priority 0 the skew timer stays", func(t *testing.T) {
+		s := newSim(t)
+		r := s.add("192.0.2.1", nil)
+		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200})
+		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 0})
+		want := r.in.masterDownAt
+		cfg := r.in.cfg
+		cfg.Priority = 90
+		r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+		if r.in.masterDownAt != want {
+			t.Errorf("priority change moved the Skew_Time timer by %v", r.in.masterDownAt.Sub(want))
+		}
+	})
+}

@@ -2,58 +2,189 @@ package vrrp
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// linkWatcher follows the link state of every interface by netlink
-// notifications. A link is up when it is administratively up and running
-// (it has carrier).
+// linkInfo is what keepvip follows about an interface.
+type linkInfo struct {
+	up    bool // administratively up and running (has carrier)
+	index int
+	mac   string
+}
+
+// linkWatcher follows the links and addresses of the host by netlink
+// notifications. A subscription that fails (the netlink library ends it on
+// any receive error, such as ENOBUFS after a burst of changes) is taken
+// again after a second, and the link state re-read, so that tracking never
+// silently stops.
 type linkWatcher struct {
-	mu     sync.Mutex
-	up     map[string]bool
-	notify func(name string, up bool)
+	log *slog.Logger
+	// onLink is called for every change of a link's state, index or MAC.
+	onLink func(name string, info linkInfo)
+	// onAddrGone is called when an address is removed.
+	onAddrGone func(ifindex int, p netip.Prefix)
+
+	mu    sync.Mutex
+	links map[string]linkInfo
 }
 
 func linkUp(attrs *netlink.LinkAttrs) bool {
 	return attrs.Flags&net.FlagUp != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0
 }
 
+func infoOf(attrs *netlink.LinkAttrs) linkInfo {
+	return linkInfo{up: linkUp(attrs), index: attrs.Index, mac: attrs.HardwareAddr.String()}
+}
+
+const (
+	resubscribeAfter = time.Second
+	netlinkRcvBuf    = 1 << 20
+)
+
 // start subscribes, then reads the current state, so that no change between
 // the two is lost. It returns when the initial state is known; updates flow
 // until done is closed.
 func (w *linkWatcher) start(done <-chan struct{}) error {
-	ch := make(chan netlink.LinkUpdate, 64)
-	if err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{}); err != nil {
-		return fmt.Errorf("subscribing to link changes: %w", err)
+	lch, err := w.subscribeLinks(done)
+	if err != nil {
+		return err
 	}
+	ach, err := w.subscribeAddrs(done)
+	if err != nil {
+		return err
+	}
+	if err := w.relist(false); err != nil {
+		return err
+	}
+	go w.followLinks(done, lch)
+	go w.followAddrs(done, ach)
+	return nil
+}
+
+func (w *linkWatcher) subscribeLinks(done <-chan struct{}) (chan netlink.LinkUpdate, error) {
+	ch := make(chan netlink.LinkUpdate, 256)
+	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+		ErrorCallback:     func(err error) { w.log.Warn("link notifications failed", "err", err) },
+		ReceiveBufferSize: netlinkRcvBuf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to link changes: %w", err)
+	}
+	return ch, nil
+}
+
+func (w *linkWatcher) subscribeAddrs(done <-chan struct{}) (chan netlink.AddrUpdate, error) {
+	ch := make(chan netlink.AddrUpdate, 256)
+	err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
+		ErrorCallback:     func(err error) { w.log.Warn("address notifications failed", "err", err) },
+		ReceiveBufferSize: netlinkRcvBuf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to address changes: %w", err)
+	}
+	return ch, nil
+}
+
+// relist reads every link and, with notify, reports what changed.
+func (w *linkWatcher) relist(notify bool) error {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
-	w.mu.Lock()
-	w.up = map[string]bool{}
+	now := map[string]linkInfo{}
 	for _, l := range links {
-		w.up[l.Attrs().Name] = linkUp(l.Attrs())
+		now[l.Attrs().Name] = infoOf(l.Attrs())
 	}
+	w.mu.Lock()
+	old := w.links
+	w.links = now
 	w.mu.Unlock()
-	go func() {
+	if !notify {
+		return nil
+	}
+	for name, info := range now {
+		if old[name] != info {
+			w.onLink(name, info)
+		}
+	}
+	for name := range old {
+		if _, ok := now[name]; !ok {
+			w.onLink(name, linkInfo{})
+		}
+	}
+	return nil
+}
+
+func (w *linkWatcher) followLinks(done <-chan struct{}, ch chan netlink.LinkUpdate) {
+	for {
 		for u := range ch {
 			name := u.Attrs().Name
-			up := u.Header.Type != unix.RTM_DELLINK && linkUp(u.Attrs())
+			info := infoOf(u.Attrs())
+			if u.Header.Type == unix.RTM_DELLINK {
+				info = linkInfo{}
+			}
 			w.mu.Lock()
-			was, known := w.up[name]
-			w.up[name] = up
+			was, known := w.links[name]
+			w.links[name] = info
 			w.mu.Unlock()
-			if !known || was != up {
-				w.notify(name, up)
+			if !known || was != info {
+				w.onLink(name, info)
 			}
 		}
-	}()
-	return nil
+		// The subscription ended: stopped, or failed.
+		ch = nil
+		var err error
+		for ch == nil || err != nil {
+			select {
+			case <-done:
+				return
+			case <-time.After(resubscribeAfter):
+			}
+			if ch, err = w.subscribeLinks(done); err == nil {
+				err = w.relist(true)
+			}
+			if err != nil {
+				w.log.Warn("following links again", "err", err)
+			}
+		}
+		w.log.Info("following link changes again")
+	}
+}
+
+func (w *linkWatcher) followAddrs(done <-chan struct{}, ch chan netlink.AddrUpdate) {
+	for {
+		for u := range ch {
+			if u.NewAddr {
+				continue
+			}
+			a, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+			if !ok {
+				continue
+			}
+			bits, _ := u.LinkAddress.Mask.Size()
+			w.onAddrGone(u.LinkIndex, netip.PrefixFrom(a.Unmap(), bits))
+		}
+		ch = nil
+		var err error
+		for ch == nil || err != nil {
+			select {
+			case <-done:
+				return
+			case <-time.After(resubscribeAfter):
+			}
+			ch, err = w.subscribeAddrs(done)
+			if err != nil {
+				w.log.Warn("following addresses again", "err", err)
+			}
+		}
+	}
 }
 
 // snapshot returns the state of the named links.
@@ -62,7 +193,7 @@ func (w *linkWatcher) snapshot(names []string) map[string]bool {
 	defer w.mu.Unlock()
 	out := make(map[string]bool, len(names))
 	for _, n := range names {
-		out[n] = w.up[n]
+		out[n] = w.links[n].up
 	}
 	return out
 }

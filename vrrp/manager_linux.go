@@ -9,11 +9,13 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/keepvip/keepvip/internal/clock"
 )
@@ -25,6 +27,11 @@ type Options struct {
 	Clock      clock.Clock           // nil: the wall clock with timerfd timers (clock.Precise)
 }
 
+// lockName is the abstract unix socket that makes a Manager the only one in
+// its network namespace: two would prune each other's VIPs. Abstract
+// sockets belong to the network namespace and vanish with the process.
+const lockName = "@keepvip-vrrp"
+
 // Manager runs the virtual routers of this host. Sync takes the full desired
 // set and starts, updates or stops instances to match; the sockets, the
 // announcers and the VIP bookkeeping they share belong to the Manager.
@@ -35,22 +42,29 @@ type Manager struct {
 	addrs   *netlinkAddrs
 	filter  *nftFilter
 	links   linkWatcher
+	lock    net.Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	syncMu sync.Mutex // one Sync at a time
+
 	mu         sync.Mutex
 	insts      map[string]*managed
+	stopping   map[string]*managed // by slot: instances handing off
+	pending    map[string]Config   // desired, waiting for their interface
 	sockets    map[sockKey]*socket
 	announcers map[int]*linkAnnouncer
 }
 
 type managed struct {
-	cfg    Config
-	in     *Instance
-	cancel context.CancelFunc
-	sock   *socket
+	cfg      Config
+	in       *Instance
+	cancel   context.CancelFunc
+	sock     *socket
+	ifindex  int
+	released chan struct{} // closed once stopped and out of its socket
 }
 
 type sockKey struct {
@@ -92,17 +106,30 @@ func NewManager(o Options) *Manager {
 		ctx:        ctx,
 		cancel:     cancel,
 		insts:      map[string]*managed{},
+		stopping:   map[string]*managed{},
+		pending:    map[string]Config{},
 		sockets:    map[sockKey]*socket{},
 		announcers: map[int]*linkAnnouncer{},
 	}
-	m.links.notify = m.onLink
+	m.links.log = o.Logger
+	m.links.onLink = m.onLink
+	m.links.onAddrGone = m.onAddrGone
 	return m
 }
 
-// Start follows link state and removes VIPs that a previous keepvip left
-// behind (marked with AddrProto): no instance holds a VIP before it has been
-// elected.
+// Start makes sure no other keepvip runs in this network namespace,
+// follows links and addresses, and removes VIPs that a previous keepvip
+// left behind (marked with AddrProto): no instance holds a VIP before it
+// has been elected.
 func (m *Manager) Start() error {
+	l, err := net.Listen("unix", lockName)
+	if err != nil {
+		return fmt.Errorf("another keepvip is running in this network namespace (%s: %w)", lockName, err)
+	}
+	m.lock = l
+	if !addrProtoSupported() {
+		m.log.Warn("this kernel does not keep address marks (IFA_PROTO needs Linux 6.1): VIPs left by a crashed keepvip are not recognised at start; remove them by hand")
+	}
 	if err := m.links.start(m.ctx.Done()); err != nil {
 		return err
 	}
@@ -119,11 +146,32 @@ func (m *Manager) Start() error {
 	return nil
 }
 
+// addrProtoSupported reports whether the kernel (6.1 or later) stores
+// IFA_PROTO, with which keepvip marks its VIPs.
+func addrProtoSupported() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	rel := unix.ByteSliceToString(u.Release[:])
+	parts := strings.SplitN(rel, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return major > 6 || major == 6 && minor >= 1
+}
+
 // Sync makes the running instances match cfgs. Instances that are unchanged
 // keep running untouched; changed ones are updated in place when they are
 // the same router (interface, VRID, family, version) and restarted
 // otherwise. An instance that cannot start is reported in the returned
-// error and the others are still applied.
+// error and the others are still applied; one whose interface does not
+// exist yet starts when the interface appears.
 func (m *Manager) Sync(cfgs []Config) error {
 	var errs []error
 	desired := map[string]Config{}
@@ -146,22 +194,36 @@ func (m *Manager) Sync(cfgs []Config) error {
 		desired[c.Name] = c
 	}
 
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.ctx.Err() != nil {
+		m.mu.Unlock()
 		return errors.New("vrrp manager is stopped")
 	}
 	for name, mi := range m.insts {
-		d, keep := desired[name]
-		if keep && mi.cfg.sameRouter(&d) {
+		if d, keep := desired[name]; keep && mi.cfg.sameRouter(&d) {
 			continue
 		}
-		// A router that is replaced, or whose slot another instance
-		// needs, is stopped before the new one takes the slot; a removed
-		// one hands off in the background.
-		_, slotNeeded := slots[slotOf(&mi.cfg)]
-		m.stopLocked(name, mi, keep || slotNeeded)
+		m.stopLocked(name, mi)
 	}
+	clear(m.pending)
+	// A slot still held by a router that is handing off is waited for,
+	// without holding the lock: status, link events and the hand-off
+	// itself go on meanwhile.
+	var waits []chan struct{}
+	for slot := range slots {
+		if st, ok := m.stopping[slot]; ok {
+			waits = append(waits, st.released)
+		}
+	}
+	m.mu.Unlock()
+	for _, w := range waits {
+		<-w
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	names := make([]string, 0, len(desired))
 	for n := range desired {
 		names = append(names, n)
@@ -179,11 +241,16 @@ func (m *Manager) Sync(cfgs []Config) error {
 			continue
 		}
 		if err := m.startLocked(c); err != nil {
+			if errors.Is(err, errNoInterface) {
+				m.pending[name] = c
+			}
 			errs = append(errs, fmt.Errorf("instance %q: %w", name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
+
+var errNoInterface = errors.New("no such interface (the instance starts when it appears)")
 
 func slotOf(c *Config) string {
 	return fmt.Sprintf("%s/%s/%d", c.Interface, c.Family(), c.VRID)
@@ -192,7 +259,7 @@ func slotOf(c *Config) string {
 func (m *Manager) startLocked(c Config) error {
 	ifi, err := net.InterfaceByName(c.Interface)
 	if err != nil {
-		return fmt.Errorf("interface %s: %w", c.Interface, err)
+		return fmt.Errorf("interface %s: %w", c.Interface, errNoInterface)
 	}
 	fam := c.Family()
 	sock, err := m.socketLocked(ifi, fam)
@@ -200,7 +267,7 @@ func (m *Manager) startLocked(c Config) error {
 		return err
 	}
 	if other := sock.lookup(c.VRID); other != nil {
-		return fmt.Errorf("VRID %d (%s) on %s is still held by a stopping instance %q", c.VRID, fam, c.Interface, other.cfg.Name)
+		return fmt.Errorf("VRID %d (%s) on %s is still held by instance %q", c.VRID, fam, c.Interface, other.cfg.Name)
 	}
 	ann, err := m.announcerLocked(ifi)
 	if err != nil {
@@ -213,9 +280,13 @@ func (m *Manager) startLocked(c Config) error {
 		filter:   m.filter,
 		ifindex:  ifi.Index,
 		source: func(c *Config) (netip.Addr, error) {
+			// An owner's VIPs are its own addresses and may be its
+			// source; other routers never send from a VIP.
 			vips := map[netip.Addr]bool{}
-			for _, v := range c.VIPs {
-				vips[v.Addr()] = true
+			if c.Priority != PriorityOwner {
+				for _, v := range c.VIPs {
+					vips[v.Addr()] = true
+				}
 			}
 			return sourceAddr(ifi.Index, fam, c.Peers, vips)
 		},
@@ -225,7 +296,7 @@ func (m *Manager) startLocked(c Config) error {
 	sock.byVRID[c.VRID] = in
 	sock.mu.Unlock()
 	ctx, cancel := context.WithCancel(m.ctx)
-	m.insts[c.Name] = &managed{cfg: c, in: in, cancel: cancel, sock: sock}
+	m.insts[c.Name] = &managed{cfg: c, in: in, cancel: cancel, sock: sock, ifindex: ifi.Index, released: make(chan struct{})}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -234,33 +305,33 @@ func (m *Manager) startLocked(c Config) error {
 	return nil
 }
 
-// stopLocked stops an instance; with wait it returns once the instance has
-// stopped and released its VRID, otherwise that happens in the background.
-func (m *Manager) stopLocked(name string, mi *managed, wait bool) {
+// stopLocked stops an instance. It hands off and leaves its socket in the
+// background; released is closed when its slot is free.
+func (m *Manager) stopLocked(name string, mi *managed) {
 	delete(m.insts, name)
 	mi.cancel()
-	release := func() {
+	slot := slotOf(&mi.cfg)
+	m.stopping[slot] = mi
+	m.log.Info("instance stopping", "instance", name)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
 		<-mi.in.done
+		m.mu.Lock()
 		mi.sock.mu.Lock()
 		if mi.sock.byVRID[mi.cfg.VRID] == mi.in {
 			delete(mi.sock.byVRID, mi.cfg.VRID)
 		}
 		mi.sock.mu.Unlock()
-		m.metrics.forget(&mi.cfg)
-	}
-	m.log.Info("instance stopping", "instance", name)
-	if wait {
-		release()
+		if m.stopping[slot] == mi {
+			delete(m.stopping, slot)
+		}
+		if _, again := m.insts[name]; !again {
+			m.metrics.forget(&mi.cfg)
+		}
 		m.closeIdleLocked()
-		return
-	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		release()
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		m.closeIdleLocked()
+		m.mu.Unlock()
+		close(mi.released)
 	}()
 }
 
@@ -357,24 +428,87 @@ func (m *Manager) read(s *socket) {
 	}
 }
 
-func (m *Manager) onLink(name string, up bool) {
+// onLink follows a link change: tracked links feed the instances' Fault
+// state; an interface that was re-created (new index) restarts its
+// instances; one that appears starts those waiting for it; a new MAC is
+// used in announcements from then on.
+func (m *Manager) onLink(name string, info linkInfo) {
 	m.mu.Lock()
+	if a, ok := m.announcers[info.index]; ok && info.mac != "" {
+		a.setMAC(info.mac)
+	}
 	var affected []*Instance
-	for _, mi := range m.insts {
+	for iname, mi := range m.insts {
+		if info.index != 0 && mi.cfg.Interface == name && mi.ifindex != info.index && m.ctx.Err() == nil {
+			m.log.Info("interface was re-created, restarting the instance", "instance", iname, "interface", name)
+			m.stopLocked(iname, mi)
+			m.pending[iname] = mi.cfg
+			continue
+		}
 		if slices.Contains(mi.cfg.tracked(), name) {
 			affected = append(affected, mi.in)
 		}
 	}
-	m.mu.Unlock()
-	state := "down"
-	if up {
-		state = "up"
+	if info.index != 0 {
+		m.startPendingLocked(name)
 	}
+	m.mu.Unlock()
 	if len(affected) > 0 {
-		m.log.Info("tracked link changed", "link", name, "state", state)
+		m.log.Info("tracked link changed", "link", name, "up", info.up)
 	}
 	for _, in := range affected {
-		in.do(func() { in.handleLink(m.clock.Now(), name, up) })
+		in.do(func() { in.handleLink(m.clock.Now(), name, info.up) })
+	}
+}
+
+// startPendingLocked starts the instances waiting for interface name. One
+// whose slot is still held by a router handing off is started once that
+// router lets go. A started instance takes the current link state from the
+// watcher; no older event is replayed to it.
+func (m *Manager) startPendingLocked(name string) {
+	if m.ctx.Err() != nil {
+		return
+	}
+	for pname, c := range m.pending {
+		if c.Interface != name {
+			continue
+		}
+		if st, busy := m.stopping[slotOf(&c)]; busy {
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				<-st.released
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				m.startPendingLocked(name)
+			}()
+			continue
+		}
+		if err := m.startLocked(c); err != nil {
+			m.log.Warn("starting instance on its interface", "instance", pname, "err", err)
+			continue
+		}
+		delete(m.pending, pname)
+		m.log.Info("interface appeared, instance started", "instance", pname, "interface", name)
+	}
+}
+
+// onAddrGone tells the instance that installed a VIP that someone else
+// removed it.
+func (m *Manager) onAddrGone(ifindex int, p netip.Prefix) {
+	if !m.addrs.gone(ifindex, p.Addr()) {
+		return // not ours, or removed by keepvip itself
+	}
+	m.mu.Lock()
+	var owners []*Instance
+	for _, mi := range m.insts {
+		if mi.ifindex == ifindex && slices.Contains(mi.cfg.VIPs, p) {
+			owners = append(owners, mi.in)
+		}
+	}
+	m.mu.Unlock()
+	for _, in := range owners {
+		in.do(func() { in.vipGone(m.clock.Now(), p) })
 	}
 }
 
@@ -414,5 +548,8 @@ func (m *Manager) Stop() error {
 	m.closeIdleLocked()
 	err := errors.Join(m.addrs.releaseAll(), m.filter.Close())
 	m.addrs.close()
+	if m.lock != nil {
+		m.lock.Close()
+	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -450,5 +451,162 @@ func TestManagerAcceptModeOff(t *testing.T) {
 	}
 	if tbl, _ := c.ListTableOfFamily(FilterTable, nftables.TableFamilyINet); tbl != nil {
 		t.Errorf("nftables table %s left after Stop", FilterTable)
+	}
+}
+
+func TestManagerOwnerAndExternalChanges(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, vb := vethPair(t)
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	// Only one Manager per network namespace.
+	if err := NewManager(Options{Logger: discard()}).Start(); err == nil {
+		t.Fatal("a second Manager started in the same network namespace")
+	} else {
+		t.Logf("second Manager: %v", err)
+	}
+
+	// The owner: its VIP is the interface's own address, and its source.
+	owner := testConfig("owner", "va", 80, "192.0.2.1/24")
+	owner.Priority = PriorityOwner
+	// A router whose VIP someone else removes.
+	web := testConfig("web", "va", 81, "192.0.2.81/24")
+	// One waiting for an interface that does not exist yet.
+	late := testConfig("late", "vc", 82, "192.0.2.82/32")
+	err := m.Sync([]Config{owner, web, late})
+	if err == nil || !strings.Contains(err.Error(), "starts when it appears") {
+		t.Fatalf("Sync with a missing interface = %v", err)
+	}
+	st := waitState(t, m, "owner", StateMaster)
+	if st.Source != netip.MustParseAddr("192.0.2.1") {
+		t.Errorf("owner source = %v; want its own address 192.0.2.1", st.Source)
+	}
+	waitState(t, m, "web", StateMaster)
+	netnstest.Sh(t, "ip addr del 192.0.2.81/24 dev va")
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if _, ok := hasAddr(t, va.Index, netip.MustParseAddr("192.0.2.81")); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a VIP removed by hand was not put back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The interface appears: the waiting instance starts.
+	netnstest.Sh(t, "ip link add vc type veth peer name vd && ip addr add 192.0.2.200/24 dev vc && ip link set vc up && ip link set vd up")
+	waitState(t, m, "late", StateMaster)
+	// Re-created with a new index: the instance restarts on it.
+	netnstest.Sh(t, "ip link del vc && ip link add vc type veth peer name vd && ip addr add 192.0.2.201/24 dev vc && ip link set vc up && ip link set vd up")
+	vc, err := net.InterfaceByName("vc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		var s Status
+		for _, x := range m.Status() {
+			if x.Name == "late" {
+				s = x
+			}
+		}
+		if s.State == StateMaster && s.Source == netip.MustParseAddr("192.0.2.201") {
+			if _, ok := hasAddr(t, vc.Index, netip.MustParseAddr("192.0.2.82")); ok {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance did not come back on the re-created interface: %+v", m.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A new MAC is used in announcements from then on.
+	arp, err := packet.Listen(vb, packet.Raw, 0x0806, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arp.Close()
+	netnstest.Sh(t, "ip link set va address 02:00:00:00:00:aa")
+	time.Sleep(100 * time.Millisecond)
+	web.Priority = 120 // a live change: the master re-advertises...
+	web.VIPs = append(web.VIPs, netip.MustParsePrefix("192.0.2.83/24"))
+	if err := m.Sync([]Config{owner, web, late}); err != nil {
+		t.Fatal(err)
+	}
+	arp.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		buf := make([]byte, 128)
+		n, _, err := arp.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no GARP after the MAC change: %v", err)
+		}
+		if n >= 42 && buf[21] == 1 && bytes.Equal(buf[28:32], []byte{192, 0, 2, 83}) {
+			if got := net.HardwareAddr(buf[22:28]).String(); got != "02:00:00:00:00:aa" {
+				t.Errorf("GARP carries %s; want the new MAC 02:00:00:00:00:aa", got)
+			}
+			break
+		}
+	}
+}
+
+func TestManagerHandoffDoesNotBlock(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	vethPair(t)
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	slow := testConfig("slow", "va", 90, "192.0.2.90/24")
+	slow.Interval = 2 * time.Second // hold: 2 × 2 s = 4 s
+	slow.Priority = PriorityOwner
+	other := testConfig("other", "va", 91, "192.0.2.91/24")
+	if err := m.Sync([]Config{slow, other}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "slow", StateMaster)
+	waitState(t, m, "other", StateMaster)
+	// Removing the master starts an 8 s handoff hold (nobody takes over).
+	// Meanwhile status answers at once, and re-adding waits for the slot.
+	done := make(chan error, 1)
+	go func() {
+		if err := m.Sync([]Config{other}); err != nil {
+			done <- err
+			return
+		}
+		done <- m.Sync([]Config{slow, other})
+	}()
+	time.Sleep(200 * time.Millisecond)
+	t0 := time.Now()
+	st := m.Status()
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		t.Errorf("Status took %v during a handoff", d)
+	}
+	if len(st) != 1 || st[0].Name != "other" {
+		t.Errorf("status during the handoff = %+v", st)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("re-adding during the handoff: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("re-adding did not finish after the hold")
+	}
+	if d := time.Since(t0); d < 3*time.Second {
+		t.Errorf("re-added after %v: did not wait for the 4 s hold", d)
+	}
+	waitState(t, m, "slow", StateMaster)
+	// Leave quickly: no hold for the final Stop.
+	slow.HandoffHold, other.HandoffHold = false, false
+	if err := m.Sync([]Config{slow, other}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 )
 
 // Packet is one VRRP message as received, with the IP header fields the
@@ -14,9 +13,7 @@ type Packet struct {
 	Src     netip.Addr
 	Dst     netip.Addr
 	// TTL is the IPv4 TTL or IPv6 Hop Limit.
-	TTL     int
-	IfIndex int
-	At      time.Time
+	TTL int
 }
 
 // DropReason names why a received packet was not used. The reasons are the

@@ -105,12 +105,14 @@ type Status struct {
 	AdvertInterval       Duration   `json:"advertInterval"`
 	MasterAdvertInterval Duration   `json:"masterAdvertInterval"`
 	// MasterDownInterval is 3 × MasterAdvertInterval + Skew_Time.
-	MasterDownInterval Duration          `json:"masterDownInterval"`
-	Preempt            bool              `json:"preempt"`
-	LastAdvert         time.Time         `json:"lastAdvertReceived"`
-	AdvertsSent        uint64            `json:"advertsSent"`
-	AdvertsReceived    uint64            `json:"advertsReceived"`
-	Drops              map[string]uint64 `json:"drops,omitempty"`
-	Transitions        []Transition      `json:"transitions"`
-	Errors             []string          `json:"errors,omitempty"`
+	MasterDownInterval Duration `json:"masterDownInterval"`
+	Preempt            bool     `json:"preempt"`
+	// LastAdvert is when the router last followed the master's advert
+	// (Backup); zero since startup otherwise.
+	LastAdvert      time.Time         `json:"lastAdvertReceived"`
+	AdvertsSent     uint64            `json:"advertsSent"`
+	AdvertsReceived uint64            `json:"advertsReceived"`
+	Drops           map[string]uint64 `json:"drops,omitempty"`
+	Transitions     []Transition      `json:"transitions"`
+	Errors          []string          `json:"errors,omitempty"`
 }
