@@ -165,7 +165,8 @@ func decodeError(err error) string {
 
 func (c *Config) validate() []error {
 	var errs []error
-	names := map[string]string{}
+	names := map[string]string{}    // name -> path of the instance
+	nameSlot := map[string]string{} // name -> its interface/family/VRID
 	slots := map[string]string{}
 	vips := map[netip.Addr]string{}
 	for i := range c.Instances {
@@ -185,17 +186,19 @@ func (c *Config) validate() []error {
 			// reported through interface or vrid
 		case !nameRE.MatchString(in.Name):
 			errs = append(errs, &FieldError{path + ".name", fmt.Sprintf("%q: use letters, digits, '.', '_' and '-' (at most 63)", in.Name)})
-		case names[in.Name] != "" && defaulted:
-			// Only when interface, VRID and family repeat: reported below.
+		case names[in.Name] != "" && defaulted && nameSlot[in.Name] == slotOfInstance(vc):
+			// The same interface, family and VRID repeated: reported
+			// below as a duplicate VRID.
 		case names[in.Name] != "":
 			errs = append(errs, &FieldError{path + ".name", fmt.Sprintf("%q is also the name of %s", in.Name, names[in.Name])})
 		default:
 			names[in.Name] = path
+			nameSlot[in.Name] = slotOfInstance(vc)
 		}
 		if len(ierrs) > 0 {
 			continue
 		}
-		slot := fmt.Sprintf("%s/%s/%d", vc.Interface, vc.Family(), vc.VRID)
+		slot := slotOfInstance(vc)
 		if other, dup := slots[slot]; dup {
 			errs = append(errs, &FieldError{path + ".vrid", fmt.Sprintf("VRID %d (%s) on %s is also used by %s", vc.VRID, vc.Family(), vc.Interface, other)})
 		}
@@ -208,6 +211,10 @@ func (c *Config) validate() []error {
 		}
 	}
 	return errs
+}
+
+func slotOfInstance(vc vrrp.Config) string {
+	return fmt.Sprintf("%s/%s/%d", vc.Interface, vc.Family(), vc.VRID)
 }
 
 // VRRP returns the virtual routers of a parsed Config.

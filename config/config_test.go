@@ -111,6 +111,10 @@ func TestParseErrors(t *testing.T) {
 			"instances[1].vips[0]: 192.0.2.100 is also a VIP of instances[0]"}},
 		{"duplicate name", "instances:\n- {name: a, interface: eth0, vrid: 1, vips: [192.0.2.1]}\n- {name: a, interface: eth0, vrid: 2, vips: [192.0.2.2]}\n", []string{
 			`instances[1].name: "a" is also the name of instances[0]`}},
+		{"default name clashes with an explicit one", "instances:\n- {name: eth0-51, interface: eth1, vrid: 7, vips: [192.0.2.7]}\n- {interface: eth0, vrid: 51, vips: [192.0.2.51]}\n", []string{
+			`instances[1].name: "eth0-51" is also the name of instances[0]`}},
+		{"zoned peer", base + "  unicastPeers: ['fe80::2%eth0']\n", []string{"instances[0].unicastPeers[0]: fe80::2%eth0: a zone is not allowed"}},
+		{"zoned source", "instances:\n- {interface: eth0, vrid: 1, vips: ['fe80::1'], sourceAddress: 'fe80::9%eth0'}\n", []string{"instances[0].sourceAddress: fe80::9%eth0: a zone is not allowed"}},
 		{"bad name", "instances:\n- {name: 'a b', interface: eth0, vrid: 1, vips: [192.0.2.1]}\n", []string{`instances[0].name: "a b": use letters`}},
 		{"every bad entry is reported", "instances:\n- {interface: eth0, vrid: 1, priority: 0, vips: [192.0.2.1]}\n- {interface: eth0, vrid: 2, vips: [x]}\n", []string{
 			"instances[0].priority", "instances[1].vips[0]"}},

@@ -155,7 +155,8 @@ func (d *daemon) reload() {
 	if err != nil {
 		d.reloads.WithLabelValues("error").Inc()
 		errs := strings.Split(err.Error(), "\n")
-		d.cfgErrs.Set(float64(len(errs) - 1))
+		// The first line names the file; an unreadable file is one error.
+		d.cfgErrs.Set(float64(max(1, len(errs)-1)))
 		d.mu.Lock()
 		d.errs = errs
 		d.mu.Unlock()

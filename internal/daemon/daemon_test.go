@@ -112,6 +112,24 @@ func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
 		s := status()
 		return s != nil && len(s.ConfigErrors) == 0 && len(s.Instances) == 1 && s.Instances[0].Priority == 120
 	})
+	// An unreadable file is an error too (one), and changes nothing.
+	if err := os.Remove(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	waitFor(t, "read error in status", func() bool { s := status(); return s != nil && len(s.ConfigErrors) > 0 })
+	resp, err = http.Get("http://127.0.0.1:19742/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "keepvip_config_errors 1\n") {
+		t.Errorf("an unreadable file is not counted as a configuration error")
+	}
+	if s := status(); s.Instances[0].Priority != 120 {
+		t.Errorf("an unreadable file changed the running instance: %+v", s.Instances[0])
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
