@@ -435,31 +435,42 @@ func checkNoNamespaces(t *testing.T, id string) {
 
 const helperEnv = "KEEPVIP_LAB_TEST_HELPER"
 
-// TestCrashHelper is run as a subprocess by TestCrashCleanup: it builds a
-// lab, starts a process in it, reports, and waits to be SIGKILLed.
-func TestCrashHelper(t *testing.T) {
-	if os.Getenv(helperEnv) != "1" {
-		t.Skip("helper process for TestCrashCleanup")
+// TestMain runs crashHelper instead of the tests when TestCrashCleanup
+// starts this binary as its subprocess.
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		if err := crashHelper(); err != nil {
+			fmt.Fprintln(os.Stderr, "crash helper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// crashHelper builds a lab, starts a process in it, reports, and waits to
+// be SIGKILLed by TestCrashCleanup.
+func crashHelper() error {
 	l, err := lab.New(nil)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	a, err := l.AddNode("a", pfxA, netip.Prefix{})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	p, err := a.Start("sleep", "sleep", "1000")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// Let a goroutine that entered the namespace end its thread, as
 	// probers do: the child must survive it.
 	if err := a.Do(func() error { return nil }); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	fmt.Printf("READY %s %d %s\n", l.ID(), p.PID(), l.Dir())
 	time.Sleep(time.Minute)
+	return nil
 }
 
 // TestCrashCleanup checks what happens when a program using a lab dies
@@ -468,7 +479,7 @@ func TestCrashHelper(t *testing.T) {
 func TestCrashCleanup(t *testing.T) {
 	t.Parallel()
 	lab.Require(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
