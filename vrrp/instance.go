@@ -415,7 +415,9 @@ func (in *Instance) enterFault(now time.Time, reason string) {
 }
 
 func (in *Instance) clearTimers() {
-	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt, in.vipRetryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	// vipRetryAt stays: a VIP that could not be removed on the way into
+	// Fault must still be retried there.
+	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	in.garp = garpSchedule{}
 }
 

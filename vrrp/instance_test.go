@@ -683,3 +683,34 @@ func TestPriorityChangeInBackupKeepsTheRightTimer(t *testing.T) {
 		}
 	})
 }
+
+// failingDeletes fails the first n deletes.
+type failingDeletes struct {
+	*fakeAddrs
+	n int
+}
+
+func (f *failingDeletes) DeleteVIP(ifindex int, p netip.Prefix) error {
+	if f.n > 0 {
+		f.n--
+		return errNoAddr
+	}
+	return f.fakeAddrs.DeleteVIP(ifindex, p)
+}
+
+func TestFailedVIPRemovalIsRetriedInFault(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	s.runFor(4 * time.Second)
+	wantState(t, r, StateMaster)
+	r.in.io.addrs = &failingDeletes{fakeAddrs: r.vips, n: 1}
+	r.in.handleLink(s.clock.Now(), "eth0", false)
+	wantState(t, r, StateFault)
+	if len(r.vips.on) != 1 {
+		t.Fatalf("the first delete should have failed: %v", r.vips.on)
+	}
+	s.runFor(2 * vipRetry)
+	if len(r.vips.on) != 0 {
+		t.Errorf("a VIP that could not be removed on entering fault is still on the interface: %v", r.vips.log)
+	}
+}
