@@ -45,17 +45,17 @@ type Director struct {
 	log   *slog.Logger
 	state string
 
-	mu     sync.Mutex
-	cache  map[Key]*Service // the kernel's view of keepvip's services (and desired ones found there)
+	mu    sync.Mutex
+	cache map[Key]*Service // the kernel's view of keepvip's services (and desired ones found there)
 	// applied holds each desired service as last given and applied
 	// without error: one that compares equal is skipped, so that a sync
 	// of a large table with one change costs only that change.
 	applied map[Key]*Service
 	want    map[Key]bool
 	loaded  bool
-	owned  map[Key]bool
-	dirty  bool // owned changed since the state file was written
-	ops    int // kernel operations done by the last Sync, for tests and benchmarks
+	owned   map[Key]bool
+	dirty   bool // owned changed since the state file was written
+	ops     int  // kernel operations done by the last Sync, for tests and benchmarks
 }
 
 // NewDirector returns a Director over the given kernel.

@@ -22,7 +22,9 @@ type fakeKernel struct {
 	fail map[string]error // operation prefix -> error
 }
 
-func newFakeKernel() *fakeKernel { return &fakeKernel{svcs: map[Key]*Service{}, fail: map[string]error{}} }
+func newFakeKernel() *fakeKernel {
+	return &fakeKernel{svcs: map[Key]*Service{}, fail: map[string]error{}}
+}
 
 func (f *fakeKernel) op(format string, args ...any) error {
 	s := fmt.Sprintf(format, args...)
