@@ -1,4 +1,11 @@
-// Package healthcheck will run TCP and HTTP health checks of real servers
-// with keepalived's TCP_CHECK semantics. It is built by issue #3; nothing
-// here yet.
+// Package healthcheck checks real servers: TCP connections with keepalived's
+// TCP_CHECK semantics (delay_loop, connect_timeout, retry,
+// delay_before_retry) and HTTP GETs that must answer a given status, with
+// rise/fall hysteresis on top.
+//
+// A Checker takes the whole set of targets (Sync), runs each one's rounds
+// at a fixed phase within its interval so that thousands of targets are
+// spread in time, bounds the attempts in flight, keeps every target's last
+// result, last change and reason (Results), and reports changes of health
+// (Options.OnChange). It knows nothing of IPVS or Kubernetes.
 package healthcheck
