@@ -23,6 +23,10 @@ import (
 type Config struct {
 	// Instances are the VRRP virtual routers of this node.
 	Instances []Instance `json:"instances"`
+	// VirtualServers are the IPVS virtual services and their real servers.
+	VirtualServers []VirtualServer `json:"virtualServers,omitempty"`
+	// Kernel holds the kernel settings for load balancing.
+	Kernel Kernel `json:"kernel,omitempty"`
 }
 
 // Instance is one VRRP virtual router. Optional fields are pointers or
@@ -144,7 +148,10 @@ func Parse(data []byte) (*Config, error) {
 	if err := yaml.UnmarshalStrict(data, &c); err != nil {
 		return nil, &FieldError{Reason: decodeError(err)}
 	}
-	if errs := c.validate(); len(errs) > 0 {
+	errs := c.validate()
+	errs = append(errs, c.validateVirtualServers()...)
+	errs = append(errs, c.validateKernel()...)
+	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return &c, nil

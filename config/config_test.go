@@ -11,6 +11,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/keepvip/keepvip/healthcheck"
+	"github.com/keepvip/keepvip/internal/balancer"
+	"github.com/keepvip/keepvip/lvs"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -67,6 +70,79 @@ func TestParseFullExample(t *testing.T) {
 	opt := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
 	if diff := cmp.Diff([]vrrp.Config{want0, want1, want2, want3}, got, opt); diff != "" {
 		t.Errorf("Parse(full.yaml).VRRP() mismatch (-want +got):\n%s", diff)
+	}
+
+	web := healthcheck.Check{Kind: healthcheck.HTTP, Interval: 2 * time.Second, Timeout: time.Second, Retries: 2,
+		DelayBeforeRetry: 500 * time.Millisecond, Rise: 2, Fall: 3, Path: "/healthz", Status: 200}
+	fw := healthcheck.DefaultCheck()
+	wantLB := []balancer.Service{
+		{Name: "web", Service: lvs.Service{Key: lvs.Key{Addr: netip.MustParseAddr("192.0.2.100"), Port: 80, Proto: lvs.TCP}, Scheduler: "wlc",
+			Reals: []lvs.RealServer{
+				{Addr: netip.MustParseAddr("10.0.0.1"), Port: 8080, Forward: lvs.NAT, Weight: 3},
+				{Addr: netip.MustParseAddr("10.0.0.2"), Port: 8080, Forward: lvs.NAT, Weight: 1, Upper: 1000, Lower: 800},
+			}}, Check: &web, OnUnhealthy: balancer.Drain},
+		{Name: "192.0.2.101:53/udp", Service: lvs.Service{Key: lvs.Key{Addr: netip.MustParseAddr("192.0.2.101"), Port: 53, Proto: lvs.UDP}, Scheduler: "sh",
+			Flags: lvs.FlagFallback | lvs.FlagPort, Persistence: 300 * time.Second, PersistenceMask: 24,
+			Reals: []lvs.RealServer{
+				{Addr: netip.MustParseAddr("192.0.2.21"), Port: 53, Forward: lvs.DR, Weight: 1},
+				{Addr: netip.MustParseAddr("192.0.2.22"), Port: 53, Forward: lvs.DR, Weight: 1},
+			}}},
+		{Name: "fwmark 7 (ipv4)", Service: lvs.Service{Key: lvs.Key{Addr: netip.IPv4Unspecified(), FWMark: 7}, Scheduler: "mh",
+			Reals: []lvs.RealServer{{Addr: netip.MustParseAddr("10.0.0.3"), Forward: lvs.TUN, Weight: 1}}},
+			Check: &fw, CheckPort: 443, OnUnhealthy: balancer.Remove},
+	}
+	if diff := cmp.Diff(wantLB, c.Balancer(), opt); diff != "" {
+		t.Errorf("Parse(full.yaml).Balancer() mismatch (-want +got):\n%s", diff)
+	}
+	if !c.IPVSRequired() || *c.KernelSettings().ConnReuseMode != 0 || !*c.KernelSettings().Conntrack {
+		t.Errorf("kernel settings = %+v", c.KernelSettings())
+	}
+}
+
+func TestParseVirtualServerErrors(t *testing.T) {
+	base := "virtualServers:\n- vip: 192.0.2.1\n  port: 80\n  realServers: [{address: 10.0.0.1}]\n"
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"good", base, nil},
+		{"vip not an IP", "virtualServers:\n- {vip: www, port: 80, realServers: []}\n", []string{`virtualServers[0].vip: "www" is not an IP address`}},
+		{"port 0", "virtualServers:\n- {vip: 192.0.2.1, realServers: []}\n", []string{"virtualServers[0].port: 0 is outside 1-65535"}},
+		{"unknown scheduler", base + "  scheduler: fastest\n", []string{`virtualServers[0].scheduler: "fastest" is not an IPVS scheduler`}},
+		{"weight", "virtualServers:\n- {vip: 192.0.2.1, port: 80, realServers: [{address: 10.0.0.1, weight: 70000}]}\n", []string{"virtualServers[0].realServers[0].weight: 70000 is outside 0-65535"}},
+		{"dr port remap", "virtualServers:\n- {vip: 192.0.2.1, port: 80, forwarding: dr, realServers: [{address: 10.0.0.1, port: 8080}]}\n", []string{"virtualServers[0].realServers[0].port: 8080: dr forwarding cannot change the port"}},
+		{"udp checked on its own port", "virtualServers:\n- {vip: 192.0.2.1, port: 53, protocol: udp, healthCheck: {type: tcp}, realServers: [{address: 10.0.0.1}]}\n", []string{"virtualServers[0].healthCheck.type: a udp service cannot be checked with tcp on its own port"}},
+		{"bad check", base + "  healthCheck: {type: ping}\n", []string{`virtualServers[0].healthCheck.type: "ping" is not a health check (tcp or http), or none`}},
+		{"bad interval", base + "  healthCheck: {interval: 10ms}\n", []string{"virtualServers[0].healthCheck.interval: 10ms is outside 100ms-1h"}},
+		{"twice", base + "- {vip: 192.0.2.1, port: 80, realServers: []}\n", []string{"virtualServers[1]: 192.0.2.1:80/tcp is also virtualServers[0]"}},
+		{"bad netmask", base + "  persistence: {timeout: 60s, netmask: 255.0.255.0}\n", []string{`virtualServers[0].persistence.netmask: "255.0.255.0" is not a contiguous mask`}},
+		{"flags on rr", base + "  scheduler: rr\n  schedulerFlags: [port]\n", []string{"virtualServers[0].schedulerFlags: only sh and mh take flags"}},
+		{"bad unhealthy", base + "  unhealthy: reboot\n", []string{`virtualServers[0].unhealthy: "reboot": want drain or remove`}},
+		{"bad kernel", "kernel: {ipvs: maybe, connReuseMode: 7}\n", []string{`kernel.ipvs: "maybe": want required or optional`, "kernel.connReuseMode: 7: want 0, 1 or 2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Parse = %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse accepted %q", tt.yaml)
+			}
+			got := splitErrors(err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("errors %q; want %q", got, tt.want)
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tt.want[i]) {
+					t.Errorf("error %d = %q; want prefix %q", i, got[i], tt.want[i])
+				}
+			}
+		})
 	}
 }
 
@@ -182,6 +258,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("instances:\n- interface: eth0\n  vrid: 51\n  vips: [192.0.2.100]\n"))
 	f.Add([]byte("instances: [{interface: e, vrid: 300, vips: [::1/200]}]"))
+	f.Add([]byte("virtualServers:\n- {vip: 192.0.2.1, port: 53, protocol: udp, healthCheck: {port: 53}, persistence: {timeout: 1s, netmask: 24}, realServers: [{address: 10.0.0.1, forwarding: dr}]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
@@ -194,6 +271,11 @@ func FuzzParse(f *testing.F) {
 		for _, v := range c.VRRP() {
 			if errs := v.Validate(); len(errs) > 0 {
 				t.Fatalf("Parse accepted %q but vrrp rejects it: %v", data, errs)
+			}
+		}
+		for _, s := range c.Balancer() {
+			if errs := s.Validate(); len(errs) > 0 {
+				t.Fatalf("Parse accepted %q but the balancer rejects it: %v", data, errs)
 			}
 		}
 	})

@@ -86,17 +86,21 @@ func (c *Check) Validate() []error {
 	if c.Kind != TCP && c.Kind != HTTP {
 		bad("type", "%v: want tcp or http", c.Kind)
 	}
-	if c.Interval < 100*time.Millisecond || c.Interval > time.Hour {
+	// Fields bounded by the interval are compared with it only when it
+	// is valid itself, so that one mistake is reported once.
+	interval := c.Interval
+	if interval < 100*time.Millisecond || interval > time.Hour {
 		bad("interval", "%v is outside 100ms-1h", c.Interval)
+		interval = time.Hour
 	}
-	if c.Timeout < 10*time.Millisecond || c.Timeout > c.Interval && c.Interval > 0 {
+	if c.Timeout < 10*time.Millisecond || c.Timeout > interval {
 		bad("timeout", "%v must be at least 10ms and at most the interval (%v)", c.Timeout, c.Interval)
 	}
 	if c.Retries < 0 || c.Retries > 10 {
 		bad("retries", "%d is outside 0-10", c.Retries)
 	}
-	if c.DelayBeforeRetry < 0 || c.DelayBeforeRetry > c.Interval {
-		bad("delayBeforeRetry", "%v is outside 0 and the interval", c.DelayBeforeRetry)
+	if c.DelayBeforeRetry < 0 || c.DelayBeforeRetry > interval {
+		bad("delayBeforeRetry", "%v is outside 0 and the interval (%v)", c.DelayBeforeRetry, c.Interval)
 	}
 	if c.Rise < 1 || c.Rise > 100 {
 		bad("rise", "%d is outside 1-100", c.Rise)

@@ -115,9 +115,12 @@ func (k Key) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
 }
 
-func compareKeys(a, b Key) int {
-	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.FWMark, b.FWMark))
+// Compare orders keys by address, port, protocol and mark.
+func (k Key) Compare(o Key) int {
+	return cmp.Or(k.Addr.Compare(o.Addr), cmp.Compare(k.Port, o.Port), cmp.Compare(k.Proto, o.Proto), cmp.Compare(k.FWMark, o.FWMark))
 }
+
+func compareKeys(a, b Key) int { return a.Compare(b) }
 
 // Service is one virtual service and its real servers.
 type Service struct {

@@ -1,0 +1,77 @@
+package lvs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Settings are the kernel settings a keepalived user sets for IPVS; a nil
+// field is left as the kernel has it.
+type Settings struct {
+	Conntrack               *bool // net.ipv4.vs.conntrack
+	ConnReuseMode           *int  // net.ipv4.vs.conn_reuse_mode
+	ExpireNodestConn        *bool // net.ipv4.vs.expire_nodest_conn
+	ExpireQuiescentTemplate *bool // net.ipv4.vs.expire_quiescent_template
+	NonLocalBind            *bool // net.ipv4.ip_nonlocal_bind, net.ipv6.ip_nonlocal_bind
+	// ARPInterfaces get arp_ignore=1 and arp_announce=2 (DR real servers).
+	ARPInterfaces []string
+}
+
+// sysctlRoot is /proc/sys; tests point it elsewhere.
+type sysctls struct{ root string }
+
+// Apply writes the settings and returns every failure, naming the key.
+// The net.ipv4.vs keys exist only once IPVS is loaded.
+func (s Settings) Apply() error { return s.apply(sysctls{root: "/proc/sys"}) }
+
+func (s Settings) apply(sc sysctls) error {
+	var errs []error
+	set := func(key, value string) {
+		if err := sc.write(strings.Split(key, "."), value); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b := func(v bool) string {
+		if v {
+			return "1"
+		}
+		return "0"
+	}
+	if s.Conntrack != nil {
+		set("net.ipv4.vs.conntrack", b(*s.Conntrack))
+	}
+	if s.ConnReuseMode != nil {
+		set("net.ipv4.vs.conn_reuse_mode", strconv.Itoa(*s.ConnReuseMode))
+	}
+	if s.ExpireNodestConn != nil {
+		set("net.ipv4.vs.expire_nodest_conn", b(*s.ExpireNodestConn))
+	}
+	if s.ExpireQuiescentTemplate != nil {
+		set("net.ipv4.vs.expire_quiescent_template", b(*s.ExpireQuiescentTemplate))
+	}
+	if s.NonLocalBind != nil {
+		set("net.ipv4.ip_nonlocal_bind", b(*s.NonLocalBind))
+		set("net.ipv6.ip_nonlocal_bind", b(*s.NonLocalBind))
+	}
+	for _, ifname := range s.ARPInterfaces {
+		// An interface name may hold dots (eth0.100): one path element.
+		for _, kv := range [][2]string{{"arp_ignore", "1"}, {"arp_announce", "2"}} {
+			if err := sc.write([]string{"net", "ipv4", "conf", ifname, kv[0]}, kv[1]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (sc sysctls) write(parts []string, value string) error {
+	path := filepath.Join(append([]string{sc.root}, parts...)...)
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("setting %s = %s: %w", strings.Join(parts, "."), value, err)
+	}
+	return nil
+}
