@@ -18,6 +18,8 @@ import (
 // implementation's to absorb.
 type kernel interface {
 	Services() ([]Service, error) // every virtual service, with its real servers
+	// Stats returns the connections of every real server of k.
+	Stats(k Key) (map[RealKey]Conns, error)
 	AddService(s *Service) error
 	UpdateService(s *Service) error
 	DeleteService(k Key) error
@@ -299,6 +301,57 @@ func (d *Director) syncReals(cur *Service, want []RealServer) error {
 	}
 	cur.Reals = Service{Key: cur.Key, Reals: next}.normalize().Reals
 	return errors.Join(errs...)
+}
+
+// RealKey identifies a real server within a service.
+type RealKey struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+// Conns are a real server's connections as the kernel counts them.
+type Conns struct {
+	Active   int `json:"active"`
+	Inactive int `json:"inactive"`
+}
+
+// ServiceStatus is a virtual service as the kernel has it now.
+type ServiceStatus struct {
+	Service
+	Conns map[RealKey]Conns
+}
+
+// Status reads keepvip's virtual services back from the kernel, with the
+// connection counts of their real servers.
+func (d *Director) Status() ([]ServiceStatus, error) {
+	d.mu.Lock()
+	keys := make([]Key, 0, len(d.owned))
+	for k := range d.owned {
+		keys = append(keys, k)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(keys, compareKeys)
+	all, err := d.k.Services()
+	if err != nil {
+		return nil, fmt.Errorf("reading the IPVS table: %w", err)
+	}
+	byKey := make(map[Key]Service, len(all))
+	for _, s := range all {
+		byKey[s.Key] = s.normalize()
+	}
+	out := make([]ServiceStatus, 0, len(keys))
+	for _, k := range keys {
+		s, ok := byKey[k]
+		if !ok {
+			continue // removed behind keepvip's back; the next resync repairs it
+		}
+		conns, err := d.k.Stats(k)
+		if err != nil {
+			return nil, fmt.Errorf("reading connections of %s: %w", k, err)
+		}
+		out = append(out, ServiceStatus{Service: s, Conns: conns})
+	}
+	return out, nil
 }
 
 // Owned returns the keys of the virtual services keepvip owns, sorted.

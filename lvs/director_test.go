@@ -47,6 +47,14 @@ func (f *fakeKernel) Services() ([]Service, error) {
 	return out, nil
 }
 
+func (f *fakeKernel) Stats(k Key) (map[RealKey]Conns, error) {
+	out := map[RealKey]Conns{}
+	for i, r := range f.svcs[k].Reals {
+		out[RealKey{r.Addr, r.Port}] = Conns{Active: i, Inactive: 2 * i}
+	}
+	return out, nil
+}
+
 func (f *fakeKernel) AddService(s *Service) error {
 	if err := f.op("add %s", s.Key); err != nil {
 		return err
@@ -400,5 +408,25 @@ func BenchmarkUpdateOneChangeIn10k(b *testing.B) {
 		if err := d.Update(ctx, []Service{s}, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestStatusShowsOwnedServicesWithConnections(t *testing.T) {
+	k := newFakeKernel()
+	other := Service{Key: Key{Addr: ap("10.96.0.1"), Port: 443, Proto: TCP}, Scheduler: "rr"}
+	k.svcs[other.Key] = &other
+	d, _ := newDirector(k, Options{Logger: discard()})
+	if err := d.Sync(ctx, []Service{web(real("10.0.0.1", 1), real("10.0.0.2", 2))}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || st[0].Key != web().Key || len(st[0].Reals) != 2 {
+		t.Fatalf("status = %+v; want only keepvip's service", st)
+	}
+	if c := st[0].Conns[RealKey{ap("10.0.0.2"), 8080}]; c.Active != 1 || c.Inactive != 2 {
+		t.Errorf("connections of 10.0.0.2 = %+v", c)
 	}
 }

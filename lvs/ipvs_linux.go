@@ -231,3 +231,16 @@ func (k *ipvsKernel) DeleteReal(key Key, r RealServer) error {
 	}
 	return err
 }
+
+func (k *ipvsKernel) Stats(key Key) (map[RealKey]Conns, error) {
+	dests, err := k.h.GetDestinations(keyService(key))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[RealKey]Conns, len(dests))
+	for _, d := range dests {
+		r := fromIPVSDest(d)
+		out[RealKey{r.Addr, r.Port}] = Conns{Active: d.ActiveConnections, Inactive: d.InactiveConnections}
+	}
+	return out, nil
+}

@@ -37,7 +37,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `keepvip keeps virtual IPs highly available with VRRP (RFC 9568).
 
 Usage:
-  keepvip run --config FILE [--status-socket PATH] [--metrics-addr ADDR] [--log-level LEVEL]
+  keepvip run --config FILE [--status-socket PATH] [--metrics-addr ADDR] [--state-dir DIR] [--log-level LEVEL]
   keepvip status [--socket PATH] [-o table|json|yaml]
   keepvip validate FILE
   keepvip version
@@ -111,6 +111,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	cfg := fs.String("config", envOr("KEEPVIP_CONFIG", ""), "configuration file (env KEEPVIP_CONFIG)")
 	sock := fs.String("status-socket", envOr("KEEPVIP_STATUS_SOCKET", defaultSocket), "unix socket for 'keepvip status'; empty for none (env KEEPVIP_STATUS_SOCKET)")
 	metrics := fs.String("metrics-addr", envOr("KEEPVIP_METRICS_ADDR", ""), "address for /metrics, /healthz and /readyz, e.g. :9742; empty for none (env KEEPVIP_METRICS_ADDR)")
+	stateDir := fs.String("state-dir", envOr("KEEPVIP_STATE_DIR", "/var/lib/keepvip"), "directory for state kept across restarts (the IPVS services keepvip created); empty for none (env KEEPVIP_STATE_DIR)")
 	level := fs.String("log-level", envOr("KEEPVIP_LOG_LEVEL", "info"), "debug, info, warn or error (env KEEPVIP_LOG_LEVEL)")
 	format := fs.String("log-format", envOr("KEEPVIP_LOG_FORMAT", "text"), "text or json (env KEEPVIP_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
@@ -153,6 +154,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 		ConfigFile:   *cfg,
 		StatusSocket: *sock,
 		MetricsAddr:  *metrics,
+		StateDir:     *stateDir,
 		Version:      buildVersion(),
 		Logger:       log,
 		Reload:       reload,

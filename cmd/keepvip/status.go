@@ -67,6 +67,7 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	printVirtualServers(w, s, now)
 	for _, in := range s.Instances {
 		fmt.Fprintf(w, "\n%s: source %s, %s, master down interval %s, adverts sent %d received %d\n",
 			in.Name, in.Source, mode(in), in.MasterDownInterval, in.AdvertsSent, in.AdvertsReceived)
@@ -90,6 +91,38 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// printVirtualServers prints IPVS as the kernel has it, with health.
+func printVirtualServers(w io.Writer, s *daemon.Status, now time.Time) {
+	if len(s.VirtualServers) == 0 && s.IPVS == "not used" {
+		return
+	}
+	fmt.Fprintf(w, "\nIPVS: %s\n", s.IPVS)
+	for _, vs := range s.VirtualServers {
+		extra := ""
+		if vs.Persistence != "" {
+			extra = ", persistence " + vs.Persistence
+		}
+		fmt.Fprintf(w, "\n%s  %s  %s%s, unhealthy: %s\n", vs.Service, vs.Name, vs.Scheduler, extra, vs.Unhealthy)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  REAL SERVER\tFWD\tWEIGHT\tACTIVE\tINACTIVE\tHEALTH\tSINCE\tREASON")
+		for _, r := range vs.RealServers {
+			weight := fmt.Sprint(r.Weight)
+			switch {
+			case !r.InKernel:
+				weight = "-"
+			case r.Weight != r.ConfiguredWeight:
+				weight = fmt.Sprintf("%d (of %d)", r.Weight, r.ConfiguredWeight)
+			}
+			since := "-"
+			if !r.LastChange.IsZero() {
+				since = ago(now, r.LastChange)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", r.Address, r.Forward, weight, r.Active, r.Inactive, r.Health, since, r.Reason)
+		}
+		tw.Flush()
+	}
 }
 
 func advert(in vrrp.Status) string {

@@ -31,7 +31,10 @@ type Options struct {
 	ConfigFile   string
 	StatusSocket string // unix socket for `keepvip status`; "" for none
 	MetricsAddr  string // host:port for /metrics, /healthz, /readyz; "" for none
-	Version      string
+	// StateDir keeps what must survive a restart (the IPVS services
+	// keepvip created); "" for none.
+	StateDir string
+	Version  string
 	Logger       *slog.Logger
 	// Reload receives a value for each reload request (SIGHUP).
 	Reload <-chan struct{}
@@ -44,12 +47,16 @@ type Status struct {
 	ConfigLoaded time.Time     `json:"configLoaded"`
 	ConfigErrors []string      `json:"configErrors,omitempty"`
 	Instances    []vrrp.Status `json:"instances"`
+	// IPVS is "ok", "not used" or why load balancing is off.
+	IPVS           string                `json:"ipvs"`
+	VirtualServers []VirtualServerStatus `json:"virtualServers,omitempty"`
 }
 
 type daemon struct {
 	opts    Options
 	log     *slog.Logger
 	mgr     *vrrp.Manager
+	reg     *prometheus.Registry
 	reloads *prometheus.CounterVec
 	cfgErrs prometheus.Gauge
 
@@ -57,6 +64,8 @@ type daemon struct {
 	loadedAt time.Time
 	errs     []string
 	ready    bool
+	lb       *loadBalancer // nil until there are virtual servers
+	ipvs     string
 }
 
 // Run runs the daemon until ctx is cancelled, then stops every instance
@@ -75,6 +84,8 @@ func Run(ctx context.Context, o Options) error {
 	d := &daemon{
 		opts: o,
 		log:  o.Logger,
+		reg:  reg,
+		ipvs: "not used",
 		mgr:  vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepvip_config_reloads_total",
@@ -105,6 +116,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := d.mgr.Start(); err != nil {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
 	}
+	if err := d.startLB(cfg); err != nil {
+		return errors.Join(err, d.mgr.Stop(), shutdownAll(servers))
+	}
 	d.apply(cfg)
 	d.mu.Lock()
 	d.ready = true
@@ -118,6 +132,9 @@ func Run(ctx context.Context, o Options) error {
 			err := d.mgr.Stop()
 			if err != nil {
 				d.log.Error("stopping VRRP", "err", err)
+			}
+			if d.lb != nil {
+				d.lb.stop()
 			}
 			d.log.Info("stopped")
 			return errors.Join(err, shutdownAll(servers))
@@ -163,8 +180,37 @@ func (d *daemon) reload() {
 		d.log.Error("configuration rejected; the last good configuration stays in force", "err", err)
 		return
 	}
-	d.log.Info("configuration reloaded", "instances", len(cfg.Instances))
+	d.log.Info("configuration reloaded", "instances", len(cfg.Instances), "virtualServers", len(cfg.VirtualServers))
+	if err := d.startLB(cfg); err != nil {
+		// IPVS is required by the new configuration and missing: the
+		// VRRP part applies, the virtual servers cannot.
+		d.log.Error("configuration needs IPVS", "err", err)
+	}
 	d.apply(cfg)
+}
+
+// startLB opens IPVS the first time a configuration has virtual servers.
+// Without IPVS that is an error if the configuration requires it, and
+// otherwise load balancing is reported off.
+func (d *daemon) startLB(cfg *config.Config) error {
+	if d.lb != nil || len(cfg.VirtualServers) == 0 {
+		return nil
+	}
+	lb, err := startLB(d.log, d.reg, d.opts.StateDir)
+	if err != nil {
+		d.mu.Lock()
+		d.ipvs = ipvsUnavailable(err)
+		d.mu.Unlock()
+		if cfg.IPVSRequired() {
+			return fmt.Errorf("load balancing (kernel.ipvs: required): %w", err)
+		}
+		d.log.Warn(ipvsUnavailable(err) + " (kernel.ipvs: optional)")
+		return nil
+	}
+	d.mu.Lock()
+	d.lb, d.ipvs = lb, "ok"
+	d.mu.Unlock()
+	return nil
 }
 
 func (d *daemon) apply(cfg *config.Config) {
@@ -177,6 +223,19 @@ func (d *daemon) apply(cfg *config.Config) {
 		errs = strings.Split(err.Error(), "\n")
 		d.log.Error("some instances could not start", "err", err)
 	}
+	switch {
+	case d.lb != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := d.lb.apply(ctx, cfg); err != nil {
+			errs = append(errs, strings.Split(err.Error(), "\n")...)
+			d.log.Error("applying virtual servers", "err", err)
+		}
+		cancel()
+	case len(cfg.VirtualServers) > 0:
+		d.mu.Lock()
+		errs = append(errs, d.ipvs)
+		d.mu.Unlock()
+	}
 	d.cfgErrs.Set(float64(len(errs)))
 	d.mu.Lock()
 	d.loadedAt = time.Now()
@@ -186,9 +245,19 @@ func (d *daemon) apply(cfg *config.Config) {
 
 func (d *daemon) status() Status {
 	d.mu.Lock()
-	s := Status{Version: d.opts.Version, ConfigFile: d.opts.ConfigFile, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs}
+	s := Status{Version: d.opts.Version, ConfigFile: d.opts.ConfigFile, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
+	lb := d.lb
 	d.mu.Unlock()
 	s.Instances = d.mgr.Status()
+	if lb != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		vs, err := lb.status(ctx)
+		if err != nil {
+			s.IPVS = "error reading IPVS: " + err.Error()
+		}
+		s.VirtualServers = vs
+	}
 	return s
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/lvs"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -133,5 +134,52 @@ func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestIPVSRequiredOrOptional(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	netnstest.Sh(t, `ip link set lo up
+		ip link add eth0 type veth peer name peer0
+		ip addr add 192.0.2.1/24 dev eth0
+		ip link set eth0 up; ip link set peer0 up`)
+	haveIPVS := lvs.Available() == nil
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "keepvip.yaml")
+	cfg := "instances:\n- {name: vi, interface: eth0, vrid: 5, advertInterval: 50ms, vips: [192.0.2.100/24]}\n" +
+		"virtualServers:\n- {vip: 192.0.2.100, port: 80, healthCheck: {type: none}, realServers: [{address: 10.0.0.1}]}\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := Run(ctx, Options{ConfigFile: cfgPath, StatusSocket: filepath.Join(dir, "a.sock"), StateDir: dir, Logger: log})
+	if haveIPVS {
+		t.Logf("this kernel has IPVS: required mode starts (the VM tests cover it)")
+	} else if err == nil || !strings.Contains(err.Error(), "ip_vs") || !strings.Contains(err.Error(), "kernel.ipvs: required") {
+		t.Fatalf("without IPVS, required: Run = %v; want an error naming ip_vs", err)
+	}
+	// Optional: VRRP runs, status says why load balancing is off.
+	if err := os.WriteFile(cfgPath, []byte(cfg+"kernel: {ipvs: optional}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "b.sock")
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx2, Options{ConfigFile: cfgPath, StatusSocket: sock, StateDir: dir, Logger: log}) }()
+	waitFor(t, "master with IPVS optional", func() bool {
+		s, err := GetStatus(context.Background(), sock)
+		return err == nil && len(s.Instances) == 1 && s.Instances[0].State == vrrp.StateMaster
+	})
+	s, _ := GetStatus(context.Background(), sock)
+	if !haveIPVS && (!strings.Contains(s.IPVS, "IPVS unavailable") || !strings.Contains(strings.Join(s.ConfigErrors, " "), "ip_vs")) {
+		t.Errorf("status without IPVS: ipvs %q, errors %q", s.IPVS, s.ConfigErrors)
+	}
+	cancel2()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
