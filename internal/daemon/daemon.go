@@ -35,7 +35,7 @@ type Options struct {
 	// keepvip created); "" for none.
 	StateDir string
 	Version  string
-	Logger       *slog.Logger
+	Logger   *slog.Logger
 	// Reload receives a value for each reload request (SIGHUP).
 	Reload <-chan struct{}
 }

@@ -169,7 +169,9 @@ func TestIPVSRequiredOrOptional(t *testing.T) {
 	sock := filepath.Join(dir, "b.sock")
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx2, Options{ConfigFile: cfgPath, StatusSocket: sock, StateDir: dir, Logger: log}) }()
+	go func() {
+		done <- Run(ctx2, Options{ConfigFile: cfgPath, StatusSocket: sock, StateDir: dir, Logger: log})
+	}()
 	waitFor(t, "master with IPVS optional", func() bool {
 		s, err := GetStatus(context.Background(), sock)
 		return err == nil && len(s.Instances) == 1 && s.Instances[0].State == vrrp.StateMaster
