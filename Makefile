@@ -9,7 +9,8 @@ RUNS ?= 10
 # Packages whose tests run with the race detector in parallel; the lab-based
 # suites run one package at a time because they measure timing.
 LAB_PKGS := ./test/e2e/ ./internal/lab/
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$)
+# test/vm boots the VM and runs the IPVS tests there: see test-vm.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$ -e /test/vm)
 FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse
 
 .PHONY: all build lab deps test vet fuzz demo bench clean
@@ -40,6 +41,7 @@ test: deps vet build bin/keepvip-race lab
 	KEEPVIP_PRIVILEGED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
 	KEEPVIP_PRIVILEGED=1 KEEPVIP_BIN=$(abspath bin/keepvip-race) \
 	  $(GO) test -race -count=1 -p 1 -timeout 20m $(LAB_PKGS)
+	$(MAKE) --no-print-directory test-vm
 	$(MAKE) --no-print-directory fuzz
 	KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab demo >/dev/null
 	@echo "make test: all passed"
@@ -63,3 +65,12 @@ bench: deps build lab
 
 clean:
 	rm -rf bin
+
+# Tests that need IPVS, which the host kernel lacks, in a qemu machine
+# (internal/vm): Debian's kernel under TCG, cached in ~/.cache/keepvip-vm.
+# Every package of KEEPVIP_VM_PKGS (default: test/vm/guest, lvs,
+# healthcheck, test/ipvs where they exist) runs there in one boot, each
+# guest test reported as a subtest of TestVM.
+.PHONY: test-vm
+test-vm:
+	KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m -run '^TestVM$$' ./test/vm/

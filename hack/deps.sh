@@ -7,6 +7,7 @@ set -euo pipefail
 declare -A need=(
   [ip]=iproute2 [bridge]=iproute2 [unshare]=util-linux [sysctl]=procps
   [keepalived]=keepalived [tshark]=tshark [ping]=iputils-ping
+  [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static [ipvsadm]=ipvsadm [xz]=xz-utils
 )
 missing=()
 for cmd in "${!need[@]}"; do
