@@ -114,6 +114,7 @@ func TestParseVirtualServerErrors(t *testing.T) {
 		{"dr port remap", "virtualServers:\n- {vip: 192.0.2.1, port: 80, forwarding: dr, realServers: [{address: 10.0.0.1, port: 8080}]}\n", []string{"virtualServers[0].realServers[0].port: 8080: dr forwarding cannot change the port"}},
 		{"udp checked on its own port", "virtualServers:\n- {vip: 192.0.2.1, port: 53, protocol: udp, healthCheck: {type: tcp}, realServers: [{address: 10.0.0.1}]}\n", []string{"virtualServers[0].healthCheck.type: a udp service cannot be checked with tcp on its own port"}},
 		{"bad check", base + "  healthCheck: {type: ping}\n", []string{`virtualServers[0].healthCheck.type: "ping" is not a health check (tcp or http), or none`}},
+		{"short interval clamps the defaults", base + "  healthCheck: {interval: 500ms}\n", nil},
 		{"bad interval", base + "  healthCheck: {interval: 10ms}\n", []string{"virtualServers[0].healthCheck.interval: 10ms is outside 100ms-1h"}},
 		{"twice", base + "- {vip: 192.0.2.1, port: 80, realServers: []}\n", []string{"virtualServers[1]: 192.0.2.1:80/tcp is also virtualServers[0]"}},
 		{"bad netmask", base + "  persistence: {timeout: 60s, netmask: 255.0.255.0}\n", []string{`virtualServers[0].persistence.netmask: "255.0.255.0" is not a contiguous mask`}},

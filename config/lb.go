@@ -355,6 +355,11 @@ func (v *VirtualServer) check(bad func(field, format string, args ...any)) (*hea
 		*into = v
 	}
 	dur("interval", hc.Interval, &c.Interval)
+	// Defaults never exceed a shorter interval the user chose.
+	if c.Interval > 0 {
+		c.Timeout = min(c.Timeout, c.Interval)
+		c.DelayBeforeRetry = min(c.DelayBeforeRetry, c.Interval)
+	}
 	dur("timeout", hc.Timeout, &c.Timeout)
 	dur("delayBeforeRetry", hc.DelayBeforeRetry, &c.DelayBeforeRetry)
 	if hc.Retries != nil {

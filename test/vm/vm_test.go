@@ -82,6 +82,15 @@ func TestVM(t *testing.T) {
 		}
 	}
 
+	// The daemon itself, for the end-to-end tests (test/ipvs).
+	keepvip := filepath.Join(bins, "keepvip")
+	build := exec.Command("go", "build", "-o", keepvip, "./cmd/keepvip")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build keepvip: %v\n%s", err, out)
+	}
+
 	testTimeout := 5 * time.Minute
 	if s := os.Getenv(envTimeout); s != "" {
 		d, err := time.ParseDuration(s)
@@ -98,7 +107,8 @@ func TestVM(t *testing.T) {
 	if d, ok := t.Deadline(); ok {
 		opts.Timeout = min(opts.Timeout, time.Until(d)-20*time.Second)
 	}
-	opts.Env = strings.Fields(os.Getenv(envEnv))
+	opts.Env = append(strings.Fields(os.Getenv(envEnv)), "KEEPVIP_BIN="+path.Join(vm.GuestBinDir, "keepvip"))
+	opts.Binaries = append(opts.Binaries, keepvip)
 	if os.Getenv(envConsole) == "1" {
 		opts.Console = os.Stderr
 	}
