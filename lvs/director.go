@@ -131,11 +131,18 @@ func (d *Director) Sync(ctx context.Context, desired []Service) error {
 			want[s.Key] = true
 			continue
 		}
-		delete(d.applied, s.Key)
 		if ve := s.Validate(); len(ve) > 0 {
-			errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
+			// Bad input never costs what works: an invalid version of
+			// a service keepvip already programmed leaves it as it is.
+			if d.owned[s.Key] {
+				want[s.Key] = true
+				errs = append(errs, fmt.Errorf("virtual service %s (kept as it was): %w", s.Key, errors.Join(ve...)))
+			} else {
+				errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
+			}
 			continue
 		}
+		delete(d.applied, s.Key)
 		if want[s.Key] {
 			errs = append(errs, fmt.Errorf("virtual service %s: listed twice", s.Key))
 			continue

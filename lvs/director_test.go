@@ -430,3 +430,22 @@ func TestStatusShowsOwnedServicesWithConnections(t *testing.T) {
 		t.Errorf("connections of 10.0.0.2 = %+v", c)
 	}
 }
+
+func TestInvalidVersionKeepsWhatWorks(t *testing.T) {
+	k := newFakeKernel()
+	d, _ := newDirector(k, Options{Logger: discard()})
+	if err := d.Sync(ctx, []Service{web(real("10.0.0.1", 1))}); err != nil {
+		t.Fatal(err)
+	}
+	k.takeLog()
+	err := d.Sync(ctx, []Service{web(real("10.0.0.1", 70000))})
+	if err == nil || !strings.Contains(err.Error(), "kept as it was") {
+		t.Fatalf("Sync of an invalid version = %v", err)
+	}
+	if got := k.takeLog(); len(got) != 0 {
+		t.Errorf("an invalid version changed the kernel: %q", got)
+	}
+	if _, ok := k.svcs[web().Key]; !ok {
+		t.Error("the working service was removed")
+	}
+}

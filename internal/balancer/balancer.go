@@ -128,13 +128,21 @@ func TargetKey(k lvs.Key, r lvs.RealServer) string {
 func (b *Balancer) Sync(ctx context.Context, services []Service) error {
 	var errs []error
 	b.mu.Lock()
+	prev := b.desired
 	b.desired = make(map[lvs.Key]*Service, len(services))
 	var targets []healthcheck.Target
 	for i := range services {
 		s := &services[i]
 		if ve := s.Validate(); len(ve) > 0 {
-			errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
-			continue
+			// Bad input never costs what works: the last good version
+			// of the service stays.
+			if old, ok := prev[s.Key]; ok {
+				s = old
+				errs = append(errs, fmt.Errorf("virtual service %s (the last good version stays): %w", s.Key, errors.Join(ve...)))
+			} else {
+				errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
+				continue
+			}
 		}
 		b.desired[s.Key] = s
 		if s.Check == nil {

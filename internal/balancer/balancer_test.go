@@ -138,3 +138,19 @@ func TestUDPIsNotCheckedWithTCP(t *testing.T) {
 		t.Errorf("checked port = %d; want 8053", c.targets[0].Addr.Port())
 	}
 }
+
+func TestInvalidVersionKeepsTheLastGood(t *testing.T) {
+	b, d, _ := run(t)
+	if err := b.Sync(context.Background(), []Service{svc(lvs.TCP, 80, Drain)}); err != nil {
+		t.Fatal(err)
+	}
+	bad := svc(lvs.TCP, 80, Drain)
+	bad.Reals[0].Weight = -5
+	err := b.Sync(context.Background(), []Service{bad})
+	if err == nil || !strings.Contains(err.Error(), "the last good version stays") {
+		t.Fatalf("Sync = %v", err)
+	}
+	if len(d.synced) != 1 || d.synced[0].Reals[0].Weight != 3 {
+		t.Errorf("IPVS got %+v; want the last good version", d.synced)
+	}
+}
