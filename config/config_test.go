@@ -94,7 +94,7 @@ func TestParseFullExample(t *testing.T) {
 	if diff := cmp.Diff(wantLB, c.Balancer(), opt); diff != "" {
 		t.Errorf("Parse(full.yaml).Balancer() mismatch (-want +got):\n%s", diff)
 	}
-	if !c.IPVSRequired() || *c.KernelSettings().ConnReuseMode != 0 || !*c.KernelSettings().Conntrack {
+	if !c.IPVSRequired() || *c.KernelSettings().ConnReuseMode != 0 || c.KernelSettings().Conntrack != nil || !*c.KernelSettings().ExpireNodestConn {
 		t.Errorf("kernel settings = %+v", c.KernelSettings())
 	}
 }

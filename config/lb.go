@@ -80,8 +80,11 @@ type Kernel struct {
 	// is reported as unavailable).
 	IPVS string `json:"ipvs,omitempty"`
 	// Conntrack: net.ipv4.vs.conntrack, keep netfilter connection
-	// tracking for IPVS connections (needed for NAT with iptables/
-	// nftables masquerading). Default true.
+	// tracking for IPVS connections: needed only when netfilter rules
+	// must see them (masquerading the clients, a stateful firewall).
+	// Unset: as the kernel has it (off). On, with conn_reuse_mode 1, a
+	// client that reuses a port of a connection IPVS still remembers has
+	// its SYN dropped once (a 1 s stall).
 	Conntrack *bool `json:"conntrack,omitempty"`
 	// ConnReuseMode: net.ipv4.vs.conn_reuse_mode (0, 1 or 2). Kernel
 	// default 1. 0 avoids a 1 s stall on port reuse under load but keeps
@@ -114,7 +117,7 @@ func (c *Config) KernelSettings() lvs.Settings {
 	}
 	k := c.Kernel
 	return lvs.Settings{
-		Conntrack:               t(k.Conntrack),
+		Conntrack:               k.Conntrack,
 		ConnReuseMode:           k.ConnReuseMode,
 		ExpireNodestConn:        t(k.ExpireNodestConn),
 		ExpireQuiescentTemplate: t(k.ExpireQuiescentTemplate),

@@ -331,12 +331,14 @@ type ServiceStatus struct {
 // Status reads keepvip's virtual services back from the kernel, with the
 // connection counts of their real servers.
 func (d *Director) Status() ([]ServiceStatus, error) {
+	// Held throughout: the kernel is read with the same handle that Sync
+	// and Update write with.
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	keys := make([]Key, 0, len(d.owned))
 	for k := range d.owned {
 		keys = append(keys, k)
 	}
-	d.mu.Unlock()
 	slices.SortFunc(keys, compareKeys)
 	all, err := d.k.Services()
 	if err != nil {

@@ -449,3 +449,35 @@ func TestInvalidVersionKeepsWhatWorks(t *testing.T) {
 		t.Error("the working service was removed")
 	}
 }
+
+// Status, Sync and Update may be called from different goroutines (the
+// status socket, the reconciler, health changes); the kernel is never used
+// by two at once. The fake kernel is not safe for concurrent use, so the
+// race detector sees any overlap.
+func TestConcurrentStatusAndUpdate(t *testing.T) {
+	k := newFakeKernel()
+	d, _ := newDirector(k, Options{Logger: discard()})
+	table := bigTable(20)
+	if err := d.Sync(ctx, table); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			if _, err := d.Status(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := range 200 {
+		s := table[i%20]
+		s.Reals = slices.Clone(s.Reals)
+		s.Reals[i%10].Weight = i % 3
+		if err := d.Update(ctx, []Service{s}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+}

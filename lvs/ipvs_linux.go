@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 
@@ -40,8 +41,14 @@ func New(o Options) (*Director, error) {
 	return newDirector(&ipvsKernel{h: h}, o)
 }
 
-// ipvsKernel is the kernel interface over moby/ipvs.
-type ipvsKernel struct{ h *ipvs.Handle }
+// ipvsKernel is the kernel interface over moby/ipvs. A Handle is one
+// netlink socket: two requests in flight at once can take each other's
+// replies, and moby/ipvs then waits for its own for ever (it retries the
+// receive on every timeout). Every call therefore holds mu.
+type ipvsKernel struct {
+	mu sync.Mutex
+	h  *ipvs.Handle
+}
 
 // IPVS service flags (include/uapi/linux/ip_vs.h).
 const (
@@ -175,6 +182,8 @@ func keyService(k Key) *ipvs.Service {
 }
 
 func (k *ipvsKernel) Services() ([]Service, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	svcs, err := k.h.GetServices()
 	if err != nil {
 		return nil, err
@@ -195,16 +204,24 @@ func (k *ipvsKernel) Services() ([]Service, error) {
 }
 
 func (k *ipvsKernel) AddService(s *Service) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	err := k.h.NewService(toIPVSService(s))
 	if errors.Is(err, syscall.EEXIST) {
-		return k.UpdateService(s)
+		return k.h.UpdateService(toIPVSService(s))
 	}
 	return err
 }
 
-func (k *ipvsKernel) UpdateService(s *Service) error { return k.h.UpdateService(toIPVSService(s)) }
+func (k *ipvsKernel) UpdateService(s *Service) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.h.UpdateService(toIPVSService(s))
+}
 
 func (k *ipvsKernel) DeleteService(key Key) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	err := k.h.DelService(keyService(key))
 	if errors.Is(err, syscall.ESRCH) {
 		return nil // already gone
@@ -213,18 +230,24 @@ func (k *ipvsKernel) DeleteService(key Key) error {
 }
 
 func (k *ipvsKernel) AddReal(key Key, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	err := k.h.NewDestination(keyService(key), toIPVSDest(r))
 	if errors.Is(err, syscall.EEXIST) {
-		return k.UpdateReal(key, r)
+		return k.h.UpdateDestination(keyService(key), toIPVSDest(r))
 	}
 	return err
 }
 
 func (k *ipvsKernel) UpdateReal(key Key, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	return k.h.UpdateDestination(keyService(key), toIPVSDest(r))
 }
 
 func (k *ipvsKernel) DeleteReal(key Key, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	err := k.h.DelDestination(keyService(key), toIPVSDest(r))
 	if errors.Is(err, syscall.ENOENT) {
 		return nil // already gone
@@ -233,6 +256,8 @@ func (k *ipvsKernel) DeleteReal(key Key, r RealServer) error {
 }
 
 func (k *ipvsKernel) Stats(key Key) (map[RealKey]Conns, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	dests, err := k.h.GetDestinations(keyService(key))
 	if err != nil {
 		return nil, err

@@ -192,3 +192,44 @@ func TestKernelThousandServicesAndOneChange(t *testing.T) {
 		t.Error("the change is not in the kernel")
 	}
 }
+
+// Status and Update from two goroutines on the real kernel: with one
+// netlink socket shared unguarded, a reply taken by the other goroutine
+// left moby/ipvs waiting for ever (found by the restart test in test/ipvs).
+func TestKernelConcurrentStatusAndUpdate(t *testing.T) {
+	clean(t)
+	d, err := New(Options{Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := bigTable(20)
+	if err := d.Sync(ctx, tbl); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for range 300 {
+			if _, err := d.Status(); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := range 300 {
+		s := tbl[i%20]
+		s.Reals = slices.Clone(s.Reals)
+		s.Reals[i%10].Weight = i % 3
+		if err := d.Update(ctx, []Service{s}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Status hung while Update ran")
+	}
+}

@@ -242,7 +242,7 @@ func TestLoadBalancing(t *testing.T) {
 	t.Logf("ipvsadm on the director:\n%s", sh(t, dir, "ipvsadm -Ln"))
 	// The kernel settings keepvip applies by default.
 	for key, want := range map[string]string{
-		"net.ipv4.vs.conntrack": "1", "net.ipv4.vs.expire_nodest_conn": "1",
+		"net.ipv4.vs.conntrack": "0", "net.ipv4.vs.expire_nodest_conn": "1",
 		"net.ipv4.vs.expire_quiescent_template": "1", "net.ipv4.ip_nonlocal_bind": "1",
 	} {
 		if got := strings.TrimSpace(sh(t, dir, "sysctl -n "+key)); got != want {
