@@ -93,6 +93,10 @@ type Duration struct {
 // D returns a set Duration for d.
 func D(d time.Duration) Duration { return Duration{raw: d.String(), set: true} }
 
+// DurationOf returns a set Duration written as s ("100ms", "1.5", ...);
+// it is checked where the Config is validated.
+func DurationOf(s string) Duration { return Duration{raw: s, set: true} }
+
 // UnmarshalJSON keeps the raw value for Parse to check.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	s := string(b)
@@ -148,14 +152,24 @@ func Parse(data []byte) (*Config, error) {
 	if err := yaml.UnmarshalStrict(data, &c); err != nil {
 		return nil, &FieldError{Reason: decodeError(err)}
 	}
-	errs := c.validate()
-	errs = append(errs, c.validateVirtualServers()...)
-	errs = append(errs, c.validateKernel()...)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := c.Validate(); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }
+
+// Validate applies the defaults to a Config built in code (the
+// vip-configmap reconciler builds one) and checks it as Parse does.
+func (c *Config) Validate() error {
+	errs := c.validate()
+	errs = append(errs, c.validateVirtualServers()...)
+	errs = append(errs, c.validateKernel()...)
+	return errors.Join(errs...)
+}
+
+// DecodeError rewords an error of sigs.k8s.io/yaml so that it names the
+// field, for other decoders of parts of this model.
+func DecodeError(err error) string { return decodeError(err) }
 
 // decodeError rewords the decoder's errors to name the field.
 func decodeError(err error) string {
@@ -233,6 +247,11 @@ func (c *Config) VRRP() []vrrp.Config {
 	}
 	return out
 }
+
+// Check converts one instance, applying its defaults, and returns every
+// problem found in it under path; rules between instances (duplicate VRIDs,
+// names and VIPs) are checked by Validate.
+func (in *Instance) Check(path string) (vrrp.Config, []error) { return in.toVRRP(path) }
 
 // toVRRP converts one instance, applying defaults, and returns every
 // problem found under path.

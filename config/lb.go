@@ -26,14 +26,9 @@ type VirtualServer struct {
 	Family   string `json:"family,omitempty"`
 	// Scheduler: rr, wrr, lc, wlc (default), lblc, lblcr, sh, dh, mh, sed,
 	// nq, fo, ovf. SchedulerFlags for sh and mh: fallback, port.
-	Scheduler      string   `json:"scheduler,omitempty"`
-	SchedulerFlags []string `json:"schedulerFlags,omitempty"`
-	Persistence    *struct {
-		Timeout Duration `json:"timeout"`
-		// Netmask groups clients: a prefix length ("24") or a mask
-		// ("255.255.255.0"); default the whole address.
-		Netmask string `json:"netmask,omitempty"`
-	} `json:"persistence,omitempty"`
+	Scheduler      string       `json:"scheduler,omitempty"`
+	SchedulerFlags []string     `json:"schedulerFlags,omitempty"`
+	Persistence    *Persistence `json:"persistence,omitempty"`
 	// Forwarding is the default for the real servers: nat (default), dr
 	// or tun.
 	Forwarding string `json:"forwarding,omitempty"`
@@ -41,6 +36,15 @@ type VirtualServer struct {
 	Unhealthy   string       `json:"unhealthy,omitempty"`
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 	RealServers []RealServer `json:"realServers"`
+}
+
+// Persistence sends a client to the same real server for Timeout after
+// its last connection.
+type Persistence struct {
+	Timeout Duration `json:"timeout"`
+	// Netmask groups clients: a prefix length ("24") or a mask
+	// ("255.255.255.0"); default the whole address.
+	Netmask string `json:"netmask,omitempty"`
 }
 
 // HealthCheck configures the check of every real server of a service.
@@ -177,6 +181,14 @@ func (c *Config) validateVirtualServers() []error {
 	}
 	return errs
 }
+
+// Check converts one virtual server, with its defaults, and returns every
+// problem found in it under path; duplicate services are checked by
+// Validate.
+func (v *VirtualServer) Check(path string) (balancer.Service, []error) { return v.toBalancer(path) }
+
+// CheckKernel returns the problems of the kernel section.
+func (c *Config) CheckKernel() []error { return c.validateKernel() }
 
 // toBalancer converts one virtual server, with its defaults, and returns
 // every problem found under path.

@@ -1,0 +1,420 @@
+// Package kube is keepvip's Kubernetes side: it follows the vip-configmap,
+// the Services it names with their EndpointSlices, and the Nodes, and turns
+// them into the one configuration (package config) that the VRRP and IPVS
+// parts run. Those parts know nothing of Kubernetes; this package is the
+// only translator.
+package kube
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
+	"github.com/keepvip/keepvip/lvs"
+)
+
+// Cluster is what Resolve reads of the cluster.
+type Cluster struct {
+	// NodeName is this node.
+	NodeName string
+	// Nodes are all nodes (Resolve applies the ConfigMap's selector).
+	Nodes []*corev1.Node
+	// Service returns a Service, or nil.
+	Service func(namespace, name string) *corev1.Service
+	// EndpointSlices returns the slices of a Service.
+	EndpointSlices func(namespace, name string) []*discoveryv1.EndpointSlice
+}
+
+// Host answers what Resolve must know about this machine.
+type Host interface {
+	// InterfaceOf returns the interface that holds addr.
+	InterfaceOf(addr netip.Addr) (string, error)
+}
+
+// Problem is something in the ConfigMap that cannot be applied on this
+// node as the cluster is now: a Service that does not exist, a port it
+// does not have.
+type Problem struct {
+	// Source is where the entry was written ("key 10.0.0.5",
+	// "config.yaml virtualServers[2]").
+	Source string
+	Reason string
+}
+
+func (p Problem) Error() string { return p.Source + ": " + p.Reason }
+
+// Resolve turns the Spec into this node's configuration. Entries that
+// cannot be resolved are left out and reported; the rest apply.
+func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Problem) {
+	r := resolver{spec: spec, c: c, host: host, out: &config.Config{Kernel: spec.Kernel}}
+	if !r.selectNodes() {
+		return r.out, r.problems
+	}
+	for _, in := range spec.Instances {
+		r.instance(in)
+	}
+	seen := map[lvs.Key]string{}
+	for _, vs := range spec.VirtualServers {
+		for _, out := range r.virtualServer(vs) {
+			s, errs := out.Check("")
+			if len(errs) > 0 {
+				for _, e := range errs {
+					r.bad(vs.Source, "%v", e)
+				}
+				continue
+			}
+			if other, dup := seen[s.Key]; dup {
+				r.bad(vs.Source, "%s is also defined by %s", s.Key, other)
+				continue
+			}
+			seen[s.Key] = vs.Source
+			r.out.VirtualServers = append(r.out.VirtualServers, out)
+		}
+	}
+	// What passed the checks one by one must pass them together; if not,
+	// that is a bug here, and nothing of this version applies.
+	if err := r.out.Validate(); err != nil {
+		return nil, append(r.problems, Problem{Source: "resolved configuration", Reason: err.Error()})
+	}
+	return r.out, r.problems
+}
+
+type resolver struct {
+	spec     *configmap.Spec
+	c        Cluster
+	host     Host
+	out      *config.Config
+	problems []Problem
+
+	self     *corev1.Node
+	selected []*corev1.Node // sorted by name
+}
+
+func (r *resolver) bad(source, format string, args ...any) {
+	r.problems = append(r.problems, Problem{Source: source, Reason: fmt.Sprintf(format, args...)})
+}
+
+// selectNodes applies the node selector; it reports false when this node
+// does not take part.
+func (r *resolver) selectNodes() bool {
+	sel := labels.Everything()
+	if r.spec.NodeSelector != "" {
+		s, err := labels.Parse(r.spec.NodeSelector)
+		if err != nil { // configmap.Parse checked it
+			r.bad("config.yaml nodeSelector", "%v", err)
+			return false
+		}
+		sel = s
+	}
+	for _, n := range r.c.Nodes {
+		if sel.Matches(labels.Set(n.Labels)) {
+			r.selected = append(r.selected, n)
+		}
+		if n.Name == r.c.NodeName {
+			r.self = n
+		}
+	}
+	slices.SortFunc(r.selected, func(a, b *corev1.Node) int { return cmp.Compare(a.Name, b.Name) })
+	if r.self == nil {
+		r.bad("node "+r.c.NodeName, "not found in the cluster: no VRRP instance or virtual server runs here")
+		return false
+	}
+	if !slices.Contains(r.selected, r.self) {
+		// Not an error: the selector leaves this node out on purpose.
+		return false
+	}
+	return true
+}
+
+// nodeAddress is a node's InternalIP of the family of a.
+func nodeAddress(n *corev1.Node, v6 bool) netip.Addr {
+	for _, typ := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, na := range n.Status.Addresses {
+			if na.Type != typ {
+				continue
+			}
+			a, err := netip.ParseAddr(na.Address)
+			if err == nil && a.Unmap().Is6() == v6 {
+				return a.Unmap()
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+func (r *resolver) instance(in configmap.Instance) {
+	out := in.Instance
+	v6 := false
+	if len(in.VIPs) > 0 {
+		if p, err := parseVIP(in.VIPs[0]); err == nil {
+			v6 = p.Addr().Is6()
+		}
+	}
+	fam := "IPv4"
+	if v6 {
+		fam = "IPv6"
+	}
+	self := nodeAddress(r.self, v6)
+	if out.Interface == "" {
+		if !self.IsValid() {
+			r.bad(in.Source, "node %s has no %s address to find its interface by: set interface", r.self.Name, fam)
+			return
+		}
+		ifname, err := r.host.InterfaceOf(self)
+		if err != nil {
+			r.bad(in.Source, "finding the interface of node address %s: %v", self, err)
+			return
+		}
+		out.Interface = ifname
+	}
+	switch in.PriorityFrom {
+	case configmap.PriorityNodeOrder:
+		p := min(100+slices.Index(r.selected, r.self), 254)
+		out.Priority = &p
+	}
+	if p, ok := in.NodePriorities[r.self.Name]; ok {
+		out.Priority = &p
+	}
+	if in.UnicastPeersFrom == "nodes" {
+		if !self.IsValid() {
+			r.bad(in.Source, "unicastPeersFrom nodes: node %s has no %s address", r.self.Name, fam)
+			return
+		}
+		if out.SourceAddress == "" {
+			out.SourceAddress = self.String()
+		}
+		out.UnicastPeers = nil
+		for _, n := range r.selected {
+			if n == r.self {
+				continue
+			}
+			if a := nodeAddress(n, v6); a.IsValid() {
+				out.UnicastPeers = append(out.UnicastPeers, a.String())
+			}
+		}
+		if len(out.UnicastPeers) == 0 {
+			// A single node: unicast to nobody is still a valid
+			// configuration (it becomes master), but say why.
+			r.bad(in.Source, "unicastPeersFrom nodes: no other selected node has a %s address; this node advertises to nobody", fam)
+		}
+	}
+	if _, errs := out.Check(""); len(errs) > 0 {
+		for _, e := range errs {
+			r.bad(in.Source, "%v", e)
+		}
+		return
+	}
+	r.out.Instances = append(r.out.Instances, out)
+}
+
+func parseVIP(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		return netip.ParsePrefix(s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.BitLen()), nil
+}
+
+// virtualServer expands one entry into the virtual servers it stands for:
+// itself, or one per matching port of its Service with the Service's
+// endpoints as real servers.
+func (r *resolver) virtualServer(vs configmap.VirtualServer) []config.VirtualServer {
+	if vs.Service == "" {
+		return []config.VirtualServer{vs.VirtualServer}
+	}
+	ns, name, _ := strings.Cut(vs.Service, "/")
+	svc := r.c.Service(ns, name)
+	if svc == nil {
+		r.bad(vs.Source, "service %s not found", vs.Service)
+		return nil
+	}
+	vip, err := netip.ParseAddr(vs.VIP)
+	if err != nil { // configmap.Parse checked it
+		r.bad(vs.Source, "vip %q is not an IP address", vs.VIP)
+		return nil
+	}
+	vip = vip.Unmap()
+	ports, ok := r.servicePorts(vs, svc)
+	if !ok {
+		return nil
+	}
+	eps := r.c.EndpointSlices(ns, name)
+	var out []config.VirtualServer
+	for _, sp := range ports {
+		v := vs.VirtualServer
+		port := int(sp.Port)
+		if vs.Port != 0 {
+			port = vs.Port
+		}
+		v.Port = port
+		v.Protocol = strings.ToLower(string(sp.Protocol))
+		if v.Protocol == "" {
+			v.Protocol = "tcp"
+		}
+		if v.Name == "" {
+			v.Name = vs.Service + ":" + portName(sp)
+		} else if len(ports) > 1 {
+			v.Name += ":" + portName(sp)
+		}
+		reals := endpoints(eps, sp, vip.Is6())
+		fwd := strings.ToLower(v.Forwarding)
+		v.RealServers = nil
+		remapped := false
+		for _, rs := range reals {
+			if (fwd == "dr" || fwd == "tun") && int(rs.port) != port {
+				r.bad(vs.Source, "service %s port %s: %s forwarding cannot send VIP port %d to target port %d (the real server must listen on the VIP's port): use nat, or make targetPort equal the port",
+					vs.Service, portName(sp), fwd, port, rs.port)
+				remapped = true
+				break
+			}
+			w := rs.weight
+			v.RealServers = append(v.RealServers, config.RealServer{Address: rs.addr.String(), Port: int(rs.port), Weight: &w})
+		}
+		if !remapped {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func portName(sp corev1.ServicePort) string {
+	if sp.Name != "" {
+		return sp.Name
+	}
+	return strconv.Itoa(int(sp.Port))
+}
+
+// servicePorts picks the Service ports an entry serves.
+func (r *resolver) servicePorts(vs configmap.VirtualServer, svc *corev1.Service) ([]corev1.ServicePort, bool) {
+	if vs.Port == 0 {
+		if len(svc.Spec.Ports) == 0 {
+			r.bad(vs.Source, "service %s has no ports", vs.Service)
+			return nil, false
+		}
+		return svc.Spec.Ports, true
+	}
+	var match func(sp corev1.ServicePort) bool
+	switch {
+	case vs.ServicePort == "":
+		match = func(sp corev1.ServicePort) bool { return int(sp.Port) == vs.Port }
+	default:
+		n, err := strconv.Atoi(vs.ServicePort)
+		match = func(sp corev1.ServicePort) bool {
+			return sp.Name == vs.ServicePort || err == nil && int(sp.Port) == n
+		}
+	}
+	var out []corev1.ServicePort
+	for _, sp := range svc.Spec.Ports {
+		if match(sp) {
+			out = append(out, sp)
+		}
+	}
+	if len(out) == 0 {
+		want := strconv.Itoa(vs.Port)
+		if vs.ServicePort != "" {
+			want = strconv.Quote(vs.ServicePort)
+		}
+		var have []string
+		for _, sp := range svc.Spec.Ports {
+			have = append(have, fmt.Sprintf("%s=%d/%s", portName(sp), sp.Port, sp.Protocol))
+		}
+		r.bad(vs.Source, "service %s has no port %s (it has %s)", vs.Service, want, strings.Join(have, ", "))
+		return nil, false
+	}
+	return out, true
+}
+
+type endpoint struct {
+	addr   netip.Addr
+	port   uint16
+	weight int
+}
+
+// endpoints returns the real servers of one Service port: ready endpoints
+// with weight 1; endpoints that are terminating but still serving with
+// weight 0, so that their connections drain — or weight 1 when no endpoint
+// is ready, as kube-proxy falls back to them. Endpoints that do not serve
+// are left out.
+func endpoints(eps []*discoveryv1.EndpointSlice, sp corev1.ServicePort, v6 bool) []endpoint {
+	want := discoveryv1.AddressTypeIPv4
+	if v6 {
+		want = discoveryv1.AddressTypeIPv6
+	}
+	type state struct {
+		endpoint
+		ready bool
+	}
+	found := map[netip.AddrPort]*state{}
+	var order []netip.AddrPort
+	for _, s := range eps {
+		if s.AddressType != want {
+			continue
+		}
+		var port *discoveryv1.EndpointPort
+		for i := range s.Ports {
+			p := &s.Ports[i]
+			name := ""
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if name == sp.Name && (p.Protocol == nil || *p.Protocol == sp.Protocol || sp.Protocol == "") {
+				port = p
+				break
+			}
+		}
+		if port == nil || port.Port == nil || *port.Port < 1 || *port.Port > 65535 {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			c := ep.Conditions
+			ready := c.Ready == nil || *c.Ready
+			serving := ready
+			if c.Serving != nil {
+				serving = *c.Serving
+			}
+			if !serving {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil || ip.Unmap().Is6() != v6 {
+					continue
+				}
+				k := netip.AddrPortFrom(ip.Unmap(), uint16(*port.Port))
+				if st, ok := found[k]; ok {
+					st.ready = st.ready || ready
+					continue
+				}
+				found[k] = &state{endpoint{addr: k.Addr(), port: k.Port()}, ready}
+				order = append(order, k)
+			}
+		}
+	}
+	anyReady := false
+	for _, st := range found {
+		anyReady = anyReady || st.ready
+	}
+	slices.SortFunc(order, func(x, y netip.AddrPort) int { return x.Compare(y) })
+	out := make([]endpoint, 0, len(order))
+	for _, k := range order {
+		st := found[k]
+		st.weight = 0
+		if st.ready || !anyReady {
+			st.weight = 1
+		}
+		out = append(out, st.endpoint)
+	}
+	return out
+}

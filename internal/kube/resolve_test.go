@@ -1,0 +1,264 @@
+package kube
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
+)
+
+type fakeHost map[netip.Addr]string
+
+func (h fakeHost) InterfaceOf(a netip.Addr) (string, error) {
+	if n, ok := h[a]; ok {
+		return n, nil
+	}
+	return "", fmt.Errorf("no interface holds %s", a)
+}
+
+func node(name string, labels map[string]string, addrs ...string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	for _, a := range addrs {
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+	}
+	return n
+}
+
+func service(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{Ports: ports}}
+}
+
+func port(name string, p, target int32, proto corev1.Protocol) corev1.ServicePort {
+	return corev1.ServicePort{Name: name, Port: p, TargetPort: intstr.FromInt32(target), Protocol: proto}
+}
+
+type ep struct {
+	addr                        string
+	ready, serving, terminating *bool
+}
+
+func b(v bool) *bool { return &v }
+
+func slice(svc string, typ discoveryv1.AddressType, proto corev1.Protocol, ports map[string]int32, eps ...ep) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{AddressType: typ, ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{discoveryv1.LabelServiceName: svc}}}
+	for name, p := range ports {
+		s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: &name, Port: &p, Protocol: &proto})
+	}
+	for _, e := range eps {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.addr}, Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Serving: e.serving, Terminating: e.terminating}})
+	}
+	return s
+}
+
+type world struct {
+	nodes    []*corev1.Node
+	services map[string]*corev1.Service
+	slices   map[string][]*discoveryv1.EndpointSlice
+}
+
+func (w *world) cluster(self string) Cluster {
+	return Cluster{
+		NodeName:       self,
+		Nodes:          w.nodes,
+		Service:        func(ns, name string) *corev1.Service { return w.services[ns+"/"+name] },
+		EndpointSlices: func(ns, name string) []*discoveryv1.EndpointSlice { return w.slices[ns+"/"+name] },
+	}
+}
+
+func threeNodes() *world {
+	return &world{
+		nodes: []*corev1.Node{
+			node("node-b", nil, "192.168.1.2", "fd00::2"),
+			node("node-a", nil, "192.168.1.1", "fd00::1"),
+			node("node-c", map[string]string{"lb": "no"}, "192.168.1.3"),
+		},
+		services: map[string]*corev1.Service{
+			"default/web": service("default", "web", port("http", 80, 8080, corev1.ProtocolTCP), port("https", 443, 8443, corev1.ProtocolTCP)),
+			"default/dns": service("default", "dns", port("", 53, 53, corev1.ProtocolUDP)),
+		},
+		slices: map[string][]*discoveryv1.EndpointSlice{
+			"default/web": {
+				slice("web", discoveryv1.AddressTypeIPv4, corev1.ProtocolTCP, map[string]int32{"http": 8080, "https": 8443},
+					ep{addr: "10.1.0.1"}, ep{addr: "10.1.0.2", ready: b(true)},
+					ep{addr: "10.1.0.3", ready: b(false), serving: b(true), terminating: b(true)},
+					ep{addr: "10.1.0.4", ready: b(false), serving: b(false)}),
+				slice("web", discoveryv1.AddressTypeIPv6, corev1.ProtocolTCP, map[string]int32{"http": 8080}, ep{addr: "fd01::1"}),
+			},
+			"default/dns": {slice("dns", discoveryv1.AddressTypeIPv4, corev1.ProtocolUDP, map[string]int32{"": 53}, ep{addr: "10.2.0.1"})},
+		},
+	}
+}
+
+var host = fakeHost{
+	netip.MustParseAddr("192.168.1.1"): "eth0", netip.MustParseAddr("192.168.1.2"): "eth0",
+	netip.MustParseAddr("fd00::1"): "eth0", netip.MustParseAddr("fd00::2"): "eth0",
+}
+
+func parse(t *testing.T, data map[string]string, d configmap.Defaults) *configmap.Spec {
+	t.Helper()
+	spec, ps := configmap.Parse(data, d, nil)
+	if len(ps) > 0 {
+		t.Fatalf("parse: %v", ps)
+	}
+	return spec
+}
+
+func reals(vs config.VirtualServer) string {
+	var out []string
+	for _, r := range vs.RealServers {
+		w := 1
+		if r.Weight != nil {
+			w = *r.Weight
+		}
+		out = append(out, fmt.Sprintf("%s:%d*%d", r.Address, r.Port, w))
+	}
+	return strings.Join(out, " ")
+}
+
+func TestResolveLegacy(t *testing.T) {
+	w := threeNodes()
+	d := configmap.DefaultDefaults()
+	d.Unicast = true
+	spec := parse(t, map[string]string{"10.0.0.50": "default/web", "10.0.0.51": "default/dns:DR"}, d)
+	cfg, ps := Resolve(spec, w.cluster("node-b"), host)
+	if len(ps) != 0 {
+		t.Fatalf("problems: %v", ps)
+	}
+	if len(cfg.Instances) != 1 {
+		t.Fatalf("instances %+v", cfg.Instances)
+	}
+	in := cfg.Instances[0]
+	// node-b is second of node-a, node-b, node-c by name.
+	if in.Interface != "eth0" || *in.Priority != 101 || in.SourceAddress != "192.168.1.2" ||
+		strings.Join(in.UnicastPeers, ",") != "192.168.1.1,192.168.1.3" {
+		t.Errorf("instance: %+v peers %v", in, in.UnicastPeers)
+	}
+	got := map[string]string{}
+	for _, vs := range cfg.VirtualServers {
+		got[fmt.Sprintf("%s:%d/%s %s", vs.VIP, vs.Port, vs.Protocol, vs.Forwarding)] = reals(vs)
+	}
+	want := map[string]string{
+		// Ready and unknown-ready endpoints weight 1, terminating but
+		// serving weight 0 (draining), not serving left out.
+		"10.0.0.50:80/tcp nat":  "10.1.0.1:8080*1 10.1.0.2:8080*1 10.1.0.3:8080*0",
+		"10.0.0.50:443/tcp nat": "10.1.0.1:8443*1 10.1.0.2:8443*1 10.1.0.3:8443*0",
+		"10.0.0.51:53/udp dr":   "10.2.0.1:53*1",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("virtual servers:\n got %v\nwant %v", got, want)
+	}
+	// The result is a valid configuration for the VRRP and IPVS parts.
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestResolveStructured(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{configmap.StructuredKey: `
+nodeSelector: lb!=no
+instances:
+- name: web6
+  vrid: 7
+  priority: 90
+  nodePriorities: {node-a: 200}
+  unicastPeersFrom: nodes
+  vips: ["2001:db8::50"]
+virtualServers:
+- vip: "2001:db8::50"
+  port: 8000
+  servicePort: http
+  service: default/web
+  scheduler: mh
+`}, configmap.DefaultDefaults())
+	for _, tc := range []struct {
+		node, prio, peers string
+	}{{"node-a", "200", "fd00::2"}, {"node-b", "90", "fd00::1"}} {
+		cfg, ps := Resolve(spec, w.cluster(tc.node), host)
+		if len(ps) != 0 {
+			t.Fatalf("%s: problems %v", tc.node, ps)
+		}
+		in := cfg.Instances[0]
+		if fmt.Sprint(*in.Priority) != tc.prio || strings.Join(in.UnicastPeers, ",") != tc.peers || in.Name != "web6" {
+			t.Errorf("%s: priority %d peers %v", tc.node, *in.Priority, in.UnicastPeers)
+		}
+		if len(cfg.VirtualServers) != 1 || reals(cfg.VirtualServers[0]) != "fd01::1:8080*1" || cfg.VirtualServers[0].Port != 8000 {
+			t.Errorf("%s: %+v", tc.node, cfg.VirtualServers)
+		}
+	}
+	// node-c is not selected: nothing runs there, and that is no error.
+	cfg, ps := Resolve(spec, w.cluster("node-c"), host)
+	if len(ps) != 0 || len(cfg.Instances) != 0 || len(cfg.VirtualServers) != 0 {
+		t.Errorf("node-c: %+v %v", cfg, ps)
+	}
+}
+
+func TestResolveProblems(t *testing.T) {
+	w := threeNodes()
+	// No endpoint is ready: the terminating ones that still serve take
+	// the traffic (weight 1), as kube-proxy does.
+	w.slices["default/term"] = []*discoveryv1.EndpointSlice{slice("term", discoveryv1.AddressTypeIPv4, corev1.ProtocolTCP, map[string]int32{"": 80},
+		ep{addr: "10.3.0.1", ready: b(false), serving: b(true), terminating: b(true)})}
+	w.services["default/term"] = service("default", "term", port("", 80, 80, corev1.ProtocolTCP))
+	spec := parse(t, map[string]string{
+		"10.0.0.50": "default/missing",
+		"10.0.0.51": "default/web:DR",
+		"10.0.0.52": "default/term",
+		configmap.StructuredKey: `
+virtualServers:
+- {vip: 10.0.0.52, port: 9, service: default/web}
+- {vip: 10.0.0.52, port: 9, servicePort: "443", service: default/web}
+- {vip: 10.0.0.53, port: 80, realServers: [{address: 10.9.0.1}]}
+- {vip: 10.0.0.53, port: 80, realServers: [{address: 10.9.0.2}]}
+`}, configmap.DefaultDefaults())
+	cfg, ps := Resolve(spec, w.cluster("node-a"), host)
+	var text []string
+	for _, p := range ps {
+		text = append(text, p.Error())
+	}
+	all := strings.Join(text, "\n")
+	for _, want := range []string{
+		"key 10.0.0.50: service default/missing not found",
+		"key 10.0.0.51: service default/web port http: dr forwarding cannot send VIP port 80 to target port 8080",
+		"config.yaml virtualServers[0]: service default/web has no port 9 (it has http=80/TCP, https=443/TCP)",
+		"config.yaml virtualServers[3]: 10.0.0.53:80/tcp is also defined by config.yaml virtualServers[2]",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("missing problem %q in:\n%s", want, all)
+		}
+	}
+	got := map[string]string{}
+	for _, vs := range cfg.VirtualServers {
+		got[fmt.Sprintf("%s:%d", vs.VIP, vs.Port)] = reals(vs)
+	}
+	want := map[string]string{"10.0.0.52:80": "10.3.0.1:80*1", "10.0.0.52:9": "10.1.0.1:8443*1 10.1.0.2:8443*1 10.1.0.3:8443*0", "10.0.0.53:80": "10.9.0.1:0*1"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("applied:\n got %v\nwant %v", got, want)
+	}
+	// The VIPs are all held even where their services are not.
+	if len(cfg.Instances) != 1 || len(cfg.Instances[0].VIPs) != 3 {
+		t.Errorf("instances: %+v", cfg.Instances)
+	}
+}
+
+func TestResolveNodeProblems(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{"10.0.0.50": ""}, configmap.DefaultDefaults())
+	if _, ps := Resolve(spec, w.cluster("node-x"), host); len(ps) != 1 || !strings.Contains(ps[0].Error(), "node node-x: not found") {
+		t.Errorf("unknown node: %v", ps)
+	}
+	delete(host, netip.MustParseAddr("192.168.1.3"))
+	w.nodes[2].Labels = nil
+	cfg, ps := Resolve(spec, w.cluster("node-c"), host)
+	if len(ps) != 1 || !strings.Contains(ps[0].Error(), "finding the interface of node address 192.168.1.3") || len(cfg.Instances) != 0 {
+		t.Errorf("no interface: %v %+v", ps, cfg)
+	}
+}
