@@ -6,6 +6,6 @@
 package kubebin
 
 import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubectl/pkg/cmd"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 )
