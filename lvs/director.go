@@ -5,21 +5,27 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 )
 
-// kernel is what the Director needs of IPVS. Errors for a service or real
-// server that is already gone (deleting) or already there (adding) are the
-// implementation's to absorb.
+// kernel is what the Director needs of IPVS. Deleting a service or a real
+// server that is already gone succeeds, and so does adding a real server
+// that is there (it is updated). Other errors are the kernel's: EEXIST for
+// adding a service that exists, ESRCH for a service that is not there,
+// ENOENT for changing a real server that is not there.
 type kernel interface {
-	Services() ([]Service, error) // every virtual service, with its real servers
-	// Stats returns the connections of every real server of k.
-	Stats(k Key) (map[RealKey]Conns, error)
+	// Services returns every virtual service; with its real servers and
+	// their connections only if withReals says so (nil: every one).
+	Services(withReals func(Key) bool) ([]ServiceStatus, error)
 	AddService(s *Service) error
 	UpdateService(s *Service) error
 	DeleteService(k Key) error
@@ -32,23 +38,49 @@ type kernel interface {
 type Options struct {
 	Logger *slog.Logger
 	// StateFile records which virtual services keepvip created, so that
-	// after a restart it removes those no longer wanted and nothing else.
+	// after a restart it edits and removes those and nothing else.
 	// Empty: remembered for the life of the process only.
 	StateFile string
+
+	bootID string // tests: the kernel's boot_id; empty: read it
 }
 
-// Director keeps the IPVS virtual services keepvip owns equal to a desired
-// set. It never flushes IPVS and never changes or removes a service it was
-// not asked for: kube-proxy's, an operator's. A service it is asked for
-// that already exists is adopted and edited in place, so that a restarted
-// keepvip keeps established connections.
-type Director struct {
-	k     kernel
-	log   *slog.Logger
-	state string
+// NotOwnedError is the error for a desired virtual service that exists in
+// the kernel and that keepvip did not create: kube-proxy's, an
+// operator's. The Director leaves it exactly as it is.
+type NotOwnedError struct{ Key Key }
 
-	mu    sync.Mutex
-	cache map[Key]*Service // the kernel's view of keepvip's services (and desired ones found there)
+func (e *NotOwnedError) Error() string {
+	return fmt.Sprintf("IPVS service %s exists and was not created by keepvip (kube-proxy?); not touching it", e.Key)
+}
+
+// ServiceError is the error of one virtual service in what Sync and
+// Update return (joined); its message names the service.
+type ServiceError struct {
+	Key Key
+	Err error
+}
+
+func (e *ServiceError) Error() string { return e.Err.Error() }
+func (e *ServiceError) Unwrap() error { return e.Err }
+
+// Director keeps the IPVS virtual services keepvip owns equal to a desired
+// set. It never flushes IPVS and never changes or removes a service it did
+// not create: kube-proxy's, an operator's; a desired service found in the
+// kernel that it did not create is refused (NotOwnedError). Which services
+// it created is recorded in the state file before they are created, so
+// that a restarted keepvip adopts them in place and established
+// connections survive.
+type Director struct {
+	k      kernel
+	log    *slog.Logger
+	state  string
+	bootID string
+
+	mu sync.Mutex
+	// cache is the kernel's view: every service in the table, with the
+	// real servers of those keepvip owns.
+	cache map[Key]*Service
 	// applied holds each desired service as last given and applied
 	// without error: one that compares equal is skipped, so that a sync
 	// of a large table with one change costs only that change.
@@ -56,8 +88,10 @@ type Director struct {
 	want    map[Key]bool
 	loaded  bool
 	owned   map[Key]bool
-	dirty   bool // owned changed since the state file was written
-	ops     int  // kernel operations done by the last Sync, for tests and benchmarks
+	dirty   bool          // owned changed since the state file was written
+	errs    map[Key]error // the last error of each desired service
+	closed  bool
+	ops     int // kernel operations done by the last Sync, for tests and benchmarks
 }
 
 // NewDirector returns a Director over the given kernel.
@@ -65,27 +99,45 @@ func newDirector(k kernel, o Options) (*Director, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	d := &Director{k: k, log: o.Logger, state: o.StateFile, cache: map[Key]*Service{}, owned: map[Key]bool{},
-		applied: map[Key]*Service{}, want: map[Key]bool{}}
+	if o.bootID == "" {
+		o.bootID = readBootID()
+	}
+	d := &Director{k: k, log: o.Logger, state: o.StateFile, bootID: o.bootID, cache: map[Key]*Service{}, owned: map[Key]bool{},
+		applied: map[Key]*Service{}, want: map[Key]bool{}, errs: map[Key]error{}}
 	if err := d.loadState(); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
+// readBootID returns the kernel's boot_id, which changes at every boot;
+// "" if it cannot be read.
+func readBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+var errClosedDirector = errors.New("IPVS director closed")
+
 // load reads the kernel's table once.
 func (d *Director) load() error {
+	if d.closed {
+		return errClosedDirector
+	}
 	if d.loaded {
 		return nil
 	}
-	svcs, err := d.k.Services()
+	svcs, err := d.k.Services(func(k Key) bool { return d.owned[k] })
 	if err != nil {
 		return fmt.Errorf("reading the IPVS table: %w", err)
 	}
 	clear(d.cache)
 	clear(d.applied)
 	for i := range svcs {
-		s := svcs[i].normalize()
+		s := svcs[i].Service.normalize()
 		d.cache[s.Key] = &s
 	}
 	// Forget owned services that are gone (an operator, a reboot).
@@ -107,25 +159,142 @@ func (d *Director) Resync() {
 	d.loaded = false
 }
 
+// Close closes the IPVS handle; the services stay in the kernel. Later
+// calls fail.
+func (d *Director) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if c, ok := d.k.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// batch is the work of one Sync or Update.
+type batch struct {
+	d    *Director
+	prev map[Key]error // the errors before, for logging refusals once
+	errs []error
+	todo []*Service
+	// creating holds the services to create, owned (written ahead) but
+	// not yet tried.
+	creating map[Key]bool
+}
+
+func (b *batch) fail(k Key, err error) {
+	b.errs = append(b.errs, &ServiceError{Key: k, Err: err})
+	var no *NotOwnedError
+	if errors.As(err, &no) && !errors.As(b.prev[k], &no) {
+		b.d.log.Warn("refusing a virtual service keepvip did not create", "service", k.String(), "err", err)
+	}
+	b.d.errs[k] = err
+}
+
+// take decides what to do with a valid desired service: refuse it if the
+// kernel has it and keepvip did not create it; else apply it, after
+// recording it as owned if it is to be created.
+func (b *batch) take(s *Service) bool {
+	d := b.d
+	if _, exists := d.cache[s.Key]; exists && !d.owned[s.Key] {
+		b.fail(s.Key, &NotOwnedError{Key: s.Key})
+		return false
+	}
+	if _, exists := d.cache[s.Key]; !exists && !d.owned[s.Key] {
+		d.owned[s.Key] = true
+		d.dirty = true
+		b.creating[s.Key] = true
+	}
+	b.todo = append(b.todo, s)
+	return true
+}
+
+// run applies the services taken. Ownership of the services to create is
+// written to the state file first: a crash between the two then leaves
+// no service keepvip would not know it created (a recorded one the kernel
+// lacks is forgotten when the table is read).
+func (b *batch) run(ctx context.Context) {
+	d := b.d
+	defer func() {
+		// Not tried (cancelled): not created, not owned.
+		for k := range b.creating {
+			delete(d.owned, k)
+			d.dirty = true
+		}
+	}()
+	if len(b.creating) > 0 {
+		if err := d.saveState(); err != nil {
+			for k := range b.creating {
+				b.fail(k, fmt.Errorf("not creating virtual service %s: recording it in the state file first: %w", k, err))
+			}
+			// The others go ahead.
+			b.todo = slices.DeleteFunc(b.todo, func(s *Service) bool { return b.creating[s.Key] })
+		}
+	}
+	for _, s := range b.todo {
+		if err := ctx.Err(); err != nil {
+			b.errs = append(b.errs, err)
+			return
+		}
+		delete(b.creating, s.Key)
+		if err := d.syncService(s.normalize()); err != nil {
+			b.fail(s.Key, err)
+			continue
+		}
+		delete(d.errs, s.Key)
+		c := *s
+		c.Reals = slices.Clone(s.Reals)
+		d.applied[s.Key] = &c
+	}
+}
+
+// remove deletes an owned service.
+func (b *batch) remove(k Key) {
+	d := b.d
+	if err := d.k.DeleteService(k); err != nil {
+		b.fail(k, fmt.Errorf("removing virtual service %s: %w", k, err))
+		return
+	}
+	d.ops++
+	delete(d.cache, k)
+	delete(d.owned, k)
+	delete(d.applied, k)
+	delete(d.errs, k)
+	d.dirty = true
+}
+
 // Sync makes keepvip's virtual services equal to desired. Only differences
 // reach the kernel: a service edited in place, a real server added,
-// changed or removed. Invalid services are reported and skipped; the others
-// are applied. Services keepvip created and desired no longer has are
-// removed.
-func (d *Director) Sync(ctx context.Context, desired []Service) error {
+// changed or removed. Invalid services are reported and skipped, and so
+// are services in the kernel keepvip did not create (NotOwnedError); the
+// others are applied. Services keepvip created that are neither desired
+// nor in keep are removed: keep names services whose desired version is
+// invalid, which stay as the kernel has them. The error joins one
+// ServiceError per failed service.
+func (d *Director) Sync(ctx context.Context, desired []Service, keep ...Key) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ops = 0
 	if err := d.load(); err != nil {
 		return err
 	}
-	var errs []error
+	// The state file is written whatever happens below, cancellation
+	// included: what was created is recorded.
+	defer func() { err = errors.Join(err, d.saveState()) }()
+	// Sync sees every desired service: their errors start afresh.
+	b := &batch{d: d, prev: d.errs, creating: map[Key]bool{}}
+	d.errs = make(map[Key]error, len(b.prev))
 	want := d.want
 	clear(want)
-	for i := range desired {
-		if err := ctx.Err(); err != nil {
-			return errors.Join(append(errs, err)...)
+	for _, k := range keep {
+		if d.owned[k] {
+			want[k] = true
 		}
+	}
+	for i := range desired {
 		s := &desired[i]
 		if a := d.applied[s.Key]; a != nil && !want[s.Key] && sameDesired(a, s) {
 			want[s.Key] = true
@@ -136,25 +305,24 @@ func (d *Director) Sync(ctx context.Context, desired []Service) error {
 			// a service keepvip already programmed leaves it as it is.
 			if d.owned[s.Key] {
 				want[s.Key] = true
-				errs = append(errs, fmt.Errorf("virtual service %s (kept as it was): %w", s.Key, errors.Join(ve...)))
+				b.fail(s.Key, fmt.Errorf("virtual service %s (kept as it was): %w", s.Key, errors.Join(ve...)))
 			} else {
-				errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
+				b.fail(s.Key, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
 			}
 			continue
 		}
 		delete(d.applied, s.Key)
 		if want[s.Key] {
-			errs = append(errs, fmt.Errorf("virtual service %s: listed twice", s.Key))
+			b.fail(s.Key, fmt.Errorf("virtual service %s: listed twice", s.Key))
 			continue
 		}
-		want[s.Key] = true
-		if err := d.syncService(s.normalize()); err != nil {
-			errs = append(errs, err)
-			continue
+		if b.take(s) {
+			want[s.Key] = true
 		}
-		c := *s
-		c.Reals = slices.Clone(s.Reals)
-		d.applied[s.Key] = &c
+	}
+	b.run(ctx)
+	if ctx.Err() != nil {
+		return errors.Join(b.errs...)
 	}
 	var gone []Key
 	for k := range d.owned {
@@ -164,20 +332,9 @@ func (d *Director) Sync(ctx context.Context, desired []Service) error {
 	}
 	slices.SortFunc(gone, compareKeys)
 	for _, k := range gone {
-		if err := d.k.DeleteService(k); err != nil {
-			errs = append(errs, fmt.Errorf("removing virtual service %s: %w", k, err))
-			continue
-		}
-		d.ops++
-		delete(d.cache, k)
-		delete(d.owned, k)
-		delete(d.applied, k)
-		d.dirty = true
+		b.remove(k)
 	}
-	if err := d.saveState(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return errors.Join(b.errs...)
 }
 
 // Update applies the desired state of some services only: each service in
@@ -186,53 +343,37 @@ func (d *Director) Sync(ctx context.Context, desired []Service) error {
 // others are not looked at, so the cost is that of the change whatever the
 // size of the table: an endpoint change or a health-check result. Sync
 // remains the full reconciliation.
-func (d *Director) Update(ctx context.Context, set []Service, remove []Key) error {
+func (d *Director) Update(ctx context.Context, set []Service, remove []Key) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ops = 0
 	if err := d.load(); err != nil {
 		return err
 	}
-	var errs []error
+	defer func() { err = errors.Join(err, d.saveState()) }()
+	b := &batch{d: d, prev: d.errs, creating: map[Key]bool{}}
 	for i := range set {
-		if err := ctx.Err(); err != nil {
-			return errors.Join(append(errs, err)...)
-		}
 		s := &set[i]
 		if a := d.applied[s.Key]; a != nil && sameDesired(a, s) {
 			continue
 		}
 		delete(d.applied, s.Key)
 		if ve := s.Validate(); len(ve) > 0 {
-			errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
+			b.fail(s.Key, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
 			continue
 		}
-		if err := d.syncService(s.normalize()); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		c := *s
-		c.Reals = slices.Clone(s.Reals)
-		d.applied[s.Key] = &c
+		b.take(s)
+	}
+	b.run(ctx)
+	if ctx.Err() != nil {
+		return errors.Join(b.errs...)
 	}
 	for _, k := range remove {
-		if !d.owned[k] {
-			continue
+		if d.owned[k] {
+			b.remove(k)
 		}
-		if err := d.k.DeleteService(k); err != nil {
-			errs = append(errs, fmt.Errorf("removing virtual service %s: %w", k, err))
-			continue
-		}
-		d.ops++
-		delete(d.cache, k)
-		delete(d.owned, k)
-		delete(d.applied, k)
-		d.dirty = true
 	}
-	if err := d.saveState(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return errors.Join(b.errs...)
 }
 
 // sameDesired reports whether b is the service a was, as given.
@@ -241,10 +382,30 @@ func sameDesired(a, b *Service) bool {
 		a.PersistenceMask == b.PersistenceMask && slices.Equal(a.Reals, b.Reals)
 }
 
+// syncService applies one valid service keepvip owns. A service removed
+// behind keepvip's back (ESRCH) is created again, once.
 func (d *Director) syncService(s Service) error {
+	err := d.applyService(s)
+	if errors.Is(err, syscall.ESRCH) && d.owned[s.Key] {
+		d.log.Warn("a virtual service keepvip created was removed behind its back; creating it again", "service", s.Key.String())
+		delete(d.cache, s.Key)
+		err = d.applyService(s)
+	}
+	return err
+}
+
+func (d *Director) applyService(s Service) error {
 	cur, exists := d.cache[s.Key]
 	if !exists {
 		if err := d.k.AddService(&s); err != nil {
+			// Not created: not keepvip's.
+			delete(d.owned, s.Key)
+			d.dirty = true
+			if errors.Is(err, syscall.EEXIST) {
+				// Created by someone else since the table was read.
+				d.cache[s.Key] = &Service{Key: s.Key}
+				return &NotOwnedError{Key: s.Key}
+			}
 			return fmt.Errorf("adding virtual service %s: %w", s.Key, err)
 		}
 		d.ops++
@@ -256,13 +417,6 @@ func (d *Director) syncService(s Service) error {
 		}
 		d.ops++
 		cur.Scheduler, cur.Flags, cur.Persistence, cur.PersistenceMask = s.Scheduler, s.Flags, s.Persistence, s.PersistenceMask
-	}
-	if !d.owned[s.Key] {
-		if exists {
-			d.log.Info("adopted an existing virtual service", "service", s.Key.String())
-		}
-		d.owned[s.Key] = true
-		d.dirty = true
 	}
 	return d.syncReals(cur, s.Reals)
 }
@@ -289,7 +443,13 @@ func (d *Director) syncReals(cur *Service, want []RealServer) error {
 			}
 			d.ops++
 		case old != r:
-			if err := d.k.UpdateReal(cur.Key, r); err != nil {
+			err := d.k.UpdateReal(cur.Key, r)
+			if errors.Is(err, syscall.ENOENT) {
+				// Removed behind keepvip's back: add it again.
+				d.ops++
+				err = d.k.AddReal(cur.Key, r)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("changing real server %s of %s: %w", netip.AddrPortFrom(r.Addr, r.Port), cur.Key, err))
 				next = append(next, old)
 				continue
@@ -329,36 +489,54 @@ type ServiceStatus struct {
 }
 
 // Status reads keepvip's virtual services back from the kernel, with the
-// connection counts of their real servers.
+// connection counts of their real servers. It does not hold up Sync and
+// Update while it reads: each kernel request goes in turn with theirs.
 func (d *Director) Status() ([]ServiceStatus, error) {
-	// Held throughout: the kernel is read with the same handle that Sync
-	// and Update write with.
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	keys := make([]Key, 0, len(d.owned))
-	for k := range d.owned {
-		keys = append(keys, k)
+	if d.closed {
+		d.mu.Unlock()
+		return nil, errClosedDirector
 	}
-	slices.SortFunc(keys, compareKeys)
-	all, err := d.k.Services()
+	owned := maps.Clone(d.owned)
+	d.mu.Unlock()
+	all, err := d.k.Services(func(k Key) bool { return owned[k] })
 	if err != nil {
 		return nil, fmt.Errorf("reading the IPVS table: %w", err)
 	}
-	byKey := make(map[Key]Service, len(all))
+	out := make([]ServiceStatus, 0, len(owned))
 	for _, s := range all {
-		byKey[s.Key] = s.normalize()
+		if owned[s.Key] {
+			s.Service = s.Service.normalize()
+			out = append(out, s)
+		}
 	}
-	out := make([]ServiceStatus, 0, len(keys))
+	slices.SortFunc(out, func(a, b ServiceStatus) int { return a.Key.Compare(b.Key) })
+	return out, nil
+}
+
+// Errors returns the last error of each desired service that has one:
+// invalid, refused (NotOwnedError) or failed in the kernel.
+func (d *Director) Errors() map[Key]error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.errs)
+}
+
+// Current returns the kernel's image of those of keys that keepvip owns
+// (as last read or written), reading the table first if need be.
+func (d *Director) Current(keys []Key) (map[Key]Service, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	out := make(map[Key]Service, len(keys))
 	for _, k := range keys {
-		s, ok := byKey[k]
-		if !ok {
-			continue // removed behind keepvip's back; the next resync repairs it
+		if c, ok := d.cache[k]; ok && d.owned[k] {
+			s := *c
+			s.Reals = slices.Clone(c.Reals)
+			out[k] = s
 		}
-		conns, err := d.k.Stats(k)
-		if err != nil {
-			return nil, fmt.Errorf("reading connections of %s: %w", k, err)
-		}
-		out = append(out, ServiceStatus{Service: s, Conns: conns})
 	}
 	return out, nil
 }
@@ -376,6 +554,9 @@ func (d *Director) Owned() []Key {
 }
 
 type stateFile struct {
+	// BootID is the kernel's boot_id when the file was written: the IPVS
+	// table does not survive a reboot, and what keepvip owned with it.
+	BootID   string     `json:"bootID,omitempty"`
 	Services []stateKey `json:"services"`
 }
 
@@ -386,6 +567,9 @@ type stateKey struct {
 	FWMark uint32     `json:"fwmark,omitempty"`
 }
 
+// loadState reads the owned set. Without a state file keepvip owns
+// nothing: a desired service already in the kernel is refused, not taken
+// over.
 func (d *Director) loadState() error {
 	if d.state == "" {
 		return nil
@@ -399,10 +583,27 @@ func (d *Director) loadState() error {
 	}
 	var f stateFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		// A damaged file must not stop the daemon: keepvip then only
-		// forgets which stale services it could prune.
-		d.log.Warn("ignoring a damaged IPVS state file", "file", d.state, "err", err)
+		// A damaged file must not stop the daemon. It is kept for a
+		// human to read; keepvip then owns nothing, so it refuses the
+		// services it made before rather than take over others.
+		bak := d.state + ".bak"
+		if rerr := os.Rename(d.state, bak); rerr != nil {
+			d.log.Error("ignoring a damaged IPVS state file; keepvip now refuses the services it created before (remove them by hand)",
+				"file", d.state, "err", err, "keeping it failed", rerr)
+		} else {
+			d.log.Error("ignoring a damaged IPVS state file, kept as "+bak+"; keepvip now refuses the services it created before (remove them by hand)",
+				"file", d.state, "err", err)
+		}
+		d.dirty = true
 		return nil
+	}
+	if f.BootID != "" && d.bootID != "" && f.BootID != d.bootID {
+		d.log.Info("the IPVS state file is from before a reboot: keepvip owns no service yet", "file", d.state)
+		d.dirty = true
+		return nil
+	}
+	if f.BootID != d.bootID {
+		d.dirty = true // written again with this boot's
 	}
 	for _, s := range f.Services {
 		k := Key{Addr: s.Addr, Port: s.Port, FWMark: s.FWMark}
@@ -418,7 +619,9 @@ func (d *Director) loadState() error {
 	return nil
 }
 
-// saveState writes the owned set when it changed (atomically).
+// saveState writes the owned set when it changed: to a temporary file,
+// synced, renamed over the old one, and the directory synced, so that a
+// crash leaves the old file or the new one.
 func (d *Director) saveState() error {
 	if d.state == "" || !d.dirty {
 		return nil
@@ -428,7 +631,7 @@ func (d *Director) saveState() error {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, compareKeys)
-	f := stateFile{Services: make([]stateKey, len(keys))}
+	f := stateFile{BootID: d.bootID, Services: make([]stateKey, len(keys))}
 	for i, k := range keys {
 		f.Services[i] = stateKey{Addr: k.Addr, Port: k.Port, FWMark: k.FWMark}
 		if k.Proto != 0 {
@@ -437,18 +640,43 @@ func (d *Director) saveState() error {
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(d.state), 0o700); err != nil {
 		return fmt.Errorf("writing IPVS state: %w", err)
 	}
-	tmp := d.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("writing IPVS state: %w", err)
-	}
-	if err := os.Rename(tmp, d.state); err != nil {
-		return fmt.Errorf("writing IPVS state: %w", err)
+	if err := writeFileSync(d.state, b); err != nil {
+		return fmt.Errorf("writing IPVS state %s: %w", d.state, err)
 	}
 	d.dirty = false
 	return nil
+}
+
+func writeFileSync(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	df, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer df.Close()
+	return df.Sync()
 }

@@ -11,106 +11,165 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// fakeKernel is a map-backed IPVS table that records every operation.
+// fakeKernel is a map-backed IPVS table that records every operation and
+// answers with the kernel's errors. It is safe for concurrent use, as the
+// real one is (one request at a time).
 type fakeKernel struct {
+	mu   sync.Mutex
 	svcs map[Key]*Service
 	log  []string
 	fail map[string]error // operation prefix -> error
+	// hook, if set, is called before each operation ("services" for a
+	// read), without the lock.
+	hook func(op string)
 }
 
 func newFakeKernel() *fakeKernel {
 	return &fakeKernel{svcs: map[Key]*Service{}, fail: map[string]error{}}
 }
 
-func (f *fakeKernel) op(format string, args ...any) error {
-	s := fmt.Sprintf(format, args...)
+// do runs one operation: the hook, then the injected failure or f.
+func (f *fakeKernel) do(op string, fn func() error) error {
+	f.mu.Lock()
+	hook := f.hook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(op)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for prefix, err := range f.fail {
-		if strings.HasPrefix(s, prefix) {
+		if strings.HasPrefix(op, prefix) {
 			return err
 		}
 	}
-	f.log = append(f.log, s)
+	if err := fn(); err != nil {
+		return err
+	}
+	if op != "services" { // reads are not logged
+		f.log = append(f.log, op)
+	}
 	return nil
 }
 
-func (f *fakeKernel) Services() ([]Service, error) {
-	var out []Service
-	for _, s := range f.svcs {
-		c := *s
-		c.Reals = slices.Clone(s.Reals)
-		out = append(out, c)
-	}
-	return out, nil
+func (f *fakeKernel) Services(withReals func(Key) bool) ([]ServiceStatus, error) {
+	var out []ServiceStatus
+	err := f.do("services", func() error {
+		for _, s := range f.svcs {
+			c := ServiceStatus{Service: *s}
+			c.Reals = nil
+			if withReals == nil || withReals(s.Key) {
+				c.Reals = slices.Clone(s.Reals)
+				c.Conns = map[RealKey]Conns{}
+				for i, r := range s.Reals {
+					c.Conns[RealKey{r.Addr, r.Port}] = Conns{Active: i, Inactive: 2 * i}
+				}
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	return out, err
 }
 
-func (f *fakeKernel) Stats(k Key) (map[RealKey]Conns, error) {
-	out := map[RealKey]Conns{}
-	for i, r := range f.svcs[k].Reals {
-		out[RealKey{r.Addr, r.Port}] = Conns{Active: i, Inactive: 2 * i}
+// put adds a service behind the Director's back (ipvsadm, kube-proxy).
+func (f *fakeKernel) put(s Service) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.Reals = slices.Clone(s.Reals)
+	f.svcs[s.Key] = &s
+}
+
+func (f *fakeKernel) has(k Key) (Service, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.svcs[k]
+	if !ok {
+		return Service{}, false
 	}
-	return out, nil
+	c := *s
+	c.Reals = slices.Clone(s.Reals)
+	return c, true
 }
 
 func (f *fakeKernel) AddService(s *Service) error {
-	if err := f.op("add %s", s.Key); err != nil {
-		return err
-	}
-	c := *s
-	c.Reals = nil
-	f.svcs[s.Key] = &c
-	return nil
+	return f.do(fmt.Sprintf("add %s", s.Key), func() error {
+		if _, ok := f.svcs[s.Key]; ok {
+			return syscall.EEXIST
+		}
+		c := *s
+		c.Reals = nil
+		f.svcs[s.Key] = &c
+		return nil
+	})
 }
 
 func (f *fakeKernel) UpdateService(s *Service) error {
-	if err := f.op("edit %s %s", s.Key, s.Scheduler); err != nil {
-		return err
-	}
-	c := f.svcs[s.Key]
-	c.Scheduler, c.Flags, c.Persistence, c.PersistenceMask = s.Scheduler, s.Flags, s.Persistence, s.PersistenceMask
-	return nil
+	return f.do(fmt.Sprintf("edit %s %s", s.Key, s.Scheduler), func() error {
+		c, ok := f.svcs[s.Key]
+		if !ok {
+			return syscall.ESRCH
+		}
+		c.Scheduler, c.Flags, c.Persistence, c.PersistenceMask = s.Scheduler, s.Flags, s.Persistence, s.PersistenceMask
+		return nil
+	})
 }
 
 func (f *fakeKernel) DeleteService(k Key) error {
-	if err := f.op("del %s", k); err != nil {
-		return err
-	}
-	delete(f.svcs, k)
-	return nil
+	return f.do(fmt.Sprintf("del %s", k), func() error {
+		delete(f.svcs, k)
+		return nil
+	})
 }
 
 func (f *fakeKernel) AddReal(k Key, r RealServer) error {
-	if err := f.op("add-real %s %s", k, r); err != nil {
-		return err
-	}
-	f.svcs[k].Reals = append(f.svcs[k].Reals, r)
-	return nil
+	return f.do(fmt.Sprintf("add-real %s %s", k, r), func() error {
+		s, ok := f.svcs[k]
+		if !ok {
+			return syscall.ESRCH
+		}
+		s.Reals = slices.DeleteFunc(s.Reals, func(x RealServer) bool { return x.key() == r.key() })
+		s.Reals = append(s.Reals, r)
+		return nil
+	})
 }
 
 func (f *fakeKernel) UpdateReal(k Key, r RealServer) error {
-	if err := f.op("edit-real %s %s", k, r); err != nil {
-		return err
-	}
-	for i, x := range f.svcs[k].Reals {
-		if x.key() == r.key() {
-			f.svcs[k].Reals[i] = r
+	return f.do(fmt.Sprintf("edit-real %s %s", k, r), func() error {
+		s, ok := f.svcs[k]
+		if !ok {
+			return syscall.ESRCH
 		}
-	}
-	return nil
+		for i, x := range s.Reals {
+			if x.key() == r.key() {
+				s.Reals[i] = r
+				return nil
+			}
+		}
+		return syscall.ENOENT
+	})
 }
 
 func (f *fakeKernel) DeleteReal(k Key, r RealServer) error {
-	if err := f.op("del-real %s %s", k, r); err != nil {
-		return err
-	}
-	f.svcs[k].Reals = slices.DeleteFunc(f.svcs[k].Reals, func(x RealServer) bool { return x.key() == r.key() })
-	return nil
+	return f.do(fmt.Sprintf("del-real %s %s", k, r), func() error {
+		s, ok := f.svcs[k]
+		if !ok {
+			return syscall.ESRCH
+		}
+		s.Reals = slices.DeleteFunc(s.Reals, func(x RealServer) bool { return x.key() == r.key() })
+		return nil
+	})
 }
 
 func (f *fakeKernel) takeLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	l := f.log
 	f.log = nil
 	return l
@@ -280,14 +339,27 @@ func TestValidate(t *testing.T) {
 		{"netmask without persistence", Service{Key: Key{Addr: ap("192.0.2.1"), Port: 1, Proto: TCP}, Scheduler: "rr", PersistenceMask: 24}, []string{"persistence.netmask: only with a persistence timeout"}},
 		{"fractional persistence", Service{Key: Key{Addr: ap("192.0.2.1"), Port: 1, Proto: TCP}, Scheduler: "rr", Persistence: 1500 * time.Millisecond}, []string{"persistence.timeout: 1.5s is not whole seconds"}},
 		{"weight", web(real("10.0.0.1", -1)), []string{"realServers[0].weight: -1 is outside 0-65535"}},
-		{"family", web(RealServer{Addr: ap("2001:db8::1"), Port: 80, Weight: 1}), []string{"realServers[0].address: 2001:db8::1 is not of the VIP's family"}},
-		{"tun crosses families", web(RealServer{Addr: ap("2001:db8::1"), Forward: TUN, Weight: 1}), nil},
+		{"family", web(RealServer{Addr: ap("2001:db8::1"), Port: 80, Weight: 1}), []string{"realServers[0].address: mixed address families are not supported: 2001:db8::1 is IPv6 and the virtual service is IPv4"}},
+		// moby/ipvs does not send the real server's family: the kernel
+		// would cut an IPv6 address to the service's IPv4 length.
+		{"tun does not cross families", web(RealServer{Addr: ap("2001:db8::1"), Forward: TUN, Weight: 1}), []string{"realServers[0].address: mixed address families are not supported"}},
+		{"tun to IPv4 from an IPv6 service", Service{Key: Key{Addr: ap("2001:db8::100"), Port: 80, Proto: TCP}, Scheduler: "rr",
+			Reals: []RealServer{{Addr: ap("10.0.0.1"), Forward: TUN, Weight: 1}}}, []string{"realServers[0].address: mixed address families are not supported: 10.0.0.1 is IPv4 and the virtual service is IPv6"}},
+		{"fwmark real of the other family", Service{Key: Key{Addr: netip.IPv6Unspecified(), FWMark: 7}, Scheduler: "rr",
+			Reals: []RealServer{{Addr: ap("10.0.0.1"), Port: 80, Weight: 1}}}, []string{"realServers[0].address: mixed address families are not supported"}},
 		{"nat without port", web(RealServer{Addr: ap("10.0.0.1"), Weight: 1}), []string{"realServers[0].port: 0: a NAT real server needs a port"}},
 		{"dr remaps port", web(RealServer{Addr: ap("10.0.0.1"), Port: 8080, Forward: DR, Weight: 1}), []string{"realServers[0].port: 8080: dr forwarding cannot change the port"}},
 		{"dr same port", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Forward: DR, Weight: 1}), nil},
-		{"thresholds", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Weight: 1, Upper: 10, Lower: 20}), []string{"realServers[0].lowerThreshold: 20 is above the upper threshold 10"}},
+		{"thresholds", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Weight: 1, Upper: 10, Lower: 20}), []string{"realServers[0].lowerThreshold: 20 is above the upperThreshold 10"}},
+		// The kernel refuses l_threshold > u_threshold (ERANGE), 0 too.
+		{"lower without upper", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Weight: 1, Lower: 5}), []string{"realServers[0].lowerThreshold: 5 needs an upperThreshold at least as large"}},
+		{"equal thresholds", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Weight: 1, Upper: 5, Lower: 5}), nil},
+		{"upper only", web(RealServer{Addr: ap("10.0.0.1"), Port: 80, Weight: 1, Upper: 5}), nil},
 		{"twice", web(real("10.0.0.1", 1), real("10.0.0.1", 2)), []string{"realServers[1]: 10.0.0.1:8080 is listed twice"}},
 		{"fwmark", Service{Key: Key{Addr: netip.IPv4Unspecified(), FWMark: 7}, Scheduler: "sh", Flags: FlagFallback | FlagPort}, nil},
+		{"fwmark ipv6", Service{Key: Key{Addr: netip.IPv6Unspecified(), FWMark: 7}, Scheduler: "rr"}, nil},
+		{"fwmark without family", Service{Key: Key{FWMark: 7}, Scheduler: "rr"}, []string{"family: a firewall-mark service needs its family"}},
+		{"fwmark with an address", Service{Key: Key{Addr: ap("192.0.2.1"), FWMark: 7}, Scheduler: "rr"}, []string{"fwmark: a firewall-mark service has no address (got 192.0.2.1)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -44,10 +44,36 @@ func New(o Options) (*Director, error) {
 // ipvsKernel is the kernel interface over moby/ipvs. A Handle is one
 // netlink socket: two requests in flight at once can take each other's
 // replies, and moby/ipvs then waits for its own for ever (it retries the
-// receive on every timeout). Every call therefore holds mu.
+// receive on every timeout). Every request therefore holds mu, and only
+// for that request, so that a long read (Status) lets writes through
+// between its requests.
 type ipvsKernel struct {
-	mu sync.Mutex
-	h  *ipvs.Handle
+	mu     sync.Mutex
+	h      *ipvs.Handle
+	closed bool
+}
+
+var errClosed = errors.New("the IPVS handle is closed")
+
+// do runs one request on the handle.
+func (k *ipvsKernel) do(f func(h *ipvs.Handle) error) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return errClosed
+	}
+	return f(k.h)
+}
+
+// Close closes the netlink socket; later requests fail.
+func (k *ipvsKernel) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.closed {
+		k.closed = true
+		k.h.Close()
+	}
+	return nil
 }
 
 // IPVS service flags (include/uapi/linux/ip_vs.h).
@@ -181,48 +207,54 @@ func keyService(k Key) *ipvs.Service {
 	return toIPVSService(&Service{Key: k, Scheduler: "rr"})
 }
 
-func (k *ipvsKernel) Services() ([]Service, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	svcs, err := k.h.GetServices()
+func (k *ipvsKernel) Services(withReals func(Key) bool) ([]ServiceStatus, error) {
+	var svcs []*ipvs.Service
+	err := k.do(func(h *ipvs.Handle) (err error) {
+		svcs, err = h.GetServices()
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Service, 0, len(svcs))
+	out := make([]ServiceStatus, 0, len(svcs))
 	for _, s := range svcs {
-		svc := fromIPVSService(s)
-		dests, err := k.h.GetDestinations(s)
-		if err != nil {
-			return nil, fmt.Errorf("reading the real servers of %s: %w", svc.Key, err)
-		}
-		for _, d := range dests {
-			svc.Reals = append(svc.Reals, fromIPVSDest(d))
+		svc := ServiceStatus{Service: fromIPVSService(s)}
+		if withReals == nil || withReals(svc.Key) {
+			var dests []*ipvs.Destination
+			err := k.do(func(h *ipvs.Handle) (err error) {
+				dests, err = h.GetDestinations(s)
+				return err
+			})
+			if errors.Is(err, syscall.ESRCH) {
+				continue // removed since the list was read
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading the real servers of %s: %w", svc.Key, err)
+			}
+			svc.Conns = make(map[RealKey]Conns, len(dests))
+			for _, d := range dests {
+				r := fromIPVSDest(d)
+				svc.Reals = append(svc.Reals, r)
+				svc.Conns[RealKey{r.Addr, r.Port}] = Conns{Active: d.ActiveConnections, Inactive: d.InactiveConnections}
+			}
 		}
 		out = append(out, svc)
 	}
 	return out, nil
 }
 
+// AddService fails with EEXIST when the service is there: whose it is is
+// the Director's to decide.
 func (k *ipvsKernel) AddService(s *Service) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	err := k.h.NewService(toIPVSService(s))
-	if errors.Is(err, syscall.EEXIST) {
-		return k.h.UpdateService(toIPVSService(s))
-	}
-	return err
+	return k.do(func(h *ipvs.Handle) error { return h.NewService(toIPVSService(s)) })
 }
 
 func (k *ipvsKernel) UpdateService(s *Service) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.h.UpdateService(toIPVSService(s))
+	return k.do(func(h *ipvs.Handle) error { return h.UpdateService(toIPVSService(s)) })
 }
 
 func (k *ipvsKernel) DeleteService(key Key) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	err := k.h.DelService(keyService(key))
+	err := k.do(func(h *ipvs.Handle) error { return h.DelService(keyService(key)) })
 	if errors.Is(err, syscall.ESRCH) {
 		return nil // already gone
 	}
@@ -230,42 +262,23 @@ func (k *ipvsKernel) DeleteService(key Key) error {
 }
 
 func (k *ipvsKernel) AddReal(key Key, r RealServer) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	err := k.h.NewDestination(keyService(key), toIPVSDest(r))
-	if errors.Is(err, syscall.EEXIST) {
-		return k.h.UpdateDestination(keyService(key), toIPVSDest(r))
-	}
-	return err
+	return k.do(func(h *ipvs.Handle) error {
+		err := h.NewDestination(keyService(key), toIPVSDest(r))
+		if errors.Is(err, syscall.EEXIST) {
+			return h.UpdateDestination(keyService(key), toIPVSDest(r))
+		}
+		return err
+	})
 }
 
 func (k *ipvsKernel) UpdateReal(key Key, r RealServer) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.h.UpdateDestination(keyService(key), toIPVSDest(r))
+	return k.do(func(h *ipvs.Handle) error { return h.UpdateDestination(keyService(key), toIPVSDest(r)) })
 }
 
 func (k *ipvsKernel) DeleteReal(key Key, r RealServer) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	err := k.h.DelDestination(keyService(key), toIPVSDest(r))
+	err := k.do(func(h *ipvs.Handle) error { return h.DelDestination(keyService(key), toIPVSDest(r)) })
 	if errors.Is(err, syscall.ENOENT) {
 		return nil // already gone
 	}
 	return err
-}
-
-func (k *ipvsKernel) Stats(key Key) (map[RealKey]Conns, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	dests, err := k.h.GetDestinations(keyService(key))
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[RealKey]Conns, len(dests))
-	for _, d := range dests {
-		r := fromIPVSDest(d)
-		out[RealKey{r.Addr, r.Port}] = Conns{Active: d.ActiveConnections, Inactive: d.InactiveConnections}
-	}
-	return out, nil
 }

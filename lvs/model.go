@@ -179,7 +179,11 @@ func (s *Service) Validate() []error {
 	}
 	switch {
 	case s.FWMark != 0:
-		if s.Addr.IsValid() && !s.Addr.IsUnspecified() {
+		// The family of a firewall-mark service is that of its address,
+		// the unspecified one: 0.0.0.0 or ::.
+		if !s.Addr.IsValid() {
+			bad("family", "a firewall-mark service needs its family: the address 0.0.0.0 (ipv4) or :: (ipv6)")
+		} else if !s.Addr.IsUnspecified() {
 			bad("fwmark", "a firewall-mark service has no address (got %s)", s.Addr)
 		}
 		if s.Port != 0 || s.Proto != 0 {
@@ -238,8 +242,11 @@ func (s *Service) Validate() []error {
 			bad(field+".address", "%s: a zone is not allowed", a)
 		case a.IsUnspecified() || a.IsMulticast():
 			bad(field+".address", "%s is not a unicast address", a)
-		case s.Addr.IsValid() && a.Is4() != s.Addr.Is4() && r.Forward != TUN:
-			bad(field+".address", "%s is not of the VIP's family (only tun forwarding crosses families)", a)
+		case s.Addr.IsValid() && a.Is4() != s.Addr.Is4():
+			// The kernel could tunnel to the other family, but moby/ipvs
+			// does not send the real server's family: its address would be
+			// cut to the service's.
+			bad(field+".address", "mixed address families are not supported: %s is %s and the virtual service is %s", a, famName(a), famName(s.Addr))
 		}
 		if r.Weight < 0 || r.Weight > MaxWeight {
 			bad(field+".weight", "%d is outside 0-%d", r.Weight, MaxWeight)
@@ -253,8 +260,13 @@ func (s *Service) Validate() []error {
 		case s.FWMark == 0 && (r.Forward == DR || r.Forward == TUN) && r.Port != 0 && r.Port != s.Port:
 			bad(field+".port", "%d: %s forwarding cannot change the port (the virtual port is %d); leave it out", r.Port, r.Forward, s.Port)
 		}
-		if r.Lower > r.Upper && r.Upper != 0 {
-			bad(field+".lowerThreshold", "%d is above the upper threshold %d", r.Lower, r.Upper)
+		switch {
+		case r.Lower > r.Upper && r.Upper == 0:
+			// The kernel refuses a lower threshold above the upper one
+			// (ERANGE), and 0 there means none.
+			bad(field+".lowerThreshold", "%d needs an upperThreshold at least as large (the upper threshold is 0: none)", r.Lower)
+		case r.Lower > r.Upper:
+			bad(field+".lowerThreshold", "%d is above the upperThreshold %d", r.Lower, r.Upper)
 		}
 		if seen[r.key()] {
 			bad(field, "%s is listed twice", netip.AddrPortFrom(r.Addr, r.Port))
@@ -262,6 +274,13 @@ func (s *Service) Validate() []error {
 		seen[r.key()] = true
 	}
 	return errs
+}
+
+func famName(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // normalize gives DR and TUN real servers the virtual port (the kernel

@@ -3,6 +3,7 @@ package lvs
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,14 +20,24 @@ type Settings struct {
 	NonLocalBind            *bool // net.ipv4.ip_nonlocal_bind, net.ipv6.ip_nonlocal_bind
 	// ARPInterfaces get arp_ignore=1 and arp_announce=2 (DR real servers).
 	ARPInterfaces []string
+	// ProcSys is where the settings are written: /proc/sys when empty. In
+	// a container whose /proc/sys is read-only, the host's mounted
+	// elsewhere.
+	ProcSys string
 }
 
-// sysctlRoot is /proc/sys; tests point it elsewhere.
+// sysctls writes under root (Settings.ProcSys).
 type sysctls struct{ root string }
 
 // Apply writes the settings and returns every failure, naming the key.
 // The net.ipv4.vs keys exist only once IPVS is loaded.
-func (s Settings) Apply() error { return s.apply(sysctls{root: "/proc/sys"}) }
+func (s Settings) Apply() error {
+	root := s.ProcSys
+	if root == "" {
+		root = "/proc/sys"
+	}
+	return s.apply(sysctls{root: root})
+}
 
 func (s Settings) apply(sc sysctls) error {
 	var errs []error
@@ -55,7 +66,11 @@ func (s Settings) apply(sc sysctls) error {
 	}
 	if s.NonLocalBind != nil {
 		set("net.ipv4.ip_nonlocal_bind", b(*s.NonLocalBind))
-		set("net.ipv6.ip_nonlocal_bind", b(*s.NonLocalBind))
+		// A kernel without IPv6 (ipv6.disable=1) has no such key, and
+		// nothing to bind.
+		if err := sc.write([]string{"net", "ipv6", "ip_nonlocal_bind"}, b(*s.NonLocalBind)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	for _, ifname := range s.ARPInterfaces {
 		// An interface name may hold dots (eth0.100): one path element.

@@ -16,8 +16,8 @@ func TestSettingsWriteTheirKeys(t *testing.T) {
 	}
 	yes, no, mode := true, false, 0
 	s := Settings{Conntrack: &yes, ConnReuseMode: &mode, ExpireNodestConn: &no, NonLocalBind: &yes,
-		ARPInterfaces: []string{"eth0.100", "missing0"}}
-	err := s.apply(sysctls{root: root})
+		ARPInterfaces: []string{"eth0.100", "missing0"}, ProcSys: root}
+	err := s.Apply()
 	// The missing interface is reported by name; the rest is written.
 	if err == nil || !strings.Contains(err.Error(), "setting net.ipv4.conf.missing0.arp_ignore = 1") {
 		t.Errorf("apply error = %v", err)

@@ -86,7 +86,9 @@ func (s *Service) Validate() []error {
 
 // director is what the Balancer needs of lvs.Director.
 type director interface {
-	Sync(ctx context.Context, desired []lvs.Service) error
+	// Sync programs desired; keep names services to leave as the kernel
+	// has them (their desired version is invalid).
+	Sync(ctx context.Context, desired []lvs.Service, keep ...lvs.Key) error
 	Update(ctx context.Context, set []lvs.Service, remove []lvs.Key) error
 }
 
@@ -131,6 +133,7 @@ func (b *Balancer) Sync(ctx context.Context, services []Service) error {
 	prev := b.desired
 	b.desired = make(map[lvs.Key]*Service, len(services))
 	var targets []healthcheck.Target
+	var keep []lvs.Key
 	for i := range services {
 		s := &services[i]
 		if ve := s.Validate(); len(ve) > 0 {
@@ -140,6 +143,9 @@ func (b *Balancer) Sync(ctx context.Context, services []Service) error {
 				s = old
 				errs = append(errs, fmt.Errorf("virtual service %s (the last good version stays): %w", s.Key, errors.Join(ve...)))
 			} else {
+				// Never applied by this process, but perhaps by the one
+				// before it (a restart): the kernel's version stays.
+				keep = append(keep, s.Key)
 				errs = append(errs, fmt.Errorf("virtual service %s: %w", s.Key, errors.Join(ve...)))
 				continue
 			}
@@ -182,7 +188,7 @@ func (b *Balancer) Sync(ctx context.Context, services []Service) error {
 	if err := b.hc.Sync(ctx, targets); err != nil {
 		errs = append(errs, fmt.Errorf("updating health checks: %w", err))
 	}
-	if err := b.dir.Sync(ctx, effective); err != nil {
+	if err := b.dir.Sync(ctx, effective, keep...); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

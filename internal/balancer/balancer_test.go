@@ -17,13 +17,14 @@ import (
 type fakeDirector struct {
 	mu      sync.Mutex
 	synced  []lvs.Service
+	kept    []lvs.Key
 	updates chan []lvs.Service
 }
 
-func (f *fakeDirector) Sync(_ context.Context, d []lvs.Service) error {
+func (f *fakeDirector) Sync(_ context.Context, d []lvs.Service, keep ...lvs.Key) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.synced = d
+	f.synced, f.kept = d, keep
 	return nil
 }
 
@@ -128,6 +129,11 @@ func TestUDPIsNotCheckedWithTCP(t *testing.T) {
 	}
 	if len(d.synced) != 1 || d.synced[0].Proto != lvs.TCP || len(c.targets) != 2 {
 		t.Errorf("the good service was not applied: %+v", d.synced)
+	}
+	// Never applied here, but perhaps by a keepvip before a restart: the
+	// director is told to leave the kernel's version alone.
+	if len(d.kept) != 1 || d.kept[0] != udp.Key {
+		t.Errorf("kept = %v; want [%v]", d.kept, udp.Key)
 	}
 	// With an explicit TCP port to check, it is allowed.
 	udp.CheckPort = 8053
