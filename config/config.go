@@ -41,12 +41,12 @@ type Instance struct {
 	Priority *int `json:"priority,omitempty"`
 	// AdvertInterval: 10ms to 40.95s in steps of 10ms (version 3), whole
 	// seconds (version 2). Default 1s.
-	AdvertInterval Duration `json:"advertInterval,omitempty"`
+	AdvertInterval Duration `json:"advertInterval,omitzero"`
 	// Version 3 (default) or 2.
 	Version int `json:"version,omitempty"`
 	// Preempt: default true (RFC 9568). false is keepalived's nopreempt.
 	Preempt      *bool    `json:"preempt,omitempty"`
-	PreemptDelay Duration `json:"preemptDelay,omitempty"`
+	PreemptDelay Duration `json:"preemptDelay,omitzero"`
 	// Accept: a master accepts packets sent to its VIPs (default true, as
 	// keepalived). false drops them with an nftables table "keepvip".
 	Accept *bool `json:"accept,omitempty"`
@@ -74,11 +74,11 @@ type Instance struct {
 
 // GARP holds keepalived's gratuitous ARP / NA settings.
 type GARP struct {
-	MasterDelay         Duration `json:"masterDelay,omitempty"`         // default 5s; "0s" for no second burst
+	MasterDelay         Duration `json:"masterDelay,omitzero"`          // default 5s; "0s" for no second burst
 	MasterRepeat        *int     `json:"masterRepeat,omitempty"`        // default 5
-	MasterRefresh       Duration `json:"masterRefresh,omitempty"`       // default off
+	MasterRefresh       Duration `json:"masterRefresh,omitzero"`        // default off
 	MasterRefreshRepeat *int     `json:"masterRefreshRepeat,omitempty"` // default 1
-	Interval            Duration `json:"interval,omitempty"`            // default 0
+	Interval            Duration `json:"interval,omitzero"`             // default 0
 	LowerPriorityRepeat *int     `json:"lowerPriorityRepeat,omitempty"` // default 5
 }
 
@@ -111,10 +111,16 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// MarshalJSON writes the raw value.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.raw) }
+// MarshalJSON writes the raw value, or null when unset, so that a
+// written Config parses back to the same one.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	if !d.set {
+		return []byte("null"), nil
+	}
+	return json.Marshal(d.raw)
+}
 
-// IsZero reports an unset duration (for omitempty).
+// IsZero reports an unset duration (for omitzero).
 func (d Duration) IsZero() bool { return !d.set }
 
 func (d Duration) parse() (time.Duration, error) {

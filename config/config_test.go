@@ -4,12 +4,14 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"sigs.k8s.io/yaml"
 
 	"github.com/keepvip/keepvip/healthcheck"
 	"github.com/keepvip/keepvip/internal/balancer"
@@ -280,4 +282,28 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A Config written out (the daemon caches the one it applied in Kubernetes
+// mode) parses back to the same Config: unset durations stay unset.
+func TestWrittenConfigParsesBack(t *testing.T) {
+	data, err := os.ReadFile("testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(out)
+	if err != nil {
+		t.Fatalf("Parse of the written config: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(back, c) {
+		t.Errorf("the written config parses back differently:\n%s", out)
+	}
 }

@@ -52,16 +52,16 @@ type HealthCheck struct {
 	// Type: tcp (default for TCP services), http, or none. UDP and SCTP
 	// services are not checked unless a TCP Port to check is given.
 	Type             string   `json:"type,omitempty"`
-	Interval         Duration `json:"interval,omitempty"`         // default 5s (delay_loop)
-	Timeout          Duration `json:"timeout,omitempty"`          // default 3s (connect_timeout)
-	Retries          *int     `json:"retries,omitempty"`          // default 1 (retry)
-	DelayBeforeRetry Duration `json:"delayBeforeRetry,omitempty"` // default 1s
-	Rise             int      `json:"rise,omitempty"`             // default 1
-	Fall             int      `json:"fall,omitempty"`             // default 1
-	Port             int      `json:"port,omitempty"`             // default: the real server's port (connect_port)
-	Path             string   `json:"path,omitempty"`             // http: default /
-	Status           int      `json:"status,omitempty"`           // http: default 200
-	Host             string   `json:"host,omitempty"`             // http: Host header
+	Interval         Duration `json:"interval,omitzero"`         // default 5s (delay_loop)
+	Timeout          Duration `json:"timeout,omitzero"`          // default 3s (connect_timeout)
+	Retries          *int     `json:"retries,omitempty"`         // default 1 (retry)
+	DelayBeforeRetry Duration `json:"delayBeforeRetry,omitzero"` // default 1s
+	Rise             int      `json:"rise,omitempty"`            // default 1
+	Fall             int      `json:"fall,omitempty"`            // default 1
+	Port             int      `json:"port,omitempty"`            // default: the real server's port (connect_port)
+	Path             string   `json:"path,omitempty"`            // http: default /
+	Status           int      `json:"status,omitempty"`          // http: default 200
+	Host             string   `json:"host,omitempty"`            // http: Host header
 }
 
 // RealServer is one destination of a virtual service.
