@@ -603,3 +603,17 @@ func (s *Spec) fromSourcePrefix(prefix string) []VirtualServer {
 	}
 	return out
 }
+
+// Check reports bad flags for the "vips" instance.
+func (d Defaults) Check() error {
+	in := Instance{PriorityFrom: PriorityNodeOrder}
+	in.Interface, in.VRID = d.Interface, d.VRID
+	in.VIPs = []string{"192.0.2.1"}
+	if d.AdvertInterval != "" {
+		in.AdvertInterval = config.DurationOf(d.AdvertInterval)
+	}
+	if errs := in.check("flags"); len(errs) > 0 {
+		return fmt.Errorf("the instance %q of VIP keys: %w", LegacyInstance, errors.Join(errs...))
+	}
+	return nil
+}

@@ -7,6 +7,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -20,7 +22,14 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
 	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
 	"github.com/keepvip/keepvip/internal/daemon"
 )
 
@@ -38,6 +47,7 @@ func usage(w io.Writer) {
 
 Usage:
   keepvip run --config FILE [--status-socket PATH] [--metrics-addr ADDR] [--state-dir DIR] [--log-level LEVEL]
+  keepvip run --configmap NAMESPACE/NAME --node-name NODE [--kubeconfig FILE] [--vrid N] [--interface IF] [--use-unicast] ...
   keepvip status [--socket PATH] [-o table|json|yaml]
   keepvip validate FILE
   keepvip version
@@ -112,13 +122,44 @@ func runDaemon(args []string, stderr io.Writer) error {
 	sock := fs.String("status-socket", envOr("KEEPVIP_STATUS_SOCKET", defaultSocket), "unix socket for 'keepvip status'; empty for none (env KEEPVIP_STATUS_SOCKET)")
 	metrics := fs.String("metrics-addr", envOr("KEEPVIP_METRICS_ADDR", ""), "address for /metrics, /healthz and /readyz, e.g. :9742; empty for none (env KEEPVIP_METRICS_ADDR)")
 	stateDir := fs.String("state-dir", envOr("KEEPVIP_STATE_DIR", "/var/lib/keepvip"), "directory for state kept across restarts (the IPVS services keepvip created); empty for none (env KEEPVIP_STATE_DIR)")
+	procSys := fs.String("proc-sys", envOr("KEEPVIP_PROC_SYS", ""), "where to write kernel settings (ip_vs, ip_nonlocal_bind, arp_*); empty for /proc/sys. In a container, the host's /proc/sys/net mounted read-write (env KEEPVIP_PROC_SYS)")
 	level := fs.String("log-level", envOr("KEEPVIP_LOG_LEVEL", "info"), "debug, info, warn or error (env KEEPVIP_LOG_LEVEL)")
+	cmName := fs.String("configmap", envOr("KEEPVIP_CONFIGMAP", ""), "Kubernetes mode: the vip-configmap as NAMESPACE/NAME (env KEEPVIP_CONFIGMAP)")
+	fs.StringVar(cmName, "services-configmap", *cmName, "kube-keepalived-vip's name for --configmap")
+	kubeconfig := fs.String("kubeconfig", envOr("KUBECONFIG", ""), "Kubernetes mode: kubeconfig file; empty for the in-cluster ServiceAccount (env KUBECONFIG)")
+	nodeName := fs.String("node-name", envOr("NODE_NAME", ""), "Kubernetes mode: this node's name (env NODE_NAME, from the downward API)")
+	kd := configmap.DefaultDefaults()
+	fs.IntVar(&kd.VRID, "vrid", kd.VRID, "Kubernetes mode: VRID of the instance \"vips\" that holds the VIP keys of the ConfigMap")
+	fs.StringVar(&kd.Interface, "interface", "", "Kubernetes mode: interface of the instance \"vips\"; default the one holding the node's address")
+	fs.BoolVar(&kd.Unicast, "use-unicast", false, "Kubernetes mode: the instance \"vips\" sends adverts to the other nodes instead of multicast")
+	fs.StringVar(&kd.AdvertInterval, "advert-interval", kd.AdvertInterval, "Kubernetes mode: advert interval of the instance \"vips\"")
 	format := fs.String("log-format", envOr("KEEPVIP_LOG_FORMAT", "text"), "text or json (env KEEPVIP_LOG_FORMAT)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *cfg == "" {
-		return usageError{"run: --config is required"}
+	switch {
+	case *cfg == "" && *cmName == "":
+		return usageError{"run: give --config FILE, or --configmap NAMESPACE/NAME in Kubernetes"}
+	case *cfg != "" && *cmName != "":
+		return usageError{"run: --config and --configmap exclude each other"}
+	}
+	var kopts *daemon.KubeOptions
+	if *cmName != "" {
+		ns, name, ok := strings.Cut(*cmName, "/")
+		if !ok || ns == "" || name == "" {
+			return usageError{fmt.Sprintf("run: --configmap %q: want NAMESPACE/NAME", *cmName)}
+		}
+		if *nodeName == "" {
+			return usageError{"run: --node-name (or NODE_NAME) is required with --configmap"}
+		}
+		if err := kd.Check(); err != nil {
+			return usageError{"run: " + err.Error()}
+		}
+		client, err := kubeClient(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		kopts = &daemon.KubeOptions{Client: client, Namespace: ns, ConfigMap: name, NodeName: *nodeName, Defaults: kd}
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -155,10 +196,32 @@ func runDaemon(args []string, stderr io.Writer) error {
 		StatusSocket: *sock,
 		MetricsAddr:  *metrics,
 		StateDir:     *stateDir,
+		ProcSys:      *procSys,
 		Version:      buildVersion(),
 		Logger:       log,
 		Reload:       reload,
+		Kube:         kopts,
 	})
+}
+
+// kubeClient connects with a kubeconfig, or as the pod's ServiceAccount.
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		if kubeconfig == "" {
+			return nil, fmt.Errorf("not running in a pod (no in-cluster ServiceAccount) and no --kubeconfig: %w", err)
+		}
+		return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
+	}
+	rc.UserAgent = "keepvip/" + buildVersion()
+	// Protobuf is cheaper to decode than JSON for the watches.
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("making a Kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 func runValidate(args []string, stdout io.Writer) error {
@@ -167,20 +230,86 @@ func runValidate(args []string, stdout io.Writer) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usageError{"validate: want exactly one FILE"}
+		return usageError{"validate: want exactly one FILE (a configuration file, or a manifest with the vip-configmap; - for stdin)"}
 	}
 	path := fs.Arg(0)
-	data, err := os.ReadFile(path)
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
 	if err != nil {
 		return err
 	}
-	c, err := config.Parse(data)
+	cms, isManifest, err := configMaps(data)
 	if err != nil {
-		msgs := strings.Split(err.Error(), "\n")
-		return fmt.Errorf("%s: %d problem(s):\n  %s", path, len(msgs), strings.Join(msgs, "\n  "))
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	fmt.Fprintf(stdout, "%s: ok, %d VRRP instance(s)\n", path, len(c.Instances))
+	if !isManifest {
+		c, err := config.Parse(data)
+		if err != nil {
+			msgs := strings.Split(err.Error(), "\n")
+			return fmt.Errorf("%s: %d problem(s):\n  %s", path, len(msgs), strings.Join(msgs, "\n  "))
+		}
+		fmt.Fprintf(stdout, "%s: ok, %d VRRP instance(s), %d virtual server(s)\n", path, len(c.Instances), len(c.VirtualServers))
+		return nil
+	}
+	if len(cms) == 0 {
+		return fmt.Errorf("%s: a Kubernetes manifest without a ConfigMap", path)
+	}
+	var failed []string
+	for _, cm := range cms {
+		name := fmt.Sprintf("ConfigMap %s/%s", cm.Namespace, cm.Name)
+		spec, problems := configmap.Parse(cm.Data, configmap.DefaultDefaults(), nil)
+		if len(problems) > 0 {
+			msgs := make([]string, len(problems))
+			for i, p := range problems {
+				msgs[i] = p.Error()
+			}
+			failed = append(failed, fmt.Sprintf("%s: %d problem(s):\n  %s", name, len(problems), strings.Join(msgs, "\n  ")))
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: %s: ok, %d VRRP instance(s), %d virtual server entr(ies)\n", path, name, len(spec.Instances), len(spec.VirtualServers))
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s: %s", path, strings.Join(failed, "\n"))
+	}
 	return nil
+}
+
+// configMaps reads the ConfigMaps of a (multi-document) manifest. It
+// reports whether data is a manifest at all (its documents have a kind)
+// rather than a configuration file.
+func configMaps(data []byte) ([]corev1.ConfigMap, bool, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var out []corev1.ConfigMap
+	manifest := false
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if err == io.EOF {
+			return out, manifest, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("reading document %d: %w", i+1, err)
+		}
+		var meta struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal(doc, &meta); err != nil || meta.Kind == "" {
+			continue
+		}
+		manifest = true
+		if meta.Kind != "ConfigMap" {
+			continue
+		}
+		var cm corev1.ConfigMap
+		if err := yaml.Unmarshal(doc, &cm); err != nil {
+			return nil, true, fmt.Errorf("document %d: reading the ConfigMap: %w", i+1, err)
+		}
+		out = append(out, cm)
+	}
 }
 
 func runStatus(args []string, stdout io.Writer) error {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keepvip/keepvip/internal/daemon"
+	"github.com/keepvip/keepvip/internal/kube"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -20,6 +21,25 @@ func TestValidateExitCodes(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(good, []byte("instances:\n- {interface: eth0, vrid: 1, vips: [192.0.2.1]}\n"), 0o644)
 	os.WriteFile(bad, []byte("instances:\n- {interface: eth0, vrid: 0, vips: [192.0.2.1, nope]}\n"), 0o644)
+	manifest := `apiVersion: v1
+kind: ServiceAccount
+metadata: {name: keepvip, namespace: keepvip}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: vip-configmap, namespace: keepvip}
+data:
+  10.0.0.8: default/web:DR
+  config.yaml: |
+    instances: [{vrid: 9, vips: ["2001:db8::8"]}]
+    virtualServers: [{vip: "2001:db8::8", service: default/web}]
+`
+	cmGood := filepath.Join(dir, "cm.yaml")
+	os.WriteFile(cmGood, []byte(manifest), 0o644)
+	cmBad := filepath.Join(dir, "cm-bad.yaml")
+	os.WriteFile(cmBad, []byte(manifest+"  10.0.0.9: default/web:PROXY\n"), 0o644)
+	noCM := filepath.Join(dir, "sa.yaml")
+	os.WriteFile(noCM, []byte(manifest[:strings.Index(manifest, "---")]), 0o644)
 	tests := []struct {
 		args     []string
 		code     int
@@ -30,7 +50,13 @@ func TestValidateExitCodes(t *testing.T) {
 		{[]string{"validate"}, 2, "want exactly one FILE"},
 		{[]string{"validate", filepath.Join(dir, "missing")}, 1, "no such file"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
-		{[]string{"run"}, 2, "--config is required"},
+		{[]string{"run"}, 2, "give --config FILE, or --configmap"},
+		{[]string{"run", "--configmap", "vip-configmap", "--node-name", "a"}, 2, "want NAMESPACE/NAME"},
+		{[]string{"run", "--configmap", "ns/vip-configmap"}, 2, "--node-name (or NODE_NAME) is required"},
+		{[]string{"run", "--configmap", "ns/cm", "--node-name", "a", "--vrid", "300"}, 2, "vrid: 300 is outside 1-255"},
+		{[]string{"validate", cmGood}, 0, "ConfigMap keepvip/vip-configmap: ok, 2 VRRP instance(s), 2 virtual server entr"},
+		{[]string{"validate", cmBad}, 1, `key "10.0.0.9": "default/web:PROXY": PROXY`},
+		{[]string{"validate", noCM}, 1, "a Kubernetes manifest without a ConfigMap"},
 		{[]string{"version"}, 0, "keepvip "},
 		{nil, 2, "Usage:"},
 	}
@@ -40,6 +66,22 @@ func TestValidateExitCodes(t *testing.T) {
 		got := out.String() + errb.String()
 		if code != tt.code || !strings.Contains(got, tt.contains) {
 			t.Errorf("keepvip %q = %d, %q; want %d and %q", tt.args, code, got, tt.code, tt.contains)
+		}
+	}
+}
+
+// The manifests users apply and copy must pass the validation they are
+// told to run.
+func TestShippedManifestsValidate(t *testing.T) {
+	files, _ := filepath.Glob("../../deploy/examples/*.yaml")
+	files = append(files, "../../deploy/vip-configmap.yaml")
+	if len(files) < 2 {
+		t.Fatalf("no example manifests found: %v", files)
+	}
+	for _, f := range files {
+		var out, errb bytes.Buffer
+		if code := run([]string{"validate", f}, &out, &errb); code != 0 || !strings.Contains(out.String(), ": ok,") {
+			t.Errorf("keepvip validate %s = %d:\n%s%s", f, code, out.String(), errb.String())
 		}
 	}
 }
@@ -95,5 +137,28 @@ func TestStatusOutputs(t *testing.T) {
 	}
 	if err := printStatus(&y, s, "xml", now); err == nil {
 		t.Error("unknown output format accepted")
+	}
+}
+
+func TestStatusTableKubernetes(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := sampleStatus(now)
+	s.ConfigFile = "ConfigMap keepvip/vip-configmap (resourceVersion 7)"
+	s.ConfigErrors = []string{`key "10.0.0.9": "default/web:PROXY": PROXY is not supported`}
+	s.Kubernetes = &kube.Status{ConfigMap: "keepvip/vip-configmap", Node: "node-a", ResourceVersion: "7", Synced: true,
+		LastApplied: now.Add(-3 * time.Second), APIServer: "probing /readyz: connection refused", APIServerSince: now.Add(-20 * time.Second), Services: 2}
+	var table bytes.Buffer
+	if err := printStatus(&table, s, "table", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Kubernetes: node node-a, ConfigMap keepvip/vip-configmap, synced true, 2 Service(s) followed, last change applied 3s ago",
+		"API server: probing /readyz: connection refused (for 20s)",
+		"CONFIGURATION ERRORS (these entries are not applied; the others are):",
+		`key "10.0.0.9"`,
+	} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
 	}
 }

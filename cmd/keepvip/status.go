@@ -36,8 +36,21 @@ func printStatus(w io.Writer, s *daemon.Status, format string, now time.Time) er
 
 func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 	fmt.Fprintf(w, "keepvip %s, configuration %s loaded %s ago\n", s.Version, s.ConfigFile, ago(now, s.ConfigLoaded))
+	if k := s.Kubernetes; k != nil {
+		api := k.APIServer
+		if !k.APIServerSince.IsZero() {
+			api += " (for " + ago(now, k.APIServerSince) + ")"
+		}
+		fmt.Fprintf(w, "Kubernetes: node %s, ConfigMap %s, synced %t, %d Service(s) followed, last change applied %s ago\n",
+			k.Node, k.ConfigMap, k.Synced, k.Services, ago(now, k.LastApplied))
+		fmt.Fprintf(w, "API server: %s\n", api)
+	}
 	if len(s.ConfigErrors) > 0 {
-		fmt.Fprintln(w, "\nCONFIGURATION ERRORS (the last good configuration is in force):")
+		if s.Kubernetes != nil {
+			fmt.Fprintln(w, "\nCONFIGURATION ERRORS (these entries are not applied; the others are):")
+		} else {
+			fmt.Fprintln(w, "\nCONFIGURATION ERRORS (the last good configuration is in force):")
+		}
 		for _, e := range s.ConfigErrors {
 			fmt.Fprintln(w, "  "+strings.TrimSpace(e))
 		}

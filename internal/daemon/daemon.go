@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
 	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
+	"github.com/keepvip/keepvip/internal/kube"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -34,10 +40,26 @@ type Options struct {
 	// StateDir keeps what must survive a restart (the IPVS services
 	// keepvip created); "" for none.
 	StateDir string
-	Version  string
-	Logger   *slog.Logger
+	// ProcSys is where kernel settings are written; "" for /proc/sys.
+	ProcSys string
+	Version string
+	Logger  *slog.Logger
 	// Reload receives a value for each reload request (SIGHUP).
 	Reload <-chan struct{}
+	// Kube, when set, takes the configuration from the vip-configmap
+	// instead of ConfigFile.
+	Kube *KubeOptions
+}
+
+// KubeOptions configure the Kubernetes mode.
+type KubeOptions struct {
+	Client kubernetes.Interface
+	// Namespace and ConfigMap name the vip-configmap.
+	Namespace, ConfigMap string
+	NodeName             string
+	// Defaults configure the "vips" instance of kube-keepalived-vip style
+	// keys (the daemon's flags).
+	Defaults configmap.Defaults
 }
 
 // Status is what `keepvip status` shows.
@@ -50,6 +72,8 @@ type Status struct {
 	// IPVS is "ok", "not used" or why load balancing is off.
 	IPVS           string                `json:"ipvs"`
 	VirtualServers []VirtualServerStatus `json:"virtualServers,omitempty"`
+	// Kubernetes is the vip-configmap side (Kubernetes mode only).
+	Kubernetes *kube.Status `json:"kubernetes,omitempty"`
 }
 
 type daemon struct {
@@ -66,6 +90,11 @@ type daemon struct {
 	ready    bool
 	lb       *loadBalancer // nil until there are virtual servers
 	ipvs     string
+	// source says where the configuration in force came from.
+	source string
+
+	rec       *kube.Reconciler // Kubernetes mode
+	toApplied prometheus.Histogram
 }
 
 // Run runs the daemon until ctx is cancelled, then stops every instance
@@ -75,9 +104,15 @@ func Run(ctx context.Context, o Options) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	cfg, err := load(o.ConfigFile)
-	if err != nil {
-		return err
+	var cfg *config.Config
+	var err error
+	source := o.ConfigFile
+	if o.Kube == nil {
+		if cfg, err = load(o.ConfigFile); err != nil {
+			return err
+		}
+	} else {
+		cfg, source = cachedKubeConfig(o.StateDir, o.Logger)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -97,6 +132,25 @@ func Run(ctx context.Context, o Options) error {
 		}),
 	}
 	reg.MustRegister(d.reloads, d.cfgErrs)
+	d.source = source
+	var kubeUpdates chan kube.Update
+	var kubeDone chan error
+	if o.Kube != nil {
+		klog.SetSlogLogger(o.Logger.With("from", "client-go"))
+		d.rec = kube.New(kube.Options{
+			Client: o.Kube.Client, Namespace: o.Kube.Namespace, ConfigMap: o.Kube.ConfigMap,
+			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{},
+			Logger: o.Logger, Registerer: reg,
+		})
+		d.toApplied = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keepvip_kube_event_to_applied_seconds",
+			Help:    "From a cluster event to its configuration applied to VRRP and IPVS on this node.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		})
+		reg.MustRegister(d.toApplied)
+		kubeUpdates = make(chan kube.Update, 1)
+		kubeDone = make(chan error, 1)
+	}
 
 	var servers []*http.Server
 	if o.StatusSocket != "" {
@@ -123,11 +177,42 @@ func Run(ctx context.Context, o Options) error {
 	d.mu.Lock()
 	d.ready = true
 	d.mu.Unlock()
-	d.log.Info("keepvip running", "version", o.Version, "config", o.ConfigFile, "instances", len(cfg.Instances))
+	d.log.Info("keepvip running", "version", o.Version, "config", source, "instances", len(cfg.Instances))
+
+	recCtx, stopRec := context.WithCancel(context.Background())
+	defer stopRec()
+	if o.Kube != nil {
+		go func() {
+			kubeDone <- d.rec.Run(recCtx, func(u kube.Update) {
+				// The newest configuration replaces one not yet applied.
+				for {
+					select {
+					case kubeUpdates <- u:
+						return
+					default:
+					}
+					select {
+					case <-kubeUpdates:
+					default:
+					}
+				}
+			})
+		}()
+	}
 
 	for {
 		select {
+		case u := <-kubeUpdates:
+			d.applyKube(u)
+		case err := <-kubeDone:
+			// Only a setup error ends the reconciler before ctx.
+			d.log.Error("following the cluster stopped; the data plane keeps what it has", "err", err)
+			kubeDone = nil
 		case <-ctx.Done():
+			stopRec()
+			if kubeDone != nil {
+				<-kubeDone
+			}
 			d.log.Info("shutting down: handing off VIPs")
 			err := d.mgr.Stop()
 			if err != nil {
@@ -139,7 +224,9 @@ func Run(ctx context.Context, o Options) error {
 			d.log.Info("stopped")
 			return errors.Join(err, shutdownAll(servers))
 		case <-o.Reload:
-			d.reload()
+			if o.Kube == nil {
+				d.reload()
+			}
 		}
 	}
 }
@@ -196,7 +283,7 @@ func (d *daemon) startLB(cfg *config.Config) error {
 	if d.lb != nil || len(cfg.VirtualServers) == 0 {
 		return nil
 	}
-	lb, err := startLB(d.log, d.reg, d.opts.StateDir)
+	lb, err := startLB(d.log, d.reg, d.opts.StateDir, d.opts.ProcSys)
 	if err != nil {
 		d.mu.Lock()
 		d.ipvs = ipvsUnavailable(err)
@@ -213,10 +300,13 @@ func (d *daemon) startLB(cfg *config.Config) error {
 	return nil
 }
 
-func (d *daemon) apply(cfg *config.Config) {
+// apply runs cfg. problems are the parts of the configuration that were
+// left out before it got here (Kubernetes mode); they are reported with
+// the errors of applying the rest.
+func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	d.reloads.WithLabelValues("ok").Inc()
 	err := d.mgr.Sync(cfg.VRRP())
-	var errs []string
+	errs := slices.Clone(problems)
 	if err != nil {
 		// The file was valid but an instance could not start (for
 		// example its interface is missing); the others run.
@@ -245,9 +335,13 @@ func (d *daemon) apply(cfg *config.Config) {
 
 func (d *daemon) status() Status {
 	d.mu.Lock()
-	s := Status{Version: d.opts.Version, ConfigFile: d.opts.ConfigFile, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
+	s := Status{Version: d.opts.Version, ConfigFile: d.source, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
 	lb := d.lb
 	d.mu.Unlock()
+	if d.rec != nil {
+		ks := d.rec.Status()
+		s.Kubernetes = &ks
+	}
 	s.Instances = d.mgr.Status()
 	if lb != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -60,6 +60,8 @@ type loadBalancer struct {
 	hc  *healthcheck.Checker
 	bal *balancer.Balancer
 
+	procSys string // where kernel settings are written
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -68,7 +70,7 @@ type loadBalancer struct {
 }
 
 // startLB opens IPVS and starts the health checker and the balancer.
-func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir string) (*loadBalancer, error) {
+func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys string) (*loadBalancer, error) {
 	// moby/ipvs logs through logrus; send that to our log.
 	logrus.SetOutput(slogWriter{log.With("from", "moby/ipvs")})
 	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
@@ -80,7 +82,7 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir string) (*loa
 	if err != nil {
 		return nil, err
 	}
-	lb := &loadBalancer{log: log, dir: dir}
+	lb := &loadBalancer{log: log, dir: dir, procSys: procSys}
 	lb.hc = healthcheck.New(healthcheck.Options{Logger: log, Registerer: reg, OnChange: func(r healthcheck.Result) { lb.bal.HealthChanged(r) }})
 	lb.bal = balancer.New(log, dir, lb.hc)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -97,7 +99,9 @@ func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
 	lb.mu.Lock()
 	lb.current = cfg
 	lb.mu.Unlock()
-	return errors.Join(cfg.KernelSettings().Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
+	ks := cfg.KernelSettings()
+	ks.ProcSys = lb.procSys
+	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
 }
 
 // resync reads the IPVS table again now and then and repairs it.

@@ -1,0 +1,544 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"io"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
+)
+
+// Options configures a Reconciler.
+type Options struct {
+	Client kubernetes.Interface
+	// Namespace and ConfigMap name the vip-configmap.
+	Namespace, ConfigMap string
+	// NodeName is this node.
+	NodeName string
+	// Defaults configure the "vips" instance of kube-keepalived-vip style
+	// keys.
+	Defaults configmap.Defaults
+	Host     Host
+	Logger   *slog.Logger
+	// Registerer takes the metrics; nil for none.
+	Registerer prometheus.Registerer
+	// ResyncEvery is how often everything is resolved again even without
+	// an event. Default 5 minutes.
+	ResyncEvery time.Duration
+	// Recorder sends Events; nil makes one that writes to the API server.
+	Recorder record.EventRecorder
+	// ProbeEvery is how often the API server's /readyz is asked, to
+	// report in the status whether it can be reached. Default 5 s.
+	ProbeEvery time.Duration
+}
+
+// Update is a configuration for the daemon to apply.
+type Update struct {
+	Config *config.Config
+	// Problems are every entry that could not be applied, with why.
+	Problems []string
+	// Since is when the oldest event this update answers was seen; the
+	// daemon reports the latency once it has applied the update.
+	Since time.Time
+}
+
+// Status is the Kubernetes side, for `keepvip status`.
+type Status struct {
+	ConfigMap string `json:"configMap"`
+	Node      string `json:"node"`
+	// ResourceVersion is the version of the ConfigMap last read.
+	ResourceVersion string    `json:"resourceVersion,omitempty"`
+	Synced          bool      `json:"synced"`
+	LastApplied     time.Time `json:"lastApplied,omitempty"`
+	// APIServer is "ok", or the last error talking to it.
+	APIServer      string    `json:"apiServer"`
+	APIServerSince time.Time `json:"apiServerSince,omitempty"`
+	Services       int       `json:"servicesWatched"`
+}
+
+// Reconciler follows the ConfigMap, the Services it names, their
+// EndpointSlices and the Nodes, and hands the daemon a new configuration
+// whenever what this node should run changes. One goroutine (Run) does all
+// the work; informer callbacks only flag it.
+type Reconciler struct {
+	o   Options
+	log *slog.Logger
+
+	kick chan struct{}
+
+	mu        sync.Mutex
+	pending   time.Time // first event not yet answered
+	wanted    map[string]bool
+	status    Status
+	lastErrAt time.Time
+
+	reconciles  *prometheus.CounterVec
+	latency     prometheus.Histogram
+	problemsG   prometheus.Gauge
+	apiErrors   prometheus.Counter
+	eventsTotal *prometheus.CounterVec
+}
+
+// New makes a Reconciler.
+func New(o Options) *Reconciler {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ResyncEvery == 0 {
+		o.ResyncEvery = 5 * time.Minute
+	}
+	if o.ProbeEvery == 0 {
+		o.ProbeEvery = 5 * time.Second
+	}
+	r := &Reconciler{
+		o:      o,
+		log:    o.Logger.With("configmap", o.Namespace+"/"+o.ConfigMap),
+		kick:   make(chan struct{}, 1),
+		wanted: map[string]bool{},
+		status: Status{ConfigMap: o.Namespace + "/" + o.ConfigMap, Node: o.NodeName, APIServer: "connecting"},
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepvip_kube_reconciles_total",
+			Help: "Reconciles of the vip-configmap with the cluster, by result (applied, unchanged).",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keepvip_kube_event_to_config_seconds",
+			Help:    "From a cluster event (ConfigMap, Service, EndpointSlice, Node) to the new configuration handed to the data plane.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		problemsG: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keepvip_kube_config_problems",
+			Help: "Entries of the vip-configmap that cannot be applied on this node now.",
+		}),
+		apiErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keepvip_kube_api_errors_total",
+			Help: "Errors talking to the API server (watches are retried; the data plane keeps what it has).",
+		}),
+		eventsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepvip_kube_events_total",
+			Help: "Kubernetes Events sent about the vip-configmap, by reason.",
+		}, []string{"reason"}),
+	}
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(r.reconciles, r.latency, r.problemsG, r.apiErrors, r.eventsTotal)
+	}
+	return r
+}
+
+// Status returns the Kubernetes side's status.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Services = len(r.wanted)
+	return s
+}
+
+// flag records an event and wakes Run.
+func (r *Reconciler) flag() {
+	r.mu.Lock()
+	if r.pending.IsZero() {
+		r.pending = time.Now()
+	}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// watchError is called by the informers when a list or watch fails.
+func (r *Reconciler) watchError(what string) cache.WatchErrorHandlerWithContext {
+	return func(ctx context.Context, _ *cache.Reflector, err error) {
+		if errors.Is(err, io.EOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+			return // a watch that ended normally; it is restarted
+		}
+		r.apiError(fmt.Sprintf("watching %s: %v", what, err))
+	}
+}
+
+// apiError records a failure to reach the API server or to read from it.
+func (r *Reconciler) apiError(msg string) {
+	r.apiErrors.Inc()
+	r.mu.Lock()
+	if r.status.APIServer == "ok" || r.status.APIServer == "connecting" {
+		r.status.APIServerSince = time.Now()
+	}
+	r.status.APIServer = msg
+	quiet := time.Since(r.lastErrAt) < 30*time.Second
+	r.lastErrAt = time.Now()
+	r.mu.Unlock()
+	if !quiet {
+		r.log.Warn("API server: the data plane keeps what it has", "err", msg)
+	}
+}
+
+// probeAPI asks the API server whether it is ready every interval, until
+// ctx ends. The informers retry a refused watch by themselves without
+// telling anyone, so this is what notices an unreachable API server.
+func (r *Reconciler) probeAPI(ctx context.Context, interval time.Duration) {
+	rc := r.o.Client.Discovery().RESTClient()
+	if rc == nil {
+		return // a fake clientset has no REST client
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		_, err := rc.Get().AbsPath("/readyz").DoRaw(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			r.apiError(fmt.Sprintf("probing /readyz: %v", err))
+		default:
+			r.watchOK()
+		}
+	}
+}
+
+func (r *Reconciler) watchOK() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.status.APIServer != "ok" {
+		r.status.APIServer = "ok"
+		r.status.APIServerSince = time.Now()
+	}
+}
+
+// relevant reports whether a Service event concerns a named Service.
+func (r *Reconciler) relevant(ns, name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.wanted[ns+"/"+name]
+}
+
+// Run follows the cluster until ctx ends, calling apply with each new
+// configuration from this goroutine. apply is called only after the
+// caches have synced, so a configuration is never built from half a view.
+// If the API server is down, Run keeps retrying and applies nothing: the
+// data plane keeps running what it has.
+func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
+	if r.o.Recorder == nil {
+		// Set on r, not on a copy: reconcile sends the Events.
+		b := record.NewBroadcaster(record.WithContext(ctx))
+		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: r.o.Client.CoreV1().Events(r.o.Namespace)})
+		defer b.Shutdown()
+		r.o.Recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "keepvip", Host: r.o.NodeName})
+	}
+	o := r.o
+	strip := func(obj any) (any, error) {
+		// Only spec and status are read: managed fields and
+		// annotations are most of a large object's memory.
+		if m, err := meta.Accessor(obj); err == nil {
+			m.SetManagedFields(nil)
+			m.SetAnnotations(nil)
+		}
+		return obj, nil
+	}
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0,
+		informers.WithNamespace(o.Namespace),
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.ConfigMap).String()
+		}))
+	factory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTransform(strip))
+
+	cmInf := cmFactory.Core().V1().ConfigMaps()
+	svcInf := factory.Core().V1().Services()
+	epsInf := factory.Discovery().V1().EndpointSlices()
+	nodeInf := factory.Core().V1().Nodes()
+	for what, inf := range map[string]cache.SharedIndexInformer{
+		"the ConfigMap " + o.Namespace + "/" + o.ConfigMap: cmInf.Informer(),
+		"Services":       svcInf.Informer(),
+		"EndpointSlices": epsInf.Informer(),
+		"Nodes":          nodeInf.Informer(),
+	} {
+		if err := inf.SetWatchErrorHandlerWithContext(r.watchError(what)); err != nil {
+			return fmt.Errorf("setting up the informer of %s: %w", what, err)
+		}
+	}
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{cmInf.Informer(), r.handler(func(any) bool { return true })},
+		{svcInf.Informer(), r.handler(func(obj any) bool {
+			s, ok := obj.(*corev1.Service)
+			return ok && r.relevant(s.Namespace, s.Name)
+		})},
+		{epsInf.Informer(), r.handler(func(obj any) bool {
+			s, ok := obj.(*discoveryv1.EndpointSlice)
+			return ok && r.relevant(s.Namespace, s.Labels[discoveryv1.LabelServiceName])
+		})},
+		{nodeInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { r.flag() },
+			DeleteFunc: func(any) { r.flag() },
+			// Nodes change every few seconds (heartbeats, conditions);
+			// only their names, labels and addresses matter here.
+			UpdateFunc: func(oldObj, newObj any) {
+				a, ok1 := oldObj.(*corev1.Node)
+				b, ok2 := newObj.(*corev1.Node)
+				if !ok1 || !ok2 || !reflect.DeepEqual(a.Labels, b.Labels) || !reflect.DeepEqual(a.Status.Addresses, b.Status.Addresses) {
+					r.flag()
+				}
+			},
+		}},
+	}
+	if err := epsInf.Informer().AddIndexers(cache.Indexers{byService: serviceIndex}); err != nil {
+		return fmt.Errorf("indexing EndpointSlices by Service: %w", err)
+	}
+	for _, h := range handlers {
+		if _, err := h.inf.AddEventHandler(h.h); err != nil {
+			return fmt.Errorf("adding an event handler: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cmFactory.Start(ctx.Done())
+	factory.Start(ctx.Done())
+	defer cmFactory.Shutdown()
+	defer factory.Shutdown()
+	// Deferred last, so run first: Shutdown waits for the informers,
+	// which stop with ctx, also when Run panics.
+	defer cancel()
+
+	r.log.Info("waiting for the API server's view of the cluster")
+	for _, synced := range []cache.InformerSynced{cmInf.Informer().HasSynced, svcInf.Informer().HasSynced, epsInf.Informer().HasSynced, nodeInf.Informer().HasSynced} {
+		if !cache.WaitForCacheSync(ctx.Done(), synced) {
+			return ctx.Err()
+		}
+	}
+	r.watchOK()
+	r.mu.Lock()
+	r.status.Synced = true
+	r.mu.Unlock()
+	r.log.Info("following the cluster")
+	probed := make(chan struct{})
+	defer func() { cancel(); <-probed }()
+	go func() { defer close(probed); r.probeAPI(ctx, o.ProbeEvery) }()
+
+	st := &loopState{}
+	ticker := time.NewTicker(o.ResyncEvery)
+	defer ticker.Stop()
+	r.flag()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.kick:
+		case <-ticker.C:
+			r.flag()
+			<-r.kick
+		}
+		r.reconcile(st, cmInf.Lister().ConfigMaps(o.Namespace), svcInf.Lister(), sliceIndex{epsInf.Informer()}, nodeInf.Lister(), apply)
+	}
+}
+
+// loopState is what Run's goroutine keeps between reconciles.
+type loopState struct {
+	cmVersion    string
+	cmExists     bool
+	cmData       map[string]string
+	spec         *configmap.Spec
+	parseProbs   []string
+	applied      *config.Config
+	appliedProbs []string
+	emitted      map[string]bool
+}
+
+// sliceIndex finds the EndpointSlices of a Service.
+type sliceIndex struct{ inf cache.SharedIndexInformer }
+
+const byService = "service"
+
+func serviceIndex(obj any) ([]string, error) {
+	s, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	name := s.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return nil, nil
+	}
+	return []string{s.Namespace + "/" + name}, nil
+}
+
+func (x sliceIndex) ForService(ns, name string) []*discoveryv1.EndpointSlice {
+	objs, err := x.inf.GetIndexer().ByIndex(byService, ns+"/"+name)
+	if err != nil {
+		return nil
+	}
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, s)
+		}
+	}
+	// The store's order is random; a stable order keeps the resolved
+	// configuration the same when nothing changed.
+	slices.SortFunc(out, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespaceLister, svcs corelisters.ServiceLister, eps sliceIndex, nodes corelisters.NodeLister, apply func(Update)) {
+	r.mu.Lock()
+	since := r.pending
+	r.pending = time.Time{}
+	r.mu.Unlock()
+
+	cm, err := cms.Get(r.o.ConfigMap)
+	switch {
+	case apierrors.IsNotFound(err):
+		if st.cmExists || st.spec == nil {
+			r.log.Warn("the ConfigMap does not exist: no VIPs on this node")
+		}
+		st.cmExists, st.cmVersion = false, ""
+		st.spec = &configmap.Spec{}
+		st.parseProbs = []string{fmt.Sprintf("ConfigMap %s/%s not found", r.o.Namespace, r.o.ConfigMap)}
+	case err != nil:
+		r.log.Error("reading the ConfigMap from the cache", "err", err)
+		return
+	case !st.cmExists || cm.ResourceVersion != st.cmVersion || !maps.Equal(cm.Data, st.cmData):
+		spec, probs := configmap.Parse(cm.Data, r.o.Defaults, st.spec)
+		st.cmExists, st.cmVersion, st.cmData, st.spec = true, cm.ResourceVersion, cm.Data, spec
+		st.parseProbs = st.parseProbs[:0]
+		for _, p := range probs {
+			st.parseProbs = append(st.parseProbs, p.Error())
+			r.event(st, cm, "InvalidEntry", p.Error())
+		}
+		if len(probs) > 0 {
+			r.log.Warn("the ConfigMap has bad entries; the good ones apply", "version", cm.ResourceVersion, "problems", len(probs))
+		}
+	}
+
+	wanted := map[string]bool{}
+	for _, vs := range st.spec.VirtualServers {
+		if vs.Service != "" {
+			wanted[vs.Service] = true
+		}
+	}
+	nodeList, err := nodes.List(labels.Everything())
+	if err != nil {
+		r.log.Error("listing nodes from the cache", "err", err)
+		return
+	}
+	c := Cluster{
+		NodeName: r.o.NodeName,
+		Nodes:    nodeList,
+		Service: func(ns, name string) *corev1.Service {
+			s, err := svcs.Services(ns).Get(name)
+			if err != nil {
+				return nil
+			}
+			return s
+		},
+		EndpointSlices: func(ns, name string) []*discoveryv1.EndpointSlice {
+			return eps.ForService(ns, name)
+		},
+	}
+	cfg, probs := Resolve(st.spec, c, r.o.Host)
+	all := slices.Clone(st.parseProbs)
+	for _, p := range probs {
+		all = append(all, p.Error())
+		if cm != nil && st.cmExists {
+			r.event(st, cm, "UnresolvedEntry", p.Error())
+		}
+	}
+	r.mu.Lock()
+	r.wanted = wanted
+	r.status.ResourceVersion = st.cmVersion
+	r.mu.Unlock()
+	r.problemsG.Set(float64(len(all)))
+
+	if cfg == nil {
+		// A bug in the translation: keep what runs.
+		r.log.Error("the resolved configuration is invalid; keeping the one in force", "problems", all)
+		r.reconciles.WithLabelValues("invalid").Inc()
+		return
+	}
+	if st.applied != nil && reflect.DeepEqual(cfg, st.applied) && slices.Equal(all, st.appliedProbs) {
+		r.reconciles.WithLabelValues("unchanged").Inc()
+		return
+	}
+	apply(Update{Config: cfg, Problems: all, Since: since})
+	st.applied, st.appliedProbs = cfg, all
+	r.reconciles.WithLabelValues("applied").Inc()
+	if !since.IsZero() {
+		r.latency.Observe(time.Since(since).Seconds())
+	}
+	r.mu.Lock()
+	r.status.LastApplied = time.Now()
+	r.mu.Unlock()
+}
+
+// event sends a Warning Event on the ConfigMap for a problem not reported
+// since it last appeared. Each node reports what it sees; the API server
+// aggregates repeats.
+func (r *Reconciler) event(st *loopState, cm *corev1.ConfigMap, reason, msg string) {
+	if st.emitted == nil {
+		st.emitted = map[string]bool{}
+	}
+	key := cm.ResourceVersion + "\x00" + msg
+	if st.emitted[key] {
+		return
+	}
+	if len(st.emitted) > 1000 {
+		clear(st.emitted)
+	}
+	st.emitted[key] = true
+	r.o.Recorder.Event(cm, corev1.EventTypeWarning, reason, fmt.Sprintf("node %s: %s", r.o.NodeName, msg))
+	r.eventsTotal.WithLabelValues(reason).Inc()
+}
+
+func (r *Reconciler) handler(match func(any) bool) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if match(obj) {
+				r.flag()
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if match(obj) {
+				r.flag()
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if match(obj) {
+				r.flag()
+			}
+		},
+	}
+}
