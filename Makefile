@@ -8,12 +8,12 @@ RUNS ?= 10
 
 # Packages whose tests run with the race detector in parallel; the lab-based
 # suites run one package at a time because they measure timing.
-LAB_PKGS := ./test/e2e/ ./internal/lab/
+LAB_PKGS := ./test/e2e/ ./internal/lab/ ./test/kube/
 # test/vm boots the VM and runs the IPVS tests there: see test-vm.
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$ -e /test/vm)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$ -e /test/vm -e /test/kube)
 FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse
 
-.PHONY: all build lab deps test vet fuzz demo bench clean
+.PHONY: all build lab deps kubebin test vet fuzz demo bench clean
 
 all: build
 
@@ -24,11 +24,17 @@ build:
 	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keepvip ./cmd/keepvip
 
 # The end-to-end tests run a race-enabled daemon.
-bin/keepvip-race: $(shell git ls-files '*.go') go.mod go.sum
+bin/keepvip-race: $(shell git ls-files --cached --others --exclude-standard "*.go") go.mod go.sum
 	$(GO) build -race -o $@ ./cmd/keepvip
 
 lab:
 	@$(GO) build -o bin/keepvip-lab ./hack/lab
+
+# kube-apiserver and kubectl for the Kubernetes tests, built from
+# hack/kubebin (pinned Kubernetes) into ~/.cache/keepvip-kube: several
+# minutes the first time, a hash and two stats after.
+kubebin:
+	@$(GO) run ./internal/kubetest/cmd/kubebin >/dev/null
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -37,7 +43,7 @@ vet:
 
 # Everything this machine can run. Privileged tests (network namespaces,
 # keepalived interop) fail rather than skip here: KEEPVIP_PRIVILEGED=1.
-test: deps vet build bin/keepvip-race lab
+test: deps vet build bin/keepvip-race lab kubebin
 	KEEPVIP_PRIVILEGED=1 $(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
 	KEEPVIP_PRIVILEGED=1 KEEPVIP_BIN=$(abspath bin/keepvip-race) \
 	  $(GO) test -race -count=1 -p 1 -timeout 20m $(LAB_PKGS)
