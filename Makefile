@@ -73,6 +73,16 @@ bench: deps build lab
 	@$(GO) build -o bin/ipvsbench ./hack/ipvsbench && bin/ipvsbench -health
 	@CGO_ENABLED=0 $(GO) build -o bin/ipvsbench-static ./hack/ipvsbench
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static
+	@$(MAKE) --no-print-directory bench-kube
+
+# Kubernetes mode in the VM: endpoint changes and ConfigMap edits from the
+# API call to the IPVS table (KUBE_ROUNDS of each), API server on the host.
+KUBE_ROUNDS ?= 200
+.PHONY: bench-kube
+bench-kube: kubebin
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 KEEPVIP_VM_PKGS=./test/ipvs KEEPVIP_VM_RUN='^TestKubernetes$$' \
+	  KEEPVIP_VM_ENV="KEEPVIP_KUBE_ROUNDS=$(KUBE_ROUNDS)" $(GO) test -count=1 -timeout 20m -run '^TestVM$$' -v ./test/vm/ 2>&1); rc=$$?; \
+	  grep '^BENCH ' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit $$rc; fi
 
 clean:
 	rm -rf bin
@@ -83,5 +93,5 @@ clean:
 # healthcheck, test/ipvs where they exist) runs there in one boot, each
 # guest test reported as a subtest of TestVM.
 .PHONY: test-vm
-test-vm:
+test-vm: kubebin
 	KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 30m -run '^TestVM$$' ./test/vm/

@@ -480,3 +480,21 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) LogFiles() (etcd, apiserver string) {
 	return filepath.Join(c.opts.Dir, "etcd.log"), filepath.Join(c.opts.Dir, "kube-apiserver.log")
 }
+
+// Retarget writes to dst the kubeconfig src with its server replaced, for
+// a client that reaches the API server at another address (a VM's user
+// network, a NAT). The certificate is still checked, against serverName:
+// "localhost", or an address the serving certificate has.
+func Retarget(src, dst, server, serverName string) error {
+	cfg, err := clientcmd.LoadFromFile(src)
+	if err != nil {
+		return fmt.Errorf("reading kubeconfig %s: %w", src, err)
+	}
+	for _, cl := range cfg.Clusters {
+		cl.Server, cl.TLSServerName = server, serverName
+	}
+	if err := clientcmd.WriteToFile(*cfg, dst); err != nil {
+		return fmt.Errorf("writing kubeconfig %s: %w", dst, err)
+	}
+	return nil
+}

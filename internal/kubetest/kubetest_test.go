@@ -118,6 +118,26 @@ func TestCluster(t *testing.T) {
 	}
 	checkAccess(t)
 
+	// Retarget: the same credentials through another name for the server,
+	// still checked against the serving certificate.
+	for _, tc := range []struct {
+		serverName string
+		ok         bool
+	}{{"kubernetes.default", true}, {"not-in-the-certificate", false}} {
+		dst := filepath.Join(t.TempDir(), "retargeted.kubeconfig")
+		if err := kubetest.Retarget(kc, dst, c.URL(), tc.serverName); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := clientcmd.BuildConfigFromFlags("", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = kubernetes.NewForConfigOrDie(rc).CoreV1().ConfigMaps("kvtest").Get(ctx, "settings", metav1.GetOptions{})
+		if (err == nil) != tc.ok {
+			t.Errorf("retargeted with server name %q: err = %v, want ok=%v", tc.serverName, err, tc.ok)
+		}
+	}
+
 	if err := c.StopAPIServer(); err != nil {
 		t.Fatal(err)
 	}

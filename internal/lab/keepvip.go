@@ -71,21 +71,33 @@ type Keepvip struct {
 // StartKeepvip writes config (YAML) to the lab directory and runs
 // `keepvip run` with it in n, with its status socket in the lab directory.
 func (n *Node) StartKeepvip(config string, args ...string) (*Keepvip, error) {
+	path := filepath.Join(n.lab.dir, "keepvip-"+n.Name+".yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		return nil, fmt.Errorf("writing keepvip config for %s: %w", n.Name, err)
+	}
+	k, err := n.startKeepvip(append([]string{"--config", path}, args...))
+	if k != nil {
+		k.config = path
+	}
+	return k, err
+}
+
+// StartKeepvipArgs runs `keepvip run` in n with args and no configuration
+// file (Kubernetes mode: --configmap ...), its status socket in the lab
+// directory.
+func (n *Node) StartKeepvipArgs(args ...string) (*Keepvip, error) {
+	return n.startKeepvip(args)
+}
+
+func (n *Node) startKeepvip(args []string) (*Keepvip, error) {
 	bin, err := KeepvipBinary()
 	if err != nil {
 		return nil, err
 	}
-	k := &Keepvip{
-		node:   n,
-		config: filepath.Join(n.lab.dir, "keepvip-"+n.Name+".yaml"),
-		socket: filepath.Join(n.lab.dir, "keepvip-"+n.Name+".sock"),
-	}
-	if err := os.WriteFile(k.config, []byte(config), 0o644); err != nil {
-		return nil, fmt.Errorf("writing keepvip config for %s: %w", n.Name, err)
-	}
+	k := &Keepvip{node: n, socket: filepath.Join(n.lab.dir, "keepvip-"+n.Name+".sock")}
 	// env execs the daemon (same PID); a race-built daemon otherwise
 	// sleeps 1 s at exit (GORACE atexit_sleep_ms).
-	argv := append([]string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--config", k.config, "--status-socket", k.socket, "--log-level", "debug"}, args...)
+	argv := append([]string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--status-socket", k.socket, "--log-level", "debug"}, args...)
 	k.proc, err = n.Start("keepvip", argv...)
 	if err != nil {
 		return nil, err

@@ -57,7 +57,13 @@ type manifest struct {
 	Builtin  []string `json:"builtin"`
 	Built    string   `json:"built"`
 	DebBytes int64    `json:"deb_bytes"`
+	// Layout is cacheLayout when the directory was built: an older one
+	// lacks modules the harness now loads, and is built again.
+	Layout int `json:"layout"`
 }
+
+// cacheLayout changes whenever cachedModuleDirs does.
+const cacheLayout = 2
 
 // Module directories kept in the cache (relative to kernel/): networking,
 // crypto and library modules, and the virtual network devices. The rest
@@ -69,6 +75,8 @@ var cachedModuleDirs = []string{
 	"net/packet/", "net/unix/", "net/netlink/",
 	"crypto/", "lib/", "arch/x86/crypto/",
 	"drivers/net/ipvlan/", "drivers/net/vxlan/",
+	// virtio_net and its bus, for Options.UserNet.
+	"drivers/virtio/",
 }
 
 // cachedModule reports whether the module at rel (relative to
@@ -268,6 +276,9 @@ func loadImage(dir string) (*Image, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
+	if m.Layout != cacheLayout {
+		return nil, fmt.Errorf("%s: cached with layout %d, not %d", dir, m.Layout, cacheLayout)
+	}
 	img := &Image{
 		Dir: dir, Package: m.Package, Version: m.Version, Release: m.Release,
 		Kernel: filepath.Join(dir, m.Kernel), PVH: m.PVH,
@@ -387,6 +398,7 @@ func buildCache(ctx context.Context, t tools, root, dir, pkg, version string) er
 	}
 	m.Package, m.Version, m.DebBytes = pkg, version, st.Size()
 	m.Built = time.Now().UTC().Format(time.RFC3339)
+	m.Layout = cacheLayout
 
 	// Booting the bzImage spends about 4 s of TCG time decompressing it;
 	// the uncompressed vmlinux boots straight at its PVH entry point.
@@ -408,6 +420,15 @@ func buildCache(ctx context.Context, t tools, root, dir, pkg, version string) er
 	}
 	if err := os.WriteFile(filepath.Join(out, "manifest.json"), b, 0o644); err != nil {
 		return fmt.Errorf("vm: %w", err)
+	}
+	// A directory of an older layout is in the way: out of the way first
+	// (a machine still booting from it keeps its open files).
+	if _, err := os.Stat(dir); err == nil {
+		stale := fmt.Sprintf("%s.stale-%d", dir, os.Getpid())
+		if err := os.Rename(dir, stale); err != nil {
+			return fmt.Errorf("vm: cache: %w", err)
+		}
+		defer os.RemoveAll(stale)
 	}
 	if err := os.Rename(out, dir); err != nil {
 		return fmt.Errorf("vm: cache: %w", err)

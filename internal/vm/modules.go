@@ -22,6 +22,9 @@ var DefaultModules = []string{
 	"veth", "llc", "stp", "bridge", "dummy", "ipip",
 }
 
+// userNetModules drive Options.UserNet's interface.
+var userNetModules = []string{"virtio_pci", "virtio_net"}
+
 // module is what the harness knows about one kernel module: where it is and
 // what it needs, from its .modinfo section (what depmod reads too).
 type module struct {

@@ -49,6 +49,11 @@ type Options struct {
 	// CPUs is the number of virtual CPUs, each a host thread under TCG.
 	// Default: the host's CPUs, at most 2.
 	CPUs int
+	// UserNet gives the guest a network interface, eth0, on qemu's user
+	// network (slirp): configured as 10.0.2.15/24, it reaches the host's
+	// loopback at 10.0.2.2 (a server on the host's 127.0.0.1:PORT is
+	// 10.0.2.2:PORT). The guest configures it; nothing else is routed.
+	UserNet bool
 	// Console, if set, receives the guest's console (kernel messages and
 	// /init's progress lines) as it comes.
 	Console io.Writer
@@ -116,7 +121,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		return res, err
 	}
 	res.Image = img
-	mods, err := img.modules.loadOrder(append(append([]string(nil), DefaultModules...), opts.Modules...))
+	want := append(append([]string(nil), DefaultModules...), opts.Modules...)
+	if opts.UserNet {
+		want = append(want, userNetModules...)
+	}
+	mods, err := img.modules.loadOrder(want)
 	if err != nil {
 		return res, fmt.Errorf("vm: %w", err)
 	}
@@ -179,6 +188,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		"-append", "console=ttyS0 panic=-1 oops=panic quiet mitigations=off rdinit=/init",
 		"-serial", "stdio",
 		"-serial", "file:" + dataPath,
+	}
+	if opts.UserNet {
+		// No DHCP, DNS, TFTP or SMB are used; ipv6 off so that the guest
+		// sees only the one address.
+		args = append(args, "-netdev", "user,id=net0,ipv6=off", "-device", "virtio-net-pci,netdev=net0")
 	}
 	console := newConsole(opts.Console)
 	var qemuErr bytes.Buffer

@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,5 +274,32 @@ func assertNoChildren(t *testing.T) {
 	t.Helper()
 	if kids := children(os.Getpid()); len(kids) > 0 {
 		t.Errorf("processes left behind: %v", kids)
+	}
+}
+
+// TestUserNet: with UserNet the guest has eth0 and reaches a server on the
+// host's loopback at 10.0.2.2.
+func TestUserNet(t *testing.T) {
+	requireHost(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello from the host") })}
+	go srv.Serve(l)
+	defer srv.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	res, err := Run(context.Background(), Options{
+		UserNet: true,
+		Commands: [][]string{{"sh", "-c", "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && " +
+			// busybox's wget crashes without NSS in the guest; nc does not.
+			"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 10.0.2.2 " + strconv.Itoa(port) + " | tail -n 1"}},
+		Timeout: 3 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := res.Commands[0]; c.ExitCode != 0 || string(c.Stdout) != "hello from the host" {
+		t.Errorf("wget from the guest: status %d, stdout %q, stderr %q", c.ExitCode, c.Stdout, c.Stderr)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -26,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepvip/keepvip/internal/kubetest"
 	"github.com/keepvip/keepvip/internal/netnstest"
 	"github.com/keepvip/keepvip/internal/vm"
 )
@@ -113,6 +115,11 @@ func TestVM(t *testing.T) {
 		opts.Console = os.Stderr
 	}
 	for _, p := range pkgs {
+		if p.rel == kubePkg {
+			kubeForGuest(t, ctx, root, &opts)
+		}
+	}
+	for _, p := range pkgs {
 		opts.Binaries = append(opts.Binaries, p.bin)
 		// Each binary runs where its package's sources would be, with the
 		// package's testdata, as go test runs it.
@@ -140,6 +147,43 @@ func TestVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// kubePkg has the guest tests of Kubernetes mode with IPVS.
+const kubePkg = "test/ipvs"
+
+// kubeForGuest starts an API server on the host for the guest's
+// Kubernetes tests and applies deploy/ to it. The guest reaches it over
+// qemu's user network: the host's 127.0.0.1:PORT is 10.0.2.2:PORT there.
+// The guest gets an admin kubeconfig (to play the cluster) and one for
+// keepvip's ServiceAccount, in /kube, named by KEEPVIP_KUBECONFIG_ADMIN
+// and KEEPVIP_KUBECONFIG_SA.
+func kubeForGuest(t *testing.T, ctx context.Context, root string, opts *vm.Options) {
+	t.Helper()
+	cl := kubetest.StartT(t, kubetest.Options{})
+	if out, err := cl.Kubectl(ctx, "apply", "-k", filepath.Join(root, "deploy")); err != nil {
+		t.Fatalf("kubectl apply -k deploy/: %v\n%s", err, out)
+	}
+	sa, err := cl.ServiceAccountKubeconfig(ctx, "keepvip", "keepvip", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(cl.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := "https://10.0.2.2:" + u.Port()
+	dir := t.TempDir()
+	for guest, src := range map[string]string{"/kube/admin.kubeconfig": cl.AdminKubeconfig(), "/kube/keepvip.kubeconfig": sa} {
+		dst := filepath.Join(dir, path.Base(guest))
+		if err := kubetest.Retarget(src, dst, server, "localhost"); err != nil {
+			t.Fatal(err)
+		}
+		opts.Files[guest] = dst
+	}
+	opts.Env = append(opts.Env, "KEEPVIP_KUBECONFIG_ADMIN=/kube/admin.kubeconfig", "KEEPVIP_KUBECONFIG_SA=/kube/keepvip.kubeconfig")
+	opts.UserNet = true
+	t.Logf("API server for the guest at %s (host %s)", server, cl.URL())
 }
 
 // moduleRoot is the directory of go.mod.
@@ -273,6 +317,13 @@ func report(t *testing.T, root string, p guestPkg, c vm.CommandResult) {
 	}
 	for _, n := range tree.children {
 		reportNode(t, n)
+	}
+	// Benchmark figures measured in the guest go to stdout as they are,
+	// for make bench.
+	for _, line := range strings.Split(string(c.Stdout), "\n") {
+		if strings.HasPrefix(line, "BENCH ") {
+			fmt.Println(line)
+		}
 	}
 	switch {
 	case c.TimedOut:
