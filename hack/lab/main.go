@@ -1,6 +1,6 @@
 // Command keepvip-lab runs keepvip in a network-namespace lab on this
 // machine: `demo` shows an election, a failover and a handoff as a client
-// sees them; `bench` measures failover and handoff of keepvip and of
+// sees them, then the Kubernetes path where a kube-apiserver is built; `bench` measures failover and handoff of keepvip and of
 // keepalived with the same settings. It needs root; everything it creates
 // is removed when it exits.
 package main
@@ -24,7 +24,9 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "demo":
-		err = demo(ctx)
+		if err = demo(ctx); err == nil {
+			err = kubeDemo(ctx)
+		}
 	case "bench":
 		fs := flag.NewFlagSet("bench", flag.ExitOnError)
 		runs := fs.Int("runs", 10, "measured runs per case")

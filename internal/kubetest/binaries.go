@@ -86,32 +86,67 @@ func Binaries(ctx context.Context) (Bins, error) {
 	return binaries(ctx, nil)
 }
 
-// binaries is Binaries with a logger, so that Start can say why it is
-// about to take minutes.
-func binaries(ctx context.Context, logf func(string, ...any)) (Bins, error) {
+// ErrNotBuilt is CachedBinaries' error when the binaries are not in the
+// cache yet (make kubebin builds them).
+var ErrNotBuilt = errors.New("kube-apiserver and kubectl are not built yet (make kubebin)")
+
+// CachedBinaries returns the binaries if they are in the cache, without
+// building them: for callers that show the Kubernetes side only where it
+// is ready (make demo).
+func CachedBinaries() (Bins, error) {
+	l, err := locate()
+	if err != nil {
+		return Bins{}, err
+	}
+	if !built(l.bins) {
+		return Bins{}, ErrNotBuilt
+	}
+	return l.bins, nil
+}
+
+// location is where the binaries of this checkout's hack/kubebin are, or
+// will be once built.
+type location struct {
+	bins      Bins
+	modDir    string   // hack/kubebin
+	base, key string   // cache directory, and the build's name in it
+	flags     []string // go build flags
+}
+
+func locate() (location, error) {
 	etcd, err := exec.LookPath("etcd")
 	if err != nil {
-		return Bins{}, fmt.Errorf("finding etcd: %w (install the Debian package etcd-server: apt-get install etcd-server)", err)
+		return location{}, fmt.Errorf("finding etcd: %w (install the Debian package etcd-server: apt-get install etcd-server)", err)
 	}
 	root, err := repoRoot()
 	if err != nil {
-		return Bins{}, err
+		return location{}, err
 	}
 	modDir := filepath.Join(root, kubebinDir)
 	key, flags, err := cacheKey(modDir)
 	if err != nil {
-		return Bins{}, err
+		return location{}, err
 	}
 	base, err := cacheBase()
 	if err != nil {
-		return Bins{}, err
+		return location{}, err
 	}
 	dir := filepath.Join(base, key)
-	bins := Bins{
-		APIServer: filepath.Join(dir, "kube-apiserver"),
-		Kubectl:   filepath.Join(dir, "kubectl"),
-		Etcd:      etcd,
+	return location{
+		bins:   Bins{APIServer: filepath.Join(dir, "kube-apiserver"), Kubectl: filepath.Join(dir, "kubectl"), Etcd: etcd},
+		modDir: modDir, base: base, key: key, flags: flags,
+	}, nil
+}
+
+// binaries is Binaries with a logger, so that Start can say why it is
+// about to take minutes.
+func binaries(ctx context.Context, logf func(string, ...any)) (Bins, error) {
+	l, err := locate()
+	if err != nil {
+		return Bins{}, err
 	}
+	bins, modDir, base, key, flags := l.bins, l.modDir, l.base, l.key, l.flags
+	dir := filepath.Dir(bins.APIServer)
 	if built(bins) {
 		return bins, nil
 	}
