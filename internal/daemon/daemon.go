@@ -310,7 +310,7 @@ func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	if err != nil {
 		// The file was valid but an instance could not start (for
 		// example its interface is missing); the others run.
-		errs = strings.Split(err.Error(), "\n")
+		errs = append(errs, strings.Split(err.Error(), "\n")...)
 		d.log.Error("some instances could not start", "err", err)
 	}
 	switch {

@@ -141,7 +141,7 @@ func TestKubernetes(t *testing.T) {
 		}
 		return n
 	}
-	dir := add("lb", "192.0.2.10/24")
+	dir := add("director", "192.0.2.10/24") // the name diagnose knows
 	cli := add("client", "192.0.2.50/24")
 	sh(t, dir, "ip addr add 10.0.0.1/24 dev eth0 && sysctl -qw net.ipv4.ip_forward=1")
 	var backends []*backend
