@@ -11,7 +11,7 @@ RUNS ?= 10
 LAB_PKGS := ./test/e2e/ ./internal/lab/ ./test/kube/
 # test/vm boots the VM and runs the IPVS tests there: see test-vm.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$ -e /test/vm -e /test/kube)
-FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse
+FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse
 
 .PHONY: all build lab deps kubebin test vet fuzz demo bench clean
 
