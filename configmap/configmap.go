@@ -22,7 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -146,6 +148,11 @@ type document struct {
 // form. It returns the new Spec and every problem, sorted by key.
 func Parse(data map[string]string, d Defaults, prev *Spec) (*Spec, []Problem) {
 	p := &parser{prev: prev, out: &Spec{}, slots: map[string]string{}, names: map[string]string{}, vips: map[netip.Addr]string{}}
+	// The running instance of the VIP keys keeps its VRID and name: a
+	// new structured instance that takes them is the one refused.
+	if old, ok := prev.legacy(); ok && hasLegacyKeys(data) {
+		old.reserve(legacyPath, p.slots, p.names)
+	}
 	// A removed key is removed on purpose: nothing of it is kept.
 	if raw, ok := data[StructuredKey]; ok {
 		p.structured(raw)
@@ -311,7 +318,18 @@ func (p *parser) structured(raw string) {
 			for _, e := range errs {
 				p.bad(StructuredKey, "", "%v", e)
 			}
-			if old, ok := p.prev.instance(in.id); ok {
+			// The form that ran, found by its identity or, when the
+			// mistake is in the fields that identify it, by its place.
+			old, ok := p.prev.instance(in.id)
+			if !ok {
+				old, ok = p.prev.instanceFrom(in.Source)
+			}
+			if ok && !slices.ContainsFunc(p.out.Instances, func(x Instance) bool { return x.id == old.id }) {
+				// It holds its VRID, name and VIPs against those after it.
+				old.reserve(path, p.slots, p.names)
+				for _, a := range old.addrs() {
+					p.vips[a] = path
+				}
 				p.out.Instances = append(p.out.Instances, old)
 			}
 			continue
@@ -330,7 +348,11 @@ func (p *parser) structured(raw string) {
 			for _, e := range errs {
 				p.bad(StructuredKey, "", "%v", e)
 			}
-			p.out.VirtualServers = append(p.out.VirtualServers, p.prev.virtualServer(vs.id)...)
+			old := p.prev.virtualServer(vs.id)
+			if len(old) == 0 {
+				old = p.prev.fromSource(vs.Source)
+			}
+			p.out.VirtualServers = append(p.out.VirtualServers, old...)
 			continue
 		}
 		p.out.VirtualServers = append(p.out.VirtualServers, vs)
@@ -357,7 +379,7 @@ func (p *parser) legacyInstance(vips []string, d Defaults) {
 			return
 		}
 	}
-	in := Instance{PriorityFrom: PriorityNodeOrder, Source: "VIP keys"}
+	in := Instance{PriorityFrom: PriorityNodeOrder, Source: legacySource}
 	in.Name = LegacyInstance
 	in.Interface = d.Interface
 	in.VRID = d.VRID
@@ -372,7 +394,7 @@ func (p *parser) legacyInstance(vips []string, d Defaults) {
 	if d.Unicast {
 		in.UnicastPeersFrom = "nodes"
 	}
-	path := "instance vips (from the daemon's flags)"
+	path := legacyPath
 	errs := in.check(path)
 	if len(errs) == 0 {
 		errs = in.conflicts(path, p.slots, p.names, p.vips)
@@ -467,38 +489,83 @@ func (in *Instance) check(path string) []error {
 // records it.
 func (in *Instance) conflicts(path string, slots, names map[string]string, vips map[netip.Addr]string) []error {
 	var errs []error
-	fam := "ipv4"
-	var addrs []netip.Addr
-	for _, s := range in.VIPs {
-		pf, _ := parseVIP(s)
-		addrs = append(addrs, pf.Addr())
-		if !pf.Addr().Is4() {
-			fam = "ipv6"
-		}
-	}
+	fam, addrs := in.family(), in.addrs()
 	iface := in.Interface
 	if iface == "" {
-		iface = "(node interface)"
+		iface = nodeInterface
 	}
-	slot := fmt.Sprintf("%s/%s/%d", iface, fam, in.VRID)
-	if other, dup := slots[slot]; dup {
-		errs = append(errs, &config.FieldError{Path: path + ".vrid", Reason: fmt.Sprintf("VRID %d (%s) on %s is also used by %s", in.VRID, fam, iface, other)})
+	// The node's interface may be any named one: a VRID there clashes
+	// with the same VRID on any interface.
+	for slot, other := range slots {
+		sIface, sFam, sVRID := splitSlot(slot)
+		if other == path || sFam != fam || sVRID != in.VRID || (sIface != iface && sIface != nodeInterface && iface != nodeInterface) {
+			continue
+		}
+		errs = append(errs, &config.FieldError{Path: path + ".vrid", Reason: fmt.Sprintf("VRID %d (%s) on %s is also used by %s on %s", in.VRID, fam, iface, other, sIface)})
+		break
 	}
-	if other, dup := names[in.Name]; dup {
+	if other, dup := names[in.Name]; dup && other != path {
 		errs = append(errs, &config.FieldError{Path: path + ".name", Reason: fmt.Sprintf("%q is also the name of %s", in.Name, other)})
 	}
 	for j, a := range addrs {
-		if other, dup := vips[a]; dup {
+		if other, dup := vips[a]; dup && other != path {
 			errs = append(errs, &config.FieldError{Path: fmt.Sprintf("%s.vips[%d]", path, j), Reason: fmt.Sprintf("%s is also a VIP of %s", a, other)})
 		}
 	}
 	if len(errs) == 0 {
-		slots[slot], names[in.Name] = path, path
+		in.reserve(path, slots, names)
 		for _, a := range addrs {
 			vips[a] = path
 		}
 	}
 	return errs
+}
+
+// nodeInterface stands for "the interface holding the node's address" in
+// conflict checks.
+const nodeInterface = "(node interface)"
+
+// legacySource is the Source of the instance of the VIP keys.
+const legacySource = "VIP keys"
+
+// legacyPath names the instance of the VIP keys in problems.
+const legacyPath = "instance vips (from the daemon's flags)"
+
+func (in *Instance) family() string {
+	for _, a := range in.addrs() {
+		if !a.Is4() {
+			return "ipv6"
+		}
+	}
+	return "ipv4"
+}
+
+func (in *Instance) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range in.VIPs {
+		if pf, err := parseVIP(s); err == nil {
+			out = append(out, pf.Addr())
+		}
+	}
+	return out
+}
+
+// reserve records in's VRID slot and name for path.
+func (in *Instance) reserve(path string, slots, names map[string]string) {
+	iface := in.Interface
+	if iface == "" {
+		iface = nodeInterface
+	}
+	slots[fmt.Sprintf("%s/%s/%d", iface, in.family(), in.VRID)] = path
+	names[in.Name] = path
+}
+
+func splitSlot(slot string) (iface, fam string, vrid int) {
+	i := strings.LastIndexByte(slot, '/')
+	vrid, _ = strconv.Atoi(slot[i+1:])
+	rest := slot[:i]
+	j := strings.LastIndexByte(rest, '/')
+	return rest[:j], rest[j+1:], vrid
 }
 
 // check validates one virtual server as far as can be known without the
@@ -566,6 +633,41 @@ func (s *Spec) instance(id string) (Instance, bool) {
 	return Instance{}, false
 }
 
+// instanceFrom is the structured instance defined at src.
+func (s *Spec) instanceFrom(src string) (Instance, bool) {
+	if s == nil {
+		return Instance{}, false
+	}
+	for _, in := range s.Instances {
+		if in.Source == src {
+			return in, true
+		}
+	}
+	return Instance{}, false
+}
+
+// legacy is the instance of the VIP keys, if it ran.
+func (s *Spec) legacy() (Instance, bool) {
+	if s == nil {
+		return Instance{}, false
+	}
+	for _, in := range s.Instances {
+		if in.Source == legacySource {
+			return in, true
+		}
+	}
+	return Instance{}, false
+}
+
+func hasLegacyKeys(data map[string]string) bool {
+	for k := range data {
+		if k != StructuredKey {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Spec) virtualServer(id string) []VirtualServer {
 	if s == nil {
 		return nil
@@ -616,4 +718,47 @@ func (d Defaults) Check() error {
 		return fmt.Errorf("the instance %q of VIP keys: %w", LegacyInstance, errors.Join(errs...))
 	}
 	return nil
+}
+
+// Data renders s as ConfigMap data that parses back (with no previous
+// Spec) to s: the good entries, and the last good forms kept for bad ones.
+// The daemon saves it, so that after a restart an entry that is bad in the
+// live ConfigMap still has the form that ran.
+func (s *Spec) Data() (map[string]string, error) {
+	out := map[string]string{}
+	legacyVIPs := map[string]bool{}
+	for _, k := range s.legacyKeys {
+		legacyVIPs[k] = true
+		value := ""
+		if vss := s.fromSource(keySource(k)); len(vss) > 0 {
+			value = vss[0].Service
+			if vss[0].Forwarding == "dr" {
+				value += ":DR"
+			}
+		}
+		out[k] = value
+	}
+	var doc document
+	for _, in := range s.Instances {
+		if !strings.HasPrefix(in.Source, StructuredKey) {
+			continue
+		}
+		if in.id != in.Name {
+			in.Name = "" // a default name: written as it was, left out
+		}
+		// VIPs that VIP keys added to an instance of that name come back
+		// from the keys.
+		in.VIPs = slices.DeleteFunc(slices.Clone(in.VIPs), func(v string) bool { return legacyVIPs[v] && in.Name == LegacyInstance })
+		doc.Instances = append(doc.Instances, in)
+	}
+	doc.VirtualServers = s.fromSourcePrefix(StructuredKey)
+	doc.Kernel, doc.NodeSelector = s.Kernel, s.NodeSelector
+	if len(doc.Instances) > 0 || len(doc.VirtualServers) > 0 || doc.NodeSelector != "" || !reflect.ValueOf(doc.Kernel).IsZero() {
+		b, err := yaml.Marshal(doc)
+		if err != nil {
+			return nil, fmt.Errorf("rendering the configuration: %w", err)
+		}
+		out[StructuredKey] = string(b)
+	}
+	return out, nil
 }
