@@ -53,6 +53,11 @@ type Options struct {
 	ResyncEvery time.Duration
 	// Recorder sends Events; nil makes one that writes to the API server.
 	Recorder record.EventRecorder
+	// LastGood is ConfigMap data saved from Update.ConfigMapData before a
+	// restart: the entries that ran then. An entry that is bad in the
+	// live ConfigMap keeps its form from there, as it did before the
+	// restart.
+	LastGood map[string]string
 	// ProbeEvery is how often the API server's /readyz is asked, to
 	// report in the status whether it can be reached. Default 5 s.
 	ProbeEvery time.Duration
@@ -66,6 +71,13 @@ type Update struct {
 	// Since is when the oldest event this update answers was seen; the
 	// daemon reports the latency once it has applied the update.
 	Since time.Time
+	// ResourceVersion is the ConfigMap's version this update was made
+	// from; "" if it does not exist.
+	ResourceVersion string
+	// ConfigMapData renders the entries in force, including the last good
+	// forms kept for bad ones. The daemon saves it and gives it back as
+	// Options.LastGood after a restart.
+	ConfigMapData map[string]string
 }
 
 // Status is the Kubernetes side, for `keepvip status`.
@@ -76,10 +88,15 @@ type Status struct {
 	ResourceVersion string    `json:"resourceVersion,omitempty"`
 	Synced          bool      `json:"synced"`
 	LastApplied     time.Time `json:"lastApplied,omitempty"`
-	// APIServer is "ok", or the last error talking to it.
+	// APIServer is "ok", or why its /readyz did not answer (probed
+	// every Options.ProbeEvery), since APIServerSince.
 	APIServer      string    `json:"apiServer"`
 	APIServerSince time.Time `json:"apiServerSince,omitempty"`
-	Services       int       `json:"servicesWatched"`
+	// WatchError is the last error of a list or watch (a permission
+	// missing, say), at WatchErrorAt; the informers retry on their own.
+	WatchError   string    `json:"watchError,omitempty"`
+	WatchErrorAt time.Time `json:"watchErrorAt,omitempty"`
+	Services     int       `json:"servicesWatched"`
 }
 
 // Reconciler follows the ConfigMap, the Services it names, their
@@ -92,11 +109,11 @@ type Reconciler struct {
 
 	kick chan struct{}
 
-	mu        sync.Mutex
-	pending   time.Time // first event not yet answered
-	wanted    map[string]bool
-	status    Status
-	lastErrAt time.Time
+	mu         sync.Mutex
+	pending    time.Time // first event not yet answered
+	wanted     map[string]bool
+	status     Status
+	lastWarnAt time.Time
 
 	reconciles  *prometheus.CounterVec
 	latency     prometheus.Histogram
@@ -178,23 +195,45 @@ func (r *Reconciler) watchError(what string) cache.WatchErrorHandlerWithContext 
 		if errors.Is(err, io.EOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 			return // a watch that ended normally; it is restarted
 		}
-		r.apiError(fmt.Sprintf("watching %s: %v", what, err))
+		msg := fmt.Sprintf("watching %s: %v", what, err)
+		r.apiErrors.Inc()
+		r.mu.Lock()
+		r.status.WatchError, r.status.WatchErrorAt = msg, time.Now()
+		quiet := time.Since(r.lastWarnAt) < 30*time.Second
+		if !quiet {
+			r.lastWarnAt = time.Now()
+		}
+		r.mu.Unlock()
+		if !quiet {
+			r.log.Warn("API server: the data plane keeps what it has", "err", msg)
+		}
 	}
 }
 
-// apiError records a failure to reach the API server or to read from it.
-func (r *Reconciler) apiError(msg string) {
-	r.apiErrors.Inc()
+// apiState records the outcome of a probe of the API server: "" for
+// reachable, or the error. A change is logged.
+func (r *Reconciler) apiState(errMsg string) {
+	if errMsg != "" {
+		r.apiErrors.Inc()
+	}
+	state := "ok"
+	if errMsg != "" {
+		state = errMsg
+	}
 	r.mu.Lock()
-	if r.status.APIServer == "ok" || r.status.APIServer == "connecting" {
+	wasOK := r.status.APIServer == "ok"
+	changed := wasOK != (errMsg == "") || r.status.APIServer == "connecting"
+	if changed {
 		r.status.APIServerSince = time.Now()
 	}
-	r.status.APIServer = msg
-	quiet := time.Since(r.lastErrAt) < 30*time.Second
-	r.lastErrAt = time.Now()
+	r.status.APIServer = state
 	r.mu.Unlock()
-	if !quiet {
-		r.log.Warn("API server: the data plane keeps what it has", "err", msg)
+	switch {
+	case !changed:
+	case errMsg == "":
+		r.log.Info("API server reachable")
+	default:
+		r.log.Warn("API server unreachable: the data plane keeps what it has", "err", errMsg)
 	}
 }
 
@@ -221,19 +260,10 @@ func (r *Reconciler) probeAPI(ctx context.Context, interval time.Duration) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			r.apiError(fmt.Sprintf("probing /readyz: %v", err))
+			r.apiState(fmt.Sprintf("probing /readyz: %v", err))
 		default:
-			r.watchOK()
+			r.apiState("")
 		}
-	}
-}
-
-func (r *Reconciler) watchOK() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.status.APIServer != "ok" {
-		r.status.APIServer = "ok"
-		r.status.APIServerSince = time.Now()
 	}
 }
 
@@ -338,7 +368,7 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 			return ctx.Err()
 		}
 	}
-	r.watchOK()
+	r.apiState("")
 	r.mu.Lock()
 	r.status.Synced = true
 	r.mu.Unlock()
@@ -348,6 +378,15 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 	go func() { defer close(probed); r.probeAPI(ctx, o.ProbeEvery) }()
 
 	st := &loopState{}
+	if len(o.LastGood) > 0 {
+		spec, probs := configmap.Parse(o.LastGood, o.Defaults, nil)
+		st.spec = spec
+		if len(probs) > 0 {
+			// Written by us from entries that parsed: only a change of
+			// keepvip's own rules between versions gets here.
+			r.log.Warn("the saved configuration has entries this version refuses; they are not kept", "problems", len(probs))
+		}
+	}
 	ticker := time.NewTicker(o.ResyncEvery)
 	defer ticker.Stop()
 	r.flag()
@@ -419,12 +458,17 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	cm, err := cms.Get(r.o.ConfigMap)
 	switch {
 	case apierrors.IsNotFound(err):
+		// Deleted and created again (kubectl replace --force, GitOps):
+		// dropping every VIP on every node at once in between would be
+		// an outage. What runs stays; emptying the data removes it.
 		if st.cmExists || st.spec == nil {
-			r.log.Warn("the ConfigMap does not exist: no VIPs on this node")
+			r.log.Warn("the ConfigMap does not exist: keeping the configuration in force; empty its data to remove every VIP")
 		}
-		st.cmExists, st.cmVersion = false, ""
-		st.spec = &configmap.Spec{}
-		st.parseProbs = []string{fmt.Sprintf("ConfigMap %s/%s not found", r.o.Namespace, r.o.ConfigMap)}
+		st.cmExists, st.cmVersion, st.cmData = false, "", nil
+		if st.spec == nil {
+			st.spec = &configmap.Spec{}
+		}
+		st.parseProbs = []string{fmt.Sprintf("ConfigMap %s/%s not found: the configuration in force stays", r.o.Namespace, r.o.ConfigMap)}
 	case err != nil:
 		r.log.Error("reading the ConfigMap from the cache", "err", err)
 		return
@@ -434,7 +478,6 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		st.parseProbs = st.parseProbs[:0]
 		for _, p := range probs {
 			st.parseProbs = append(st.parseProbs, p.Error())
-			r.event(st, cm, "InvalidEntry", p.Error())
 		}
 		if len(probs) > 0 {
 			r.log.Warn("the ConfigMap has bad entries; the good ones apply", "version", cm.ResourceVersion, "problems", len(probs))
@@ -447,6 +490,13 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 			wanted[vs.Service] = true
 		}
 	}
+	// Published before the caches are read: an event for a Service this
+	// version names that arrives from now on wakes the next reconcile,
+	// and one before is in the caches read below.
+	r.mu.Lock()
+	r.wanted = wanted
+	r.status.ResourceVersion = st.cmVersion
+	r.mu.Unlock()
 	nodeList, err := nodes.List(labels.Everything())
 	if err != nil {
 		r.log.Error("listing nodes from the cache", "err", err)
@@ -466,18 +516,28 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 			return eps.ForService(ns, name)
 		},
 	}
+	c.Previous = st.applied
 	cfg, probs := Resolve(st.spec, c, r.o.Host)
 	all := slices.Clone(st.parseProbs)
 	for _, p := range probs {
 		all = append(all, p.Error())
-		if cm != nil && st.cmExists {
-			r.event(st, cm, "UnresolvedEntry", p.Error())
+	}
+	// An Event for each problem that was not there at the last
+	// reconcile: one that goes away and comes back is reported again.
+	now := map[string]bool{}
+	if cm != nil && st.cmExists {
+		for i, msg := range all {
+			reason := "InvalidEntry"
+			if i >= len(st.parseProbs) {
+				reason = "UnresolvedEntry"
+			}
+			now[msg] = true
+			if !st.emitted[msg] {
+				r.event(cm, reason, msg)
+			}
 		}
 	}
-	r.mu.Lock()
-	r.wanted = wanted
-	r.status.ResourceVersion = st.cmVersion
-	r.mu.Unlock()
+	st.emitted = now
 	r.problemsG.Set(float64(len(all)))
 
 	if cfg == nil {
@@ -490,7 +550,14 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		r.reconciles.WithLabelValues("unchanged").Inc()
 		return
 	}
-	apply(Update{Config: cfg, Problems: all, Since: since})
+	var data map[string]string
+	if st.spec != nil {
+		var err error
+		if data, err = st.spec.Data(); err != nil {
+			r.log.Error("rendering the configuration in force for the state directory", "err", err)
+		}
+	}
+	apply(Update{Config: cfg, Problems: all, Since: since, ResourceVersion: st.cmVersion, ConfigMapData: data})
 	st.applied, st.appliedProbs = cfg, all
 	r.reconciles.WithLabelValues("applied").Inc()
 	if !since.IsZero() {
@@ -501,21 +568,9 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	r.mu.Unlock()
 }
 
-// event sends a Warning Event on the ConfigMap for a problem not reported
-// since it last appeared. Each node reports what it sees; the API server
-// aggregates repeats.
-func (r *Reconciler) event(st *loopState, cm *corev1.ConfigMap, reason, msg string) {
-	if st.emitted == nil {
-		st.emitted = map[string]bool{}
-	}
-	key := cm.ResourceVersion + "\x00" + msg
-	if st.emitted[key] {
-		return
-	}
-	if len(st.emitted) > 1000 {
-		clear(st.emitted)
-	}
-	st.emitted[key] = true
+// event sends a Warning Event on the ConfigMap. Each node reports what it
+// sees; the API server aggregates repeats.
+func (r *Reconciler) event(cm *corev1.ConfigMap, reason, msg string) {
 	r.o.Recorder.Event(cm, corev1.EventTypeWarning, reason, fmt.Sprintf("node %s: %s", r.o.NodeName, msg))
 	r.eventsTotal.WithLabelValues(reason).Inc()
 }
@@ -527,8 +582,10 @@ func (r *Reconciler) handler(match func(any) bool) cache.ResourceEventHandler {
 				r.flag()
 			}
 		},
-		UpdateFunc: func(_, obj any) {
-			if match(obj) {
+		UpdateFunc: func(oldObj, obj any) {
+			// Either: a slice relabelled away from a Service still
+			// concerns it.
+			if match(obj) || match(oldObj) {
 				r.flag()
 			}
 		},

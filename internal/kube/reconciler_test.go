@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
@@ -176,5 +178,126 @@ func TestReconcilerFollowsTheCluster(t *testing.T) {
 	}
 	if s := h.r.Status(); !s.Synced || s.APIServer != "ok" || s.Services != 1 {
 		t.Errorf("status %+v", s)
+	}
+}
+
+// blockingRecorder blocks the first UnresolvedEntry Event until released:
+// reconcile sends it after Resolve has read the caches.
+type blockingRecorder struct {
+	once             sync.Once
+	blocked, release chan struct{}
+}
+
+func (b *blockingRecorder) Event(_ runtime.Object, _, reason, _ string) {
+	if reason == "UnresolvedEntry" {
+		b.once.Do(func() { close(b.blocked); <-b.release })
+	}
+}
+func (b *blockingRecorder) Eventf(o runtime.Object, t, r, f string, a ...any) { b.Event(o, t, r, f) }
+func (b *blockingRecorder) AnnotatedEventf(o runtime.Object, _ map[string]string, t, r, f string, a ...any) {
+	b.Event(o, t, r, f)
+}
+
+// An EndpointSlice event for a Service that the new ConfigMap version names,
+// arriving while that version is being reconciled, is not dropped.
+func TestEventsOfANewlyNamedServiceAreNotDropped(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	w := threeNodes()
+	for _, n := range w.nodes {
+		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	}
+	client.CoreV1().Services("default").Create(ctx, w.services["default/web"], metav1.CreateOptions{})
+	// Initially the ConfigMap names no Service.
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "keepvip", Name: "vip-configmap"}, Data: map[string]string{"10.0.0.50": ""}}
+	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cm, metav1.CreateOptions{})
+
+	rec := &blockingRecorder{blocked: make(chan struct{}), release: make(chan struct{})}
+	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-a",
+		Defaults: configmap.DefaultDefaults(), Host: host, Registerer: prometheus.NewRegistry(), Recorder: rec, ResyncEvery: time.Hour})
+	updates := make(chan Update, 10)
+	go r.Run(ctx, func(u Update) { updates <- u })
+	<-updates // start
+
+	// The ConfigMap now names default/web (and a missing Service, to get
+	// an UnresolvedEntry Event, which is where reconcile pauses).
+	cm = cm.DeepCopy()
+	cm.Data = map[string]string{"10.0.0.50": "default/web", "10.0.0.51": "default/missing"}
+	client.CoreV1().ConfigMaps("keepvip").Update(ctx, cm, metav1.UpdateOptions{})
+	select {
+	case <-rec.blocked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("reconcile did not reach the Event")
+	}
+	// While reconcile is between Resolve and r.wanted = wanted, web gets
+	// its endpoints.
+	sl := w.slices["default/web"][0].DeepCopy()
+	sl.Name, sl.Namespace = "web-1", "default"
+	client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{})
+	time.Sleep(500 * time.Millisecond) // the informer delivers it; the handler drops it
+	close(rec.release)
+	u := <-updates
+	t.Logf("first: %s", reals(u.Config.VirtualServers[0]))
+	select {
+	case u = <-updates:
+		if got := reals(u.Config.VirtualServers[0]); !strings.Contains(got, "10.1.0.1") {
+			t.Errorf("second update without the endpoints: %s", got)
+		}
+	case <-time.After(3 * time.Second):
+		t.Errorf("the EndpointSlice of default/web was dropped: no update; the VS has no real servers until the next resync")
+	}
+}
+
+// A deleted ConfigMap (kubectl replace --force) keeps what runs; the data
+// emptied removes it.
+func TestDeletedConfigMapKeepsWhatRuns(t *testing.T) {
+	w := threeNodes()
+	h := startHarness(t, cmap(map[string]string{"10.0.0.50": ""}), w.nodes[0], w.nodes[1])
+	ctx := context.Background()
+	if u := h.next("start"); len(u.Config.Instances) != 1 {
+		t.Fatalf("start: %+v", u.Config)
+	}
+	if err := h.client.CoreV1().ConfigMaps("keepvip").Delete(ctx, "vip-configmap", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u := h.next("the ConfigMap deleted")
+	if len(u.Config.Instances) != 1 || u.ResourceVersion != "" || !strings.Contains(strings.Join(u.Problems, " "), "not found: the configuration in force stays") {
+		t.Errorf("after the delete: %+v, problems %v", u.Config, u.Problems)
+	}
+	h.create(ctx, cmap(map[string]string{}))
+	if u := h.next("an empty ConfigMap"); len(u.Config.Instances) != 0 {
+		t.Errorf("an empty ConfigMap left %+v", u.Config.Instances)
+	}
+}
+
+// The entries that ran before a restart (Options.LastGood) keep their form
+// while the live ConfigMap has them bad.
+func TestLastGoodSeedsTheFirstParse(t *testing.T) {
+	w := threeNodes()
+	good := map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n"}
+	bad := map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n\tbroken\n"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	for _, n := range w.nodes {
+		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	}
+	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(bad), metav1.CreateOptions{})
+	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-a", LastGood: good,
+		Defaults: configmap.DefaultDefaults(), Host: host, Registerer: prometheus.NewRegistry(), Recorder: record.NewFakeRecorder(10)})
+	updates := make(chan Update, 10)
+	go r.Run(ctx, func(u Update) { updates <- u })
+	select {
+	case u := <-updates:
+		if len(u.Config.Instances) != 1 || len(u.Problems) != 1 {
+			t.Errorf("first update after a restart: %+v, problems %v", u.Config.Instances, u.Problems)
+		}
+		// And what it saves keeps it for the restart after.
+		if spec, ps := configmap.Parse(u.ConfigMapData, configmap.DefaultDefaults(), nil); len(ps) != 0 || len(spec.Instances) != 1 {
+			t.Errorf("ConfigMapData %v parses to %+v, %v", u.ConfigMapData, spec.Instances, ps)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no update")
 	}
 }

@@ -32,6 +32,11 @@ type Cluster struct {
 	Service func(namespace, name string) *corev1.Service
 	// EndpointSlices returns the slices of a Service.
 	EndpointSlices func(namespace, name string) []*discoveryv1.EndpointSlice
+	// Previous is the configuration running on this node, or nil. An
+	// instance that cannot be resolved for a reason of the node or the
+	// host, not of the ConfigMap (the node's address missing for a
+	// moment, its interface not found), keeps its form from there.
+	Previous *config.Config
 }
 
 // Host answers what Resolve must know about this machine.
@@ -63,6 +68,7 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 		r.instance(in)
 	}
 	seen := map[lvs.Key]string{}
+	var vsSrc []string
 	for _, vs := range spec.VirtualServers {
 		for _, out := range r.virtualServer(vs) {
 			s, errs := out.Check("")
@@ -78,14 +84,45 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 			}
 			seen[s.Key] = vs.Source
 			r.out.VirtualServers = append(r.out.VirtualServers, out)
+			vsSrc = append(vsSrc, vs.Source)
 		}
 	}
-	// What passed the checks one by one must pass them together; if not,
-	// that is a bug here, and nothing of this version applies.
+	// What passed the checks one by one must pass them together: entries
+	// that clash with one before them on this node are left out.
+	if r.out.Validate() != nil {
+		r.out = r.withoutClashes(vsSrc)
+	}
+	// If it still does not validate, that is a bug here, and nothing of
+	// this version applies.
 	if err := r.out.Validate(); err != nil {
 		return nil, append(r.problems, Problem{Source: "resolved configuration", Reason: err.Error()})
 	}
 	return r.out, r.problems
+}
+
+// withoutClashes rebuilds the configuration entry by entry, leaving out
+// and reporting each one that makes it invalid.
+func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
+	out := &config.Config{Kernel: r.out.Kernel}
+	for i, in := range r.out.Instances {
+		try := *out
+		try.Instances = append(slices.Clone(out.Instances), in)
+		if err := try.Validate(); err != nil {
+			r.bad(r.instSrc[i], "left out: it clashes on this node with an entry before it: %v", err)
+			continue
+		}
+		*out = try
+	}
+	for i, vs := range r.out.VirtualServers {
+		try := *out
+		try.VirtualServers = append(slices.Clone(out.VirtualServers), vs)
+		if err := try.Validate(); err != nil {
+			r.bad(vsSrc[i], "left out: it clashes on this node with an entry before it: %v", err)
+			continue
+		}
+		*out = try
+	}
+	return out
 }
 
 type resolver struct {
@@ -97,6 +134,30 @@ type resolver struct {
 
 	self     *corev1.Node
 	selected []*corev1.Node // sorted by name
+	instSrc  []string       // the Source of each of out.Instances
+}
+
+// add appends a resolved instance.
+func (r *resolver) add(in config.Instance, src string) {
+	r.out.Instances = append(r.out.Instances, in)
+	r.instSrc = append(r.instSrc, src)
+}
+
+// keepOrDrop reports an instance this node cannot resolve now for a
+// reason of its own (not of the ConfigMap), and keeps the form it runs,
+// if any, so that a passing glitch does not release its VIPs.
+func (r *resolver) keepOrDrop(in configmap.Instance, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if prev := r.c.Previous; prev != nil {
+		for _, old := range prev.Instances {
+			if old.Name == in.Name {
+				r.bad(in.Source, "%s; it keeps running as it was", msg)
+				r.add(old, in.Source)
+				return
+			}
+		}
+	}
+	r.bad(in.Source, "%s", msg)
 }
 
 func (r *resolver) bad(source, format string, args ...any) {
@@ -166,12 +227,12 @@ func (r *resolver) instance(in configmap.Instance) {
 	self := nodeAddress(r.self, v6)
 	if out.Interface == "" {
 		if !self.IsValid() {
-			r.bad(in.Source, "node %s has no %s address to find its interface by: set interface", r.self.Name, fam)
+			r.keepOrDrop(in, "node %s has no %s address to find its interface by: set interface", r.self.Name, fam)
 			return
 		}
 		ifname, err := r.host.InterfaceOf(self)
 		if err != nil {
-			r.bad(in.Source, "finding the interface of node address %s: %v", self, err)
+			r.keepOrDrop(in, "finding the interface of node address %s: %v", self, err)
 			return
 		}
 		out.Interface = ifname
@@ -186,7 +247,7 @@ func (r *resolver) instance(in configmap.Instance) {
 	}
 	if in.UnicastPeersFrom == "nodes" {
 		if !self.IsValid() {
-			r.bad(in.Source, "unicastPeersFrom nodes: node %s has no %s address", r.self.Name, fam)
+			r.keepOrDrop(in, "unicastPeersFrom nodes: node %s has no %s address", r.self.Name, fam)
 			return
 		}
 		if out.SourceAddress == "" {
@@ -213,7 +274,7 @@ func (r *resolver) instance(in configmap.Instance) {
 		}
 		return
 	}
-	r.out.Instances = append(r.out.Instances, out)
+	r.add(out, in.Source)
 }
 
 func parseVIP(s string) (netip.Prefix, error) {

@@ -1,0 +1,78 @@
+package kube
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/configmap"
+)
+
+// Entries that clash only once resolved on a node are left out one by one
+// and reported under their own key; the rest applies. (configmap.Parse
+// catches the clashes it can see; this Spec is built by hand to get past
+// it, as a clash the parser misses would.)
+func TestResolveLeavesOutWhatClashes(t *testing.T) {
+	w := threeNodes()
+	mk := func(name, iface string, vrid int, vip string) configmap.Instance {
+		in := configmap.Instance{Source: "config.yaml instances " + name}
+		in.Name, in.Interface, in.VRID, in.VIPs = name, iface, vrid, []string{vip}
+		return in
+	}
+	spec := &configmap.Spec{Instances: []configmap.Instance{
+		mk("a", "eth0", 10, "10.0.0.1"),
+		mk("b", "eth0", 10, "10.0.0.2"), // the same VRID on the same interface
+		mk("c", "eth0", 11, "10.0.0.3"),
+	}}
+	cfg, ps := Resolve(spec, w.cluster("node-a"), host)
+	if cfg == nil {
+		t.Fatalf("the whole configuration was rejected: %v", ps)
+	}
+	var names []string
+	for _, in := range cfg.Instances {
+		names = append(names, in.Name)
+	}
+	if strings.Join(names, ",") != "a,c" {
+		t.Errorf("instances %v; want a and c", names)
+	}
+	if len(ps) != 1 || ps[0].Source != "config.yaml instances b" || !strings.Contains(ps[0].Reason, "left out: it clashes on this node") {
+		t.Errorf("problems %v; want one for b", ps)
+	}
+}
+
+// The node's address gone for a moment, or its interface not found, does
+// not release the VIPs of an instance that runs: it keeps its form.
+func TestResolveKeepsAnInstanceThroughANodeGlitch(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n"}, configmap.DefaultDefaults())
+	c := w.cluster("node-a")
+	running, ps := Resolve(spec, c, host)
+	if len(ps) != 0 || len(running.Instances) != 1 || running.Instances[0].Interface != "eth0" {
+		t.Fatalf("running: %+v %v", running, ps)
+	}
+	c.Previous = running
+	// The interface lookup fails (the address is being re-added).
+	glitch := fakeHost{}
+	cfg, ps := Resolve(spec, c, glitch)
+	if len(cfg.Instances) != 1 || cfg.Instances[0].Interface != "eth0" {
+		t.Errorf("during the glitch: %+v", cfg.Instances)
+	}
+	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "it keeps running as it was") {
+		t.Errorf("problems during the glitch: %v", ps)
+	}
+	// Without a previous form there is nothing to keep.
+	c.Previous = &config.Config{}
+	if cfg, _ := Resolve(spec, c, glitch); len(cfg.Instances) != 0 {
+		t.Errorf("an instance that never ran was made up: %+v", cfg.Instances)
+	}
+	// The node without its address.
+	c.Previous = running
+	for _, n := range c.Nodes {
+		if n.Name == "node-a" {
+			n.Status.Addresses = nil
+		}
+	}
+	if cfg, _ := Resolve(spec, c, host); len(cfg.Instances) != 1 || cfg.Instances[0].Interface != "eth0" {
+		t.Errorf("with the node's address gone: %+v", cfg.Instances)
+	}
+}
