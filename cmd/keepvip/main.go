@@ -25,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
@@ -126,7 +127,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", envOr("KEEPVIP_LOG_LEVEL", "info"), "debug, info, warn or error (env KEEPVIP_LOG_LEVEL)")
 	cmName := fs.String("configmap", envOr("KEEPVIP_CONFIGMAP", ""), "Kubernetes mode: the vip-configmap as NAMESPACE/NAME (env KEEPVIP_CONFIGMAP)")
 	fs.StringVar(cmName, "services-configmap", *cmName, "kube-keepalived-vip's name for --configmap")
-	kubeconfig := fs.String("kubeconfig", envOr("KUBECONFIG", ""), "Kubernetes mode: kubeconfig file; empty for the in-cluster ServiceAccount (env KUBECONFIG)")
+	kubeconfig := fs.String("kubeconfig", "", "Kubernetes mode: kubeconfig file; default the pod's ServiceAccount, else $KUBECONFIG (a list, as kubectl reads it) or ~/.kube/config")
 	nodeName := fs.String("node-name", envOr("NODE_NAME", ""), "Kubernetes mode: this node's name (env NODE_NAME, from the downward API)")
 	kd := configmap.DefaultDefaults()
 	fs.IntVar(&kd.VRID, "vrid", kd.VRID, "Kubernetes mode: VRID of the instance \"vips\" that holds the VIP keys of the ConfigMap")
@@ -204,14 +205,26 @@ func runDaemon(args []string, stderr io.Writer) error {
 	})
 }
 
-// kubeClient connects with a kubeconfig, or as the pod's ServiceAccount.
+// kubeClient connects with the kubeconfig given, or as the pod's
+// ServiceAccount, or with kubectl's kubeconfig ($KUBECONFIG, which may
+// list several files, or ~/.kube/config).
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		if kubeconfig == "" {
-			return nil, fmt.Errorf("not running in a pod (no in-cluster ServiceAccount) and no --kubeconfig: %w", err)
+	var rc *rest.Config
+	var err error
+	switch {
+	case kubeconfig != "":
+		if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+			return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
 		}
-		return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
+	default:
+		if rc, err = rest.InClusterConfig(); err != nil {
+			rules := clientcmd.NewDefaultClientConfigLoadingRules()
+			var kerr error
+			rc, kerr = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+			if kerr != nil {
+				return nil, fmt.Errorf("not in a pod (%v), and no kubeconfig: %w", err, kerr)
+			}
+		}
 	}
 	rc.UserAgent = "keepvip/" + buildVersion()
 	// Protobuf is cheaper to decode than JSON for the watches.

@@ -44,6 +44,9 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 		fmt.Fprintf(w, "Kubernetes: node %s, ConfigMap %s, synced %t, %d Service(s) followed, last change applied %s ago\n",
 			k.Node, k.ConfigMap, k.Synced, k.Services, ago(now, k.LastApplied))
 		fmt.Fprintf(w, "API server: %s\n", api)
+		if k.WatchError != "" && now.Sub(k.WatchErrorAt) < 2*time.Minute {
+			fmt.Fprintf(w, "last watch error (%s ago, retried): %s\n", ago(now, k.WatchErrorAt), k.WatchError)
+		}
 	}
 	if len(s.ConfigErrors) > 0 {
 		if s.Kubernetes != nil {

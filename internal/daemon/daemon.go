@@ -60,6 +60,8 @@ type KubeOptions struct {
 	// Defaults configure the "vips" instance of kube-keepalived-vip style
 	// keys (the daemon's flags).
 	Defaults configmap.Defaults
+
+	lastGood map[string]string // read from the state directory
 }
 
 // Status is what `keepvip status` shows.
@@ -112,7 +114,9 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 	} else {
-		cfg, source = cachedKubeConfig(o.StateDir, o.Logger)
+		var lastGood map[string]string
+		cfg, lastGood, source = cachedKubeConfig(o.StateDir, o.Logger)
+		o.Kube.lastGood = lastGood
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -139,7 +143,7 @@ func Run(ctx context.Context, o Options) error {
 		klog.SetSlogLogger(o.Logger.With("from", "client-go"))
 		d.rec = kube.New(kube.Options{
 			Client: o.Kube.Client, Namespace: o.Kube.Namespace, ConfigMap: o.Kube.ConfigMap,
-			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{},
+			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{}, LastGood: o.Kube.lastGood,
 			Logger: o.Logger, Registerer: reg,
 		})
 		d.toApplied = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -171,11 +175,19 @@ func Run(ctx context.Context, o Options) error {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
 	}
 	if err := d.startLB(cfg); err != nil {
-		return errors.Join(err, d.mgr.Stop(), shutdownAll(servers))
+		if o.Kube == nil {
+			return errors.Join(err, d.mgr.Stop(), shutdownAll(servers))
+		}
+		// The cached configuration needs IPVS: VRRP still runs, and the
+		// cluster's configuration, when it comes, decides.
+		d.log.Error("the cached configuration needs IPVS", "err", err)
 	}
 	d.apply(cfg)
 	d.mu.Lock()
-	d.ready = true
+	// In Kubernetes mode, ready once a configuration from the cluster (or
+	// the cached one from before a restart) runs: a rolling update moves
+	// to the next node only then.
+	d.ready = o.Kube == nil || len(cfg.Instances) > 0 || len(cfg.VirtualServers) > 0
 	d.mu.Unlock()
 	d.log.Info("keepvip running", "version", o.Version, "config", source, "instances", len(cfg.Instances))
 
