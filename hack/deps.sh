@@ -8,7 +8,7 @@ declare -A need=(
   [ip]=iproute2 [bridge]=iproute2 [unshare]=util-linux [sysctl]=procps
   [keepalived]=keepalived [tshark]=tshark [ping]=iputils-ping
   [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static [ipvsadm]=ipvsadm [xz]=xz-utils
-  [etcd]=etcd-server
+  [etcd]=etcd-server [vtysh]=frr [bird]=bird2
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -31,10 +31,13 @@ if [ ${#missing[@]} -gt 0 ]; then
       exit 1
     }
   fi
-  # Debian starts keepalived as a service on install; the tests run their own.
-  if printf '%s\n' "${missing[@]}" | grep -qx keepalived; then
-    systemctl disable --now keepalived >/dev/null 2>&1 || true
-  fi
+  # Debian starts keepalived, FRR and BIRD as services on install; the
+  # tests run their own, in their own namespaces.
+  for svc in keepalived frr bird; do
+    if printf '%s\n' "${missing[@]}" | grep -qx -e "$svc" -e "${svc}2"; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 command -v go >/dev/null || { echo "deps: Go is not installed (want 1.26)" >&2; exit 1; }
 go mod download
