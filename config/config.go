@@ -27,6 +27,8 @@ type Config struct {
 	VirtualServers []VirtualServer `json:"virtualServers,omitempty"`
 	// Kernel holds the kernel settings for load balancing.
 	Kernel Kernel `json:"kernel,omitempty"`
+	// Routing announces the VIPs to routers (BGP, or a routing table).
+	Routing *Routing `json:"routing,omitempty"`
 }
 
 // Instance is one VRRP virtual router. Optional fields are pointers or
@@ -70,6 +72,9 @@ type Instance struct {
 	// HandoffHold: a stopping master keeps its VIPs until the new master
 	// advertises (at most 2 advert intervals). Default true.
 	HandoffHold *bool `json:"handoffHold,omitempty"`
+	// Announce says how the VIPs are announced when Config.Routing is
+	// set; default: the master announces them, a backup withdraws.
+	Announce *Announce `json:"announce,omitempty"`
 }
 
 // GARP holds keepalived's gratuitous ARP / NA settings.
@@ -170,6 +175,7 @@ func (c *Config) Validate() error {
 	errs := c.validate()
 	errs = append(errs, c.validateVirtualServers()...)
 	errs = append(errs, c.validateKernel()...)
+	errs = append(errs, c.validateRouting()...)
 	return errors.Join(errs...)
 }
 

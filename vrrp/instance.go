@@ -84,6 +84,8 @@ type Instance struct {
 	clock clock.Clock
 	log   *slog.Logger
 	m     *Metrics
+	// onChange is told of each state change (Options.OnTransition).
+	onChange func(instance string, t Transition)
 
 	state State
 	since time.Time
@@ -990,6 +992,9 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 		in.m.transitions.WithLabelValues(in.cfg.Name, from.String(), to.String()).Inc()
 	}
 	in.log.Info("entering "+to.String()+" state", "from", from.String(), "reason", reason, "took", took)
+	if in.onChange != nil && from != to {
+		in.onChange(in.cfg.Name, tr)
+	}
 }
 
 // logLimited logs msg at Info at most once per logEvery for key and

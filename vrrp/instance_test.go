@@ -1,8 +1,10 @@
 package vrrp
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -712,5 +714,26 @@ func TestFailedVIPRemovalIsRetriedInFault(t *testing.T) {
 	s.runFor(2 * vipRetry)
 	if len(r.vips.on) != 0 {
 		t.Errorf("a VIP that could not be removed on entering fault is still on the interface: %v", r.vips.log)
+	}
+}
+
+// The transition hook hears every change, in order, with the time it
+// happened on the instance's clock.
+func TestTransitionHook(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	var got []string
+	r.in.onChange = func(name string, tr Transition) {
+		got = append(got, fmt.Sprintf("%s %v->%v %v", name, tr.From, tr.To, tr.At.Sub(simStart)))
+	}
+	s.runFor(mdi(100, time.Second))
+	// A stopping master keeps its VIPs (and so its routes) until a new
+	// master speaks or the hold of two intervals ends: alone, the hold.
+	r.in.shutdown(s.clock.Now())
+	s.runFor(3 * time.Second)
+	want := []string{fmt.Sprintf("%s BACKUP->MASTER %v", r.in.cfg.Name, mdi(100, time.Second)),
+		fmt.Sprintf("%s MASTER->INIT %v", r.in.cfg.Name, mdi(100, time.Second)+2*time.Second)}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("hook saw:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

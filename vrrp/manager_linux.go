@@ -25,6 +25,11 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: metrics are kept but not exported
 	Clock      clock.Clock           // nil: the wall clock with timerfd timers (clock.Precise)
+	// OnTransition, if set, is told of every state change of every
+	// instance, from the instance's own goroutine at the moment of the
+	// change: it must not block (post to a channel and return). Routes
+	// that follow VRRP state are driven by it.
+	OnTransition func(instance string, t Transition)
 }
 
 // lockName is the abstract unix socket that makes a Manager the only one in
@@ -36,13 +41,14 @@ const lockName = "@keepvip-vrrp"
 // set and starts, updates or stops instances to match; the sockets, the
 // announcers and the VIP bookkeeping they share belong to the Manager.
 type Manager struct {
-	log     *slog.Logger
-	clock   clock.Clock
-	metrics *Metrics
-	addrs   *netlinkAddrs
-	filter  *nftFilter
-	links   linkWatcher
-	lock    net.Listener
+	log          *slog.Logger
+	clock        clock.Clock
+	metrics      *Metrics
+	onTransition func(string, Transition)
+	addrs        *netlinkAddrs
+	filter       *nftFilter
+	links        linkWatcher
+	lock         net.Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -98,18 +104,19 @@ func NewManager(o Options) *Manager {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		log:        o.Logger,
-		clock:      o.Clock,
-		metrics:    NewMetrics(o.Registerer),
-		addrs:      newNetlinkAddrs(o.Logger),
-		filter:     newNFTFilter(),
-		ctx:        ctx,
-		cancel:     cancel,
-		insts:      map[string]*managed{},
-		stopping:   map[string]*managed{},
-		pending:    map[string]Config{},
-		sockets:    map[sockKey]*socket{},
-		announcers: map[int]*linkAnnouncer{},
+		log:          o.Logger,
+		clock:        o.Clock,
+		metrics:      NewMetrics(o.Registerer),
+		onTransition: o.OnTransition,
+		addrs:        newNetlinkAddrs(o.Logger),
+		filter:       newNFTFilter(),
+		ctx:          ctx,
+		cancel:       cancel,
+		insts:        map[string]*managed{},
+		stopping:     map[string]*managed{},
+		pending:      map[string]Config{},
+		sockets:      map[sockKey]*socket{},
+		announcers:   map[int]*linkAnnouncer{},
 	}
 	m.links.log = o.Logger
 	m.links.onLink = m.onLink
@@ -292,6 +299,7 @@ func (m *Manager) startLocked(c Config) error {
 		},
 	}
 	in := newInstance(c, io, m.clock, m.log, m.metrics, m.links.snapshot(c.tracked()))
+	in.onChange = m.onTransition
 	sock.mu.Lock()
 	sock.byVRID[c.VRID] = in
 	sock.mu.Unlock()

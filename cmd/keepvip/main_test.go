@@ -12,6 +12,7 @@ import (
 
 	"github.com/keepvip/keepvip/internal/daemon"
 	"github.com/keepvip/keepvip/internal/kube"
+	"github.com/keepvip/keepvip/routes/bgp"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -137,6 +138,23 @@ func TestStatusOutputs(t *testing.T) {
 	}
 	if err := printStatus(&y, s, "xml", now); err == nil {
 		t.Error("unknown output format accepted")
+	}
+}
+
+func TestStatusTableRouting(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := sampleStatus(now)
+	s.Routing = &daemon.RoutingStatus{Exporter: "bgp", Announced: []string{"192.0.2.100/32 [65000:100]"},
+		Peers: []bgp.PeerStatus{{Address: "192.0.2.1", ASN: 65000, State: "established", Since: now.Add(-time.Minute), Advertised: 1},
+			{Address: "192.0.2.2", ASN: 65000, State: "active", LastError: "notification received: bad peer as"}}}
+	var table bytes.Buffer
+	if err := printStatus(&table, s, "table", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ROUTING: bgp", "192.0.2.1  65000  established  1m0s", "notification received: bad peer as", "announced: 192.0.2.100/32 [65000:100]"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
 	}
 }
 

@@ -84,6 +84,7 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 		return err
 	}
 	printVirtualServers(w, s, now)
+	printRouting(w, s.Routing, now)
 	for _, in := range s.Instances {
 		fmt.Fprintf(w, "\n%s: source %s, %s, master down interval %s, adverts sent %d received %d\n",
 			in.Name, in.Source, mode(in), in.MasterDownInterval, in.AdvertsSent, in.AdvertsReceived)
@@ -178,5 +179,34 @@ func ago(now, t time.Time) string {
 		return d.Round(time.Second).String()
 	default:
 		return d.Round(time.Minute).String()
+	}
+}
+
+// printRouting prints the BGP sessions and the announced routes.
+func printRouting(w io.Writer, r *daemon.RoutingStatus, now time.Time) {
+	if r == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nROUTING: %s\n", r.Exporter)
+	if len(r.Peers) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PEER\tASN\tSTATE\tSINCE\tSENT\tRECEIVED\tLAST ERROR")
+		for _, p := range r.Peers {
+			last := p.LastError
+			if last == "" {
+				last = "-"
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%d\t%s\n", p.Address, p.ASN, p.State, ago(now, p.Since), p.Advertised, p.Received, last)
+		}
+		tw.Flush()
+	}
+	if len(r.Announced) == 0 {
+		fmt.Fprintln(w, "  announced: nothing")
+	}
+	for _, a := range r.Announced {
+		fmt.Fprintf(w, "  announced: %s\n", a)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", r.Error)
 	}
 }

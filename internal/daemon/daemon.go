@@ -76,12 +76,15 @@ type Status struct {
 	VirtualServers []VirtualServerStatus `json:"virtualServers,omitempty"`
 	// Kubernetes is the vip-configmap side (Kubernetes mode only).
 	Kubernetes *kube.Status `json:"kubernetes,omitempty"`
+	// Routing is what is announced to routers, if routing is configured.
+	Routing *RoutingStatus `json:"routing,omitempty"`
 }
 
 type daemon struct {
 	opts    Options
 	log     *slog.Logger
 	mgr     *vrrp.Manager
+	routing *routing
 	reg     *prometheus.Registry
 	reloads *prometheus.CounterVec
 	cfgErrs prometheus.Gauge
@@ -121,11 +124,11 @@ func Run(ctx context.Context, o Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d := &daemon{
-		opts: o,
-		log:  o.Logger,
-		reg:  reg,
-		ipvs: "not used",
-		mgr:  vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg}),
+		opts:    o,
+		log:     o.Logger,
+		reg:     reg,
+		ipvs:    "not used",
+		routing: newRouting(o.Logger, reg),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepvip_config_reloads_total",
 			Help: "Configuration loads, by result (ok, error).",
@@ -136,6 +139,8 @@ func Run(ctx context.Context, o Options) error {
 		}),
 	}
 	reg.MustRegister(d.reloads, d.cfgErrs)
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition})
+	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
 	var kubeUpdates chan kube.Update
 	var kubeDone chan error
@@ -230,6 +235,9 @@ func Run(ctx context.Context, o Options) error {
 			if err != nil {
 				d.log.Error("stopping VRRP", "err", err)
 			}
+			// After the handoff: the new master announces before this
+			// node's routes go.
+			d.routing.stop()
 			if d.lb != nil {
 				d.lb.stop()
 			}
@@ -338,6 +346,12 @@ func (d *daemon) apply(cfg *config.Config, problems ...string) {
 		errs = append(errs, d.ipvs)
 		d.mu.Unlock()
 	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := d.routing.apply(rctx, cfg); err != nil {
+		errs = append(errs, strings.Split(err.Error(), "\n")...)
+		d.log.Error("applying routing", "err", err)
+	}
+	rcancel()
 	d.cfgErrs.Set(float64(len(errs)))
 	d.mu.Lock()
 	d.loadedAt = time.Now()
@@ -355,6 +369,9 @@ func (d *daemon) status() Status {
 		s.Kubernetes = &ks
 	}
 	s.Instances = d.mgr.Status()
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	s.Routing = d.routing.status(rctx)
+	rcancel()
 	if lb != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -3,6 +3,7 @@ package bgp
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
+	reg         prometheus.Registerer
 	established *prometheus.GaugeVec
 	transitions *prometheus.CounterVec
 	announced   prometheus.Gauge
@@ -11,6 +12,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
+		reg: reg,
 		established: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "keepvip_bgp_session_established",
 			Help: "1 while the BGP session with the peer is established.",
@@ -32,4 +34,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.established, m.transitions, m.announced, m.updates)
 	}
 	return m
+}
+
+// unregister removes the metrics, so that a new Speaker can register
+// them on the same registry.
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{m.established, m.transitions, m.announced, m.updates} {
+		m.reg.Unregister(c)
+	}
 }

@@ -582,5 +582,6 @@ func (sp *Speaker) Close() error {
 	sp.stopWatch()
 	<-sp.watchDone
 	sp.s.Stop()
+	sp.m.unregister()
 	return nil
 }

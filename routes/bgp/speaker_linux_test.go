@@ -1,4 +1,4 @@
-package bgp
+package bgp_test
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/keepvip/keepvip/internal/lab"
 	"github.com/keepvip/keepvip/internal/netnstest"
 	"github.com/keepvip/keepvip/routes"
+	"github.com/keepvip/keepvip/routes/bgp"
 )
 
 // A speaker test runs in a fresh network namespace (netnstest.Enter), which
@@ -85,13 +86,13 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() st
 	return 0
 }
 
-func peerState(sp *Speaker, addr string) PeerStatus {
+func peerState(sp *bgp.Speaker, addr string) bgp.PeerStatus {
 	for _, p := range sp.Peers(context.Background()) {
 		if p.Address == addr {
 			return p
 		}
 	}
-	return PeerStatus{}
+	return bgp.PeerStatus{}
 }
 
 func TestSpeakerWithFRR(t *testing.T) {
@@ -115,13 +116,13 @@ func TestSpeakerWithFRR(t *testing.T) {
 	}
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
-	sp, err := New(ctx, Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet(), Registerer: reg})
+	sp, err := bgp.New(ctx, bgp.Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet(), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	peer := Peer{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65000, Password: "s3cret", HoldTime: 9 * time.Second, KeepaliveInterval: 3 * time.Second}
-	if err := sp.SetPeers(ctx, []Peer{peer}); err != nil {
+	peer := bgp.Peer{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65000, Password: "s3cret", HoldTime: 9 * time.Second, KeepaliveInterval: 3 * time.Second}
+	if err := sp.SetPeers(ctx, []bgp.Peer{peer}); err != nil {
 		t.Fatal(err)
 	}
 	took := eventually(t, 20*time.Second, "the session with FRR", func() string {
@@ -132,7 +133,7 @@ func TestSpeakerWithFRR(t *testing.T) {
 	})
 	t.Logf("established in %s", took.Round(time.Millisecond))
 	// SetPeers again with the same peer changes nothing (no reset).
-	if err := sp.SetPeers(ctx, []Peer{peer}); err != nil {
+	if err := sp.SetPeers(ctx, []bgp.Peer{peer}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -284,12 +285,12 @@ func TestSpeakerBadPeers(t *testing.T) {
 	}
 	attachSelf(t, l)
 	ctx := context.Background()
-	sp, err := New(ctx, Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet()})
+	sp, err := bgp.New(ctx, bgp.Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	err = sp.SetPeers(ctx, []Peer{
+	err = sp.SetPeers(ctx, []bgp.Peer{
 		{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65000, Password: "s3cret"},
 		{Address: netip.MustParseAddr("10.0.0.3"), ASN: 65000, Password: "s3cret"},
 		{Address: netip.MustParseAddr("10.0.0.4"), ASN: 65000},
@@ -369,12 +370,12 @@ protocol bgp kv {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	sp, err := New(ctx, Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet()})
+	sp, err := bgp.New(ctx, bgp.Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr), Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	if err := sp.SetPeers(ctx, []Peer{{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65001, Password: "s3cret", HoldTime: 9 * time.Second}}); err != nil {
+	if err := sp.SetPeers(ctx, []bgp.Peer{{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65001, Password: "s3cret", HoldTime: 9 * time.Second}}); err != nil {
 		t.Fatal(err)
 	}
 	rs := []routes.Route{
@@ -399,7 +400,7 @@ protocol bgp kv {
 	// Prepending with an iBGP peer is refused before it reaches the wire.
 	bad := rs[0]
 	bad.Prepend = 1
-	if errs := Validate(sp.o, []Peer{{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65001}}, []routes.Route{bad}); len(errs) != 1 || !strings.Contains(errs[0].Error(), "use localPref") {
+	if errs := bgp.Validate(bgp.Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr)}, []bgp.Peer{{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65001}}, []routes.Route{bad}); len(errs) != 1 || !strings.Contains(errs[0].Error(), "use localPref") {
 		t.Errorf("Validate of prepending with iBGP: %v", errs)
 	}
 }

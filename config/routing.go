@@ -1,0 +1,365 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/keepvip/keepvip/internal/announce"
+	"github.com/keepvip/keepvip/routes"
+	"github.com/keepvip/keepvip/routes/bgp"
+	"github.com/keepvip/keepvip/routes/kernel"
+)
+
+// Routing announces the VIPs to routers, so that they are reachable beyond
+// the segment (routed HA). Without it nothing is announced.
+type Routing struct {
+	// Exporter is "bgp" (default: keepvip speaks BGP to the peers) or
+	// "kernel" (the routes go into a Linux routing table, for a routing
+	// daemon that redistributes it).
+	Exporter string       `json:"exporter,omitempty"`
+	BGP      *BGP         `json:"bgp,omitempty"`
+	Kernel   *KernelTable `json:"kernelTable,omitempty"`
+	// Communities ("65000:100"), LocalPref and MED of every route unless
+	// an instance sets its own.
+	Communities []string `json:"communities,omitempty"`
+	LocalPref   *uint32  `json:"localPref,omitempty"`
+	MED         *uint32  `json:"med,omitempty"`
+}
+
+// BGP configures the BGP speaker.
+type BGP struct {
+	ASN uint32 `json:"asn"`
+	// RouterID is an IPv4 address, usually the node's.
+	RouterID string `json:"routerID"`
+	// ListenPort accepts sessions (passive peers need it); 0: none.
+	ListenPort      int      `json:"listenPort,omitempty"`
+	ListenAddresses []string `json:"listenAddresses,omitempty"`
+	// NextHop6 is the next hop of IPv6 routes: this node's IPv6 address
+	// on the peering network. Needed to announce IPv6 VIPs.
+	NextHop6 string    `json:"nextHop6,omitempty"`
+	Peers    []BGPPeer `json:"peers"`
+}
+
+// BGPPeer is one neighbour.
+type BGPPeer struct {
+	Address  string `json:"address"`
+	ASN      uint32 `json:"asn"`
+	Port     int    `json:"port,omitempty"`
+	Password string `json:"password,omitempty"`
+	// HoldTime (default 90s) and KeepaliveInterval (default a third).
+	HoldTime          Duration `json:"holdTime,omitzero"`
+	KeepaliveInterval Duration `json:"keepaliveInterval,omitzero"`
+	// Multihop lets an eBGP peer be this many hops away.
+	Multihop int  `json:"multihop,omitempty"`
+	Passive  bool `json:"passive,omitempty"`
+	// GracefulRestart is the restart time announced; unset: off.
+	GracefulRestart Duration `json:"gracefulRestart,omitzero"`
+	LocalAddress    string   `json:"localAddress,omitempty"`
+}
+
+// KernelTable configures the routing-table exporter.
+type KernelTable struct {
+	Table    int    `json:"table"`
+	Protocol int    `json:"protocol,omitempty"` // default 0x6b (107)
+	Device   string `json:"device,omitempty"`   // default lo
+}
+
+// Announce is how an instance's VIPs are announced when routing is set.
+type Announce struct {
+	// Mode is "active-backup" (default: the master announces) or "none".
+	Mode string `json:"mode,omitempty"`
+	// Backup is "withdraw" (default: a backup announces nothing) or
+	// "worse": a backup announces the VIPs with a worse path, so that
+	// routers switch as soon as the master's route goes.
+	Backup string `json:"backup,omitempty"`
+	// BackupPrepend is how many times more a backup puts its ASN in the
+	// AS path (eBGP; default 3 when no peer is iBGP, else 0).
+	BackupPrepend *int `json:"backupPrepend,omitempty"`
+	// BackupLocalPref is a backup's local preference (iBGP; default 50).
+	BackupLocalPref *uint32  `json:"backupLocalPref,omitempty"`
+	Communities     []string `json:"communities,omitempty"`
+	LocalPref       *uint32  `json:"localPref,omitempty"`
+	MED             *uint32  `json:"med,omitempty"`
+}
+
+// Exporter says which route exporter a Config asks for.
+type Exporter struct {
+	Kind   string // "bgp" or "kernel"
+	BGP    bgp.Options
+	Peers  []bgp.Peer
+	Kernel kernel.Options
+}
+
+// RouteExporter returns the exporter of a parsed Config, or nil without
+// routing.
+func (c *Config) RouteExporter() *Exporter {
+	e, _ := c.exporter()
+	return e
+}
+
+func (c *Config) exporter() (*Exporter, []error) {
+	r := c.Routing
+	if r == nil {
+		return nil, nil
+	}
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &FieldError{"routing." + path, fmt.Sprintf(format, args...)})
+	}
+	e := &Exporter{Kind: r.Exporter}
+	if e.Kind == "" {
+		e.Kind = "bgp"
+	}
+	switch e.Kind {
+	case "bgp":
+		if r.Kernel != nil {
+			bad("kernelTable", "only with exporter: kernel")
+		}
+		if r.BGP == nil {
+			bad("bgp", "is required with exporter: bgp (asn, routerID, peers)")
+			return e, errs
+		}
+		b := r.BGP
+		e.BGP.ASN = b.ASN
+		if b.RouterID == "" {
+			bad("bgp.routerID", "is required: an IPv4 address, usually the node's")
+		} else if a, err := netip.ParseAddr(b.RouterID); err != nil {
+			bad("bgp.routerID", "%q is not an IP address", b.RouterID)
+		} else {
+			e.BGP.RouterID = a
+		}
+		if b.ListenPort < 0 || b.ListenPort > 65535 {
+			bad("bgp.listenPort", "%d is outside 0-65535", b.ListenPort)
+		} else {
+			e.BGP.ListenPort = uint16(b.ListenPort)
+		}
+		for i, s := range b.ListenAddresses {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				bad(fmt.Sprintf("bgp.listenAddresses[%d]", i), "%q is not an IP address", s)
+				continue
+			}
+			e.BGP.ListenAddresses = append(e.BGP.ListenAddresses, a)
+		}
+		if b.NextHop6 != "" {
+			if a, err := netip.ParseAddr(b.NextHop6); err != nil || !a.Is6() || a.Is4In6() {
+				bad("bgp.nextHop6", "%q is not an IPv6 address", b.NextHop6)
+			}
+		}
+		for i, p := range b.Peers {
+			path := fmt.Sprintf("bgp.peers[%d]", i)
+			bp := bgp.Peer{ASN: p.ASN, Password: p.Password, Passive: p.Passive}
+			a, err := netip.ParseAddr(p.Address)
+			if err != nil {
+				bad(path+".address", "%q is not an IP address", p.Address)
+			}
+			bp.Address = a.Unmap()
+			if p.Port < 0 || p.Port > 65535 {
+				bad(path+".port", "%d is outside 1-65535", p.Port)
+			} else {
+				bp.Port = uint16(p.Port)
+			}
+			if p.Multihop < 0 || p.Multihop > 255 {
+				bad(path+".multihop", "%d is outside 1-255", p.Multihop)
+			} else {
+				bp.Multihop = uint8(p.Multihop)
+			}
+			for _, d := range []struct {
+				field string
+				v     Duration
+				into  *time.Duration
+			}{{"holdTime", p.HoldTime, &bp.HoldTime}, {"keepaliveInterval", p.KeepaliveInterval, &bp.KeepaliveInterval}, {"gracefulRestart", p.GracefulRestart, &bp.GracefulRestart}} {
+				if !d.v.set {
+					continue
+				}
+				v, err := d.v.parse()
+				if err != nil {
+					bad(path+"."+d.field, "%v", err)
+					continue
+				}
+				*d.into = v
+			}
+			if p.LocalAddress != "" {
+				la, err := netip.ParseAddr(p.LocalAddress)
+				if err != nil {
+					bad(path+".localAddress", "%q is not an IP address", p.LocalAddress)
+				}
+				bp.LocalAddress = la.Unmap()
+			}
+			e.Peers = append(e.Peers, bp)
+		}
+		if len(b.Peers) == 0 {
+			bad("bgp.peers", "at least one peer is needed")
+		}
+	case "kernel":
+		if r.BGP != nil {
+			bad("bgp", "only with exporter: bgp")
+		}
+		if r.Kernel == nil {
+			bad("kernelTable", "is required with exporter: kernel (table)")
+			return e, errs
+		}
+		e.Kernel = kernel.Options{Table: r.Kernel.Table, Protocol: r.Kernel.Protocol, Device: r.Kernel.Device}
+		if err := e.Kernel.Validate(); err != nil {
+			for _, m := range strings.Split(err.Error(), "\n") {
+				bad("kernelTable", "%s", m)
+			}
+		}
+	default:
+		bad("exporter", "%q: want bgp or kernel", r.Exporter)
+	}
+	return e, errs
+}
+
+// Announcements returns the VIPs whose routes follow VRRP states, for a
+// parsed Config with routing.
+func (c *Config) Announcements() []announce.VIP {
+	vips, _ := c.announcements()
+	return vips
+}
+
+func (c *Config) announcements() ([]announce.VIP, []error) {
+	r := c.Routing
+	if r == nil {
+		return nil, nil
+	}
+	var errs []error
+	e, _ := c.exporter()
+	ibgp := false
+	var nh6 netip.Addr
+	if e != nil && e.Kind == "bgp" && r.BGP != nil {
+		for _, p := range e.Peers {
+			ibgp = ibgp || p.ASN == e.BGP.ASN
+		}
+		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
+	}
+	communities := func(path string, ss []string) []routes.Community {
+		var out []routes.Community
+		for i, s := range ss {
+			cm, err := routes.ParseCommunity(s)
+			if err != nil {
+				errs = append(errs, &FieldError{fmt.Sprintf("%s[%d]", path, i), err.Error()})
+				continue
+			}
+			out = append(out, cm)
+		}
+		return out
+	}
+	base := routes.Route{Communities: communities("routing.communities", r.Communities)}
+	if r.LocalPref != nil {
+		base.LocalPref, base.HasLocalPref = *r.LocalPref, true
+	}
+	if r.MED != nil {
+		base.MED, base.HasMED = *r.MED, true
+	}
+	var out []announce.VIP
+	for i, in := range c.Instances {
+		path := fmt.Sprintf("instances[%d].announce", i)
+		a := Announce{}
+		if in.Announce != nil {
+			a = *in.Announce
+		}
+		switch a.Mode {
+		case "", "active-backup":
+		case "none":
+			continue
+		default:
+			errs = append(errs, &FieldError{path + ".mode", fmt.Sprintf("%q: want active-backup or none", a.Mode)})
+			continue
+		}
+		master := base
+		if len(a.Communities) > 0 {
+			master.Communities = communities(path+".communities", a.Communities)
+		}
+		if a.LocalPref != nil {
+			master.LocalPref, master.HasLocalPref = *a.LocalPref, true
+		}
+		if a.MED != nil {
+			master.MED, master.HasMED = *a.MED, true
+		}
+		var backup *routes.Route
+		switch a.Backup {
+		case "", "withdraw":
+			if a.BackupPrepend != nil || a.BackupLocalPref != nil {
+				errs = append(errs, &FieldError{path + ".backup", "backupPrepend and backupLocalPref need backup: worse"})
+			}
+		case "worse":
+			b := master
+			b.LocalPref, b.HasLocalPref = 50, true
+			if a.BackupLocalPref != nil {
+				b.LocalPref = *a.BackupLocalPref
+			}
+			if !ibgp {
+				b.Prepend = 3
+			}
+			if a.BackupPrepend != nil {
+				b.Prepend = *a.BackupPrepend
+			}
+			if b.Prepend < 0 || b.Prepend > routes.MaxPrepend {
+				errs = append(errs, &FieldError{path + ".backupPrepend", fmt.Sprintf("%d is outside 0-%d", b.Prepend, routes.MaxPrepend)})
+			}
+			if b.Prepend > 0 && ibgp {
+				errs = append(errs, &FieldError{path + ".backupPrepend", "an iBGP peer would find its own AS in the path and drop the route: use backupLocalPref"})
+			}
+			backup = &b
+		default:
+			errs = append(errs, &FieldError{path + ".backup", fmt.Sprintf("%q: want withdraw or worse", a.Backup)})
+		}
+		for j, s := range in.VIPs {
+			p, err := parseVIP(s)
+			if err != nil {
+				continue // reported with the instance
+			}
+			host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
+			m := master
+			m.Prefix = host
+			if host.Addr().Is6() && e != nil && e.Kind == "bgp" {
+				if !nh6.IsValid() {
+					errs = append(errs, &FieldError{fmt.Sprintf("instances[%d].vips[%d]", i, j), "announcing an IPv6 VIP over BGP needs routing.bgp.nextHop6"})
+					continue
+				}
+				m.NextHop = nh6
+			}
+			v := announce.VIP{Instance: in.Name, Master: m}
+			if backup != nil {
+				b := *backup
+				b.Prefix, b.NextHop = host, m.NextHop
+				v.Backup = &b
+			}
+			out = append(out, v)
+		}
+	}
+	return out, errs
+}
+
+func (c *Config) validateRouting() []error {
+	if c.Routing == nil {
+		for i, in := range c.Instances {
+			if in.Announce != nil {
+				return []error{&FieldError{fmt.Sprintf("instances[%d].announce", i), "needs a routing section (how to announce)"}}
+			}
+		}
+		return nil
+	}
+	e, errs := c.exporter()
+	vips, aerrs := c.announcements()
+	errs = append(errs, aerrs...)
+	if e != nil && e.Kind == "bgp" && c.Routing.BGP != nil {
+		var rs []routes.Route
+		for _, v := range vips {
+			rs = append(rs, v.Master)
+			if v.Backup != nil {
+				rs = append(rs, *v.Backup)
+			}
+		}
+		for _, err := range bgp.Validate(e.BGP, e.Peers, rs) {
+			if strings.HasSuffix(err.Error(), ".address: not an IP address") {
+				continue // reported above with what was written
+			}
+			errs = append(errs, &FieldError{"routing.bgp", err.Error()})
+		}
+	}
+	return errs
+}

@@ -1,0 +1,110 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+const routedBase = `
+instances:
+- {name: web, interface: eth0, vrid: 51, vips: [192.0.2.100/24], announce: {backup: worse, communities: ["65000:7"]}}
+- {name: web6, interface: eth0, vrid: 51, vips: ["2001:db8::100"], announce: {backup: worse, communities: ["65000:7"]}}
+- {name: quiet, interface: eth0, vrid: 52, vips: [192.0.2.101], announce: {mode: none}}
+- {name: db, interface: eth0, vrid: 53, vips: [192.0.2.102]}
+routing:
+  communities: ["65000:100"]
+  med: 10
+  bgp:
+    asn: 65001
+    routerID: 192.0.2.11
+    nextHop6: "2001:db8:1::11"
+    peers:
+    - {address: 192.0.2.1, asn: 65000, password: s3cret, holdTime: 9s, keepaliveInterval: 3s, gracefulRestart: 120s}
+    - {address: "2001:db8:1::1", asn: 65000}
+`
+
+func TestRoutingParses(t *testing.T) {
+	c, err := Parse([]byte(routedBase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.RouteExporter()
+	if e.Kind != "bgp" || e.BGP.ASN != 65001 || len(e.Peers) != 2 || e.Peers[0].HoldTime.String() != "9s" || e.Peers[0].GracefulRestart.String() != "2m0s" {
+		t.Fatalf("exporter %+v", e)
+	}
+	var got []string
+	for _, v := range c.Announcements() {
+		s := v.Instance + " " + v.Master.String()
+		if v.Backup != nil {
+			s += " | backup " + v.Backup.String()
+		}
+		got = append(got, s)
+	}
+	want := []string{
+		"web 192.0.2.100/32 [65000:7] med 10 | backup 192.0.2.100/32 [65000:7] localpref 50 med 10 prepend 3",
+		"web6 2001:db8::100/128 via 2001:db8:1::11 [65000:7] med 10 | backup 2001:db8::100/128 via 2001:db8:1::11 [65000:7] localpref 50 med 10 prepend 3",
+		"db 192.0.2.102/32 [65000:100] med 10",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("announcements:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestRoutingErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"asn 0 and a bad router id", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {bgp: {asn: 0, routerID: "2001:db8::1", peers: [{address: 192.0.2.2, asn: 65000}]}}`,
+			[]string{"routing.bgp: asn: 0 is outside 1-4294967294", "routing.bgp: routerID: 2001:db8::1 is not an IPv4 address"}},
+		{"asn out of range", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {bgp: {asn: 4294967296, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000}]}}`,
+			[]string{"asn"}},
+		{"peer not an IP, duplicates", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: router1, asn: 65000}, {address: 192.0.2.2, asn: 65000}, {address: 192.0.2.2, asn: 65002}]}}`,
+			[]string{`routing.bgp.peers[0].address: "router1" is not an IP address`, "routing.bgp: peers[2].address: 192.0.2.2 is also peers[1]"}},
+		{"no peers, no router id", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {bgp: {asn: 65001}}`,
+			[]string{"routing.bgp.routerID: is required", "routing.bgp.peers: at least one peer is needed"}},
+		{"ipv6 vip without a next hop", `
+instances: [{interface: eth0, vrid: 1, vips: ["2001:db8::1"]}]
+routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000}]}}`,
+			[]string{"instances[0].vips[0]: announcing an IPv6 VIP over BGP needs routing.bgp.nextHop6"}},
+		{"prepend with ibgp", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse, backupPrepend: 2}}]
+routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65001}]}}`,
+			[]string{"instances[0].announce.backupPrepend: an iBGP peer would find its own AS in the path"}},
+		{"bad community and mode", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {mode: ecmpp, communities: [x]}}]
+routing: {communities: ["65000"], bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000}]}}`,
+			[]string{"routing.communities[0]: community \"65000\": want ASN:value", `instances[0].announce.mode: "ecmpp": want active-backup or none`}},
+		{"unknown exporter", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {exporter: ospf}`,
+			[]string{`routing.exporter: "ospf": want bgp or kernel`}},
+		{"kernel table", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {exporter: kernel, kernelTable: {table: 255}}`,
+			[]string{"routing.kernelTable: table: 255 is the kernel's local table"}},
+		{"announce without routing", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse}}]`,
+			[]string{"instances[0].announce: needs a routing section"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				t.Fatal("Parse accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Parse error:\n%v\nwant %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,160 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keepvip/keepvip/config"
+	"github.com/keepvip/keepvip/internal/announce"
+	"github.com/keepvip/keepvip/routes"
+	"github.com/keepvip/keepvip/routes/bgp"
+	"github.com/keepvip/keepvip/routes/kernel"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+// RoutingStatus is what keepvip announces to routers.
+type RoutingStatus struct {
+	// Exporter is "bgp" or "kernel table N".
+	Exporter string `json:"exporter"`
+	// Peers are the BGP sessions.
+	Peers []bgp.PeerStatus `json:"peers,omitempty"`
+	// Announced are the routes given to the exporter last.
+	Announced []string `json:"announced"`
+	Error     string   `json:"error,omitempty"`
+}
+
+// routing owns the route exporter and the controller that makes routes
+// follow VRRP states. The controller lives as long as the daemon, so that
+// it knows every instance's state whenever routing is configured.
+type routing struct {
+	log *slog.Logger
+	reg prometheus.Registerer
+	ctl *announce.Controller
+
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex // apply (the daemon's goroutine) against status
+	spec    *config.Exporter
+	speaker *bgp.Speaker
+	table   *kernel.Table
+}
+
+func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
+	lat := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "keepvip_route_change_seconds",
+		Help:    "From a VRRP transition or a configuration change to the routes given to the exporter.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+	})
+	reg.MustRegister(lat)
+	r := &routing{log: log, reg: reg}
+	r.ctl = announce.New(nil, log, func(d time.Duration) { lat.Observe(d.Seconds()) })
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.done = cancel, make(chan struct{})
+	go func() { defer close(r.done); r.ctl.Run(ctx) }()
+	return r
+}
+
+// transition is the VRRP manager's OnTransition.
+func (r *routing) transition(instance string, t vrrp.Transition) { r.ctl.Transition(instance, t) }
+
+// apply makes the exporter and the announced VIPs those of cfg. A change
+// of the speaker's own identity (ASN, router ID, listening) or of the
+// exporter starts a new one; peers are updated in place.
+func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	spec := cfg.RouteExporter()
+	if spec == nil || r.spec == nil || spec.Kind != r.spec.Kind || !reflect.DeepEqual(spec.BGP, r.spec.BGP) || spec.Kernel != r.spec.Kernel {
+		r.closeExporter()
+	}
+	if spec == nil {
+		r.ctl.Set(nil, nil)
+		return nil
+	}
+	if r.spec == nil {
+		switch spec.Kind {
+		case "bgp":
+			o := spec.BGP
+			o.Logger, o.Registerer = r.log, r.reg
+			sp, err := bgp.New(ctx, o)
+			if err != nil {
+				return err
+			}
+			r.speaker = sp
+			r.ctl.SetExporter(sp)
+		case "kernel":
+			o := spec.Kernel
+			o.Logger = r.log
+			t, err := kernel.New(o)
+			if err != nil {
+				return err
+			}
+			r.table = t
+			r.ctl.SetExporter(t)
+		}
+		r.spec = spec
+	}
+	var err error
+	if r.speaker != nil {
+		err = r.speaker.SetPeers(ctx, spec.Peers)
+		r.spec.Peers = spec.Peers
+	}
+	r.ctl.Set(cfg.Announcements(), nil)
+	return err
+}
+
+// closeExporter stops the exporter: the BGP sessions end (the routers drop
+// the routes) or the routing table's routes are removed.
+func (r *routing) closeExporter() {
+	if r.spec == nil {
+		return
+	}
+	r.ctl.SetExporter(nil)
+	var exp routes.Exporter = r.table
+	if r.speaker != nil {
+		exp = r.speaker
+	}
+	if err := exp.Close(); err != nil {
+		r.log.Error("closing the route exporter", "err", err)
+	}
+	r.spec, r.speaker, r.table = nil, nil, nil
+}
+
+// stop withdraws everything and stops the controller.
+func (r *routing) stop() {
+	r.mu.Lock()
+	r.closeExporter()
+	r.mu.Unlock()
+	r.cancel()
+	<-r.done
+}
+
+func (r *routing) status(ctx context.Context) *RoutingStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.spec == nil {
+		return nil
+	}
+	s := &RoutingStatus{Exporter: r.spec.Kind}
+	if r.table != nil {
+		s.Exporter = fmt.Sprintf("kernel table %d", r.spec.Kernel.Table)
+	}
+	if r.speaker != nil {
+		s.Peers = r.speaker.Peers(ctx)
+	}
+	synced, err := r.ctl.Status()
+	for _, rt := range synced {
+		s.Announced = append(s.Announced, rt.String())
+	}
+	if err != nil {
+		s.Error = err.Error()
+	}
+	return s
+}
