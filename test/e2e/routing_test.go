@@ -1,0 +1,225 @@
+package e2e
+
+// Routed HA end to end: two keepvip nodes announce a VIP over BGP to an
+// FRR router (eBGP, TCP-MD5) and a BIRD router (iBGP) on the same segment,
+// and the routers' own tables are read to see the route follow VRRP.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/vrrp"
+)
+
+const rtVIP = "192.0.2.100/32"
+
+func rtFRRConf() string {
+	c := "log stdout informational\nrouter bgp 65000\n bgp router-id 192.0.2.1\n no bgp ebgp-requires-policy\n"
+	for _, n := range []string{"192.0.2.11", "192.0.2.12"} {
+		c += fmt.Sprintf(" neighbor %[1]s remote-as 65001\n neighbor %[1]s password s3cret\n neighbor %[1]s timers 3 9\n neighbor %[1]s timers connect 1\n", n)
+	}
+	return c
+}
+
+const rtBIRDConf = `router id 192.0.2.2;
+protocol device {}
+protocol direct { ipv4; interface "eth0"; }
+template bgp kv {
+  local 192.0.2.2 as 65001;
+  hold time 9;
+  connect retry time 1;
+  ipv4 { import all; export none; };
+}
+protocol bgp a from kv { neighbor 192.0.2.11 as 65001; }
+protocol bgp b from kv { neighbor 192.0.2.12 as 65001; }
+`
+
+// rtConfig is a node's configuration: the VIP, announced to FRR (and to
+// BIRD unless worse, which prepends for eBGP and so cannot go to an
+// iBGP peer).
+func rtConfig(self string, prio int, backup string) string {
+	peers := `    - {address: 192.0.2.1, asn: 65000, password: s3cret, holdTime: 9s, keepaliveInterval: 3s}`
+	if backup != "worse" {
+		peers += "\n    - {address: 192.0.2.2, asn: 65001, holdTime: 9s, keepaliveInterval: 3s}"
+	}
+	return fmt.Sprintf(`instances:
+- name: vi
+  interface: eth0
+  vrid: 51
+  priority: %d
+  advertInterval: 100ms
+  vips: [%s]
+  announce: {backup: %s}
+routing:
+  communities: ["65001:100"]
+  bgp:
+    asn: 65001
+    routerID: %s
+    peers:
+%s
+`, prio, rtVIP, backup, self, peers)
+}
+
+// frrNextHops returns the next hops of the VIP's paths on FRR, the best
+// first, and the AS path of each.
+func frrNextHops(ctx context.Context, f *lab.FRR) (best string, all []string, err error) {
+	paths, err := f.Route(ctx, "ipv4", rtVIP)
+	if err != nil {
+		return "", nil, err
+	}
+	rt, err := f.Routes(ctx, "ipv4")
+	if err != nil {
+		return "", nil, err
+	}
+	for _, p := range rt[rtVIP] {
+		if len(p.Nexthops) > 0 && p.Best {
+			best = p.Nexthops[0].IP
+		}
+	}
+	for _, p := range paths {
+		if len(p.Nexthops) > 0 {
+			all = append(all, p.Nexthops[0].IP+" ["+p.ASPath.String+"]")
+		}
+	}
+	return best, all, nil
+}
+
+func TestRoutedHA(t *testing.T) {
+	lab.Require(t, "vtysh", lab.FRRBinary, "bird", "birdc")
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	add := func(name, addr string) *lab.Node {
+		n, err := l.AddNode(name, netip.MustParsePrefix(addr+"/24"), netip.Prefix{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	frrNode, birdNode := add("frr", "192.0.2.1"), add("bird", "192.0.2.2")
+	a, b := add("a", "192.0.2.11"), add("b", "192.0.2.12")
+	frr, err := frrNode.StartFRR(rtFRRConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bird, err := birdNode.StartBIRD(rtBIRDConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ka, err := a.StartKeepvip(rtConfig("192.0.2.11", 150, "withdraw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := b.StartKeepvip(rtConfig("192.0.2.12", 100, "withdraw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("a:\n%s\nb:\n%s\nfrr:\n%s", clTail(clNoDebug(ka.Log()), 30), clTail(clNoDebug(kb.Log()), 30), clTail(frr.Proc().Log(), 20))
+		}
+	})
+	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ka.WaitState(wait, "vi", vrrp.StateMaster); err != nil {
+		t.Fatal(err)
+	}
+	if err := kb.WaitState(wait, "vi", vrrp.StateBackup); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute := func(what string, timeout time.Duration, ok func(best string, all []string) bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		var best string
+		var all []string
+		for time.Since(start) < timeout {
+			best, all, err = frrNextHops(ctx, frr)
+			if err == nil && ok(best, all) {
+				return time.Since(start)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("FRR: %s not within %s: best %q, paths %v, err %v", what, timeout, best, all, err)
+		return 0
+	}
+	birdRoute := func(what, via string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		var out string
+		for time.Now().Before(deadline) {
+			out, err = bird.Cmd(ctx, "show route "+rtVIP+" all")
+			if err == nil && strings.Contains(out, "via "+via) && strings.Count(out, "via ") == 1 && strings.Contains(out, "(65001,100)") {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("BIRD: %s: want one route via %s:\n%s %v", what, via, out, err)
+	}
+
+	// The master announces, the backup does not: one path on each router.
+	waitRoute("the VIP from the master only", 30*time.Second, func(best string, all []string) bool {
+		return best == "192.0.2.11" && len(all) == 1
+	})
+	birdRoute("the VIP from the master only", "192.0.2.11")
+	st, err := ka.Status(ctx)
+	if err != nil || st.Routing == nil || len(st.Routing.Peers) != 2 || st.Routing.Peers[0].State != "established" || len(st.Routing.Announced) != 1 {
+		t.Errorf("status of the master: %+v %v", st.Routing, err)
+	}
+
+	// The master dies (SIGKILL: its sessions close). The backup takes
+	// over after Master_Down_Interval and announces.
+	killed := time.Now()
+	if err := ka.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	moved := waitRoute("the VIP moved to b", 10*time.Second, func(best string, all []string) bool {
+		return best == "192.0.2.12" && len(all) == 1
+	})
+	mdi := 3*clAdv + time.Duration(256-100)*clAdv/256
+	t.Logf("figure: withdraw mode: route on FRR moved %s after the master was killed (Master_Down_Interval %s)", moved.Round(time.Millisecond), mdi)
+	if moved > mdi+2*time.Second {
+		t.Errorf("the route moved %s after the kill; want within Master_Down_Interval %s + 2 s", moved, mdi)
+	}
+	birdRoute("the VIP moved to b", "192.0.2.12")
+	_ = killed
+
+	// a comes back and preempts: the route follows it back, b withdraws.
+	if ka, err = a.StartKeepvip(rtConfig("192.0.2.11", 150, "withdraw")); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute("the VIP back on a", 30*time.Second, func(best string, all []string) bool {
+		return best == "192.0.2.11" && len(all) == 1
+	})
+
+	// backup: worse: the backup announces with a longer AS path, so FRR
+	// holds both and switches as soon as the master's route goes.
+	if err := ka.Reload(rtConfig("192.0.2.11", 150, "worse")); err != nil {
+		t.Fatal(err)
+	}
+	if err := kb.Reload(rtConfig("192.0.2.12", 100, "worse")); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute("both paths, the master's best", 30*time.Second, func(best string, all []string) bool {
+		return best == "192.0.2.11" && len(all) == 2 && strings.Contains(strings.Join(all, " "), "192.0.2.12 [65001 65001 65001 65001]")
+	})
+	if err := ka.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	moved = waitRoute("b's path best", 10*time.Second, func(best string, all []string) bool { return best == "192.0.2.12" })
+	t.Logf("figure: worse mode: best path on FRR moved %s after the master was killed", moved.Round(time.Millisecond))
+	if moved > mdi {
+		t.Errorf("with the backup's path already there, the switch took %s; want less than Master_Down_Interval %s", moved, mdi)
+	}
+	// And once b is master it announces the better path.
+	waitRoute("b's master path", 10*time.Second, func(best string, all []string) bool {
+		return best == "192.0.2.12" && len(all) == 1 && strings.HasSuffix(all[0], "[65001]")
+	})
+}
