@@ -70,6 +70,7 @@ demo: deps build lab
 # 10,000 services x 10 real servers next to ipvsadm -R, in the test VM.
 bench: deps build lab
 	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab bench -runs $(RUNS)
+	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab bgpbench -runs $(RUNS)
 	@$(GO) build -o bin/ipvsbench ./hack/ipvsbench && bin/ipvsbench -health
 	@CGO_ENABLED=0 $(GO) build -o bin/ipvsbench-static ./hack/ipvsbench
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static

@@ -16,7 +16,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: keepvip-lab demo | bench [-runs N] [-quick]")
+		fmt.Fprintln(os.Stderr, "usage: keepvip-lab demo | bench [-runs N] [-quick] | bgpbench [-runs N]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -33,6 +33,13 @@ func main() {
 		quick := fs.Bool("quick", false, "only the 100 ms cases")
 		fs.Parse(os.Args[2:])
 		err = bench(ctx, *runs, *quick)
+	case "bgpbench":
+		fs := flag.NewFlagSet("bgpbench", flag.ExitOnError)
+		runs := fs.Int("runs", 10, "kill-and-restart cycles (two transitions each)")
+		fs.Parse(os.Args[2:])
+		err = bgpBench(ctx, *runs)
+	case "announce": // run by bgpbench inside a node
+		err = announce(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -85,6 +85,7 @@ type daemon struct {
 	log     *slog.Logger
 	mgr     *vrrp.Manager
 	routing *routing
+	cfg     *config.Config // in force; owned by Run's goroutine
 	reg     *prometheus.Registry
 	reloads *prometheus.CounterVec
 	cfgErrs prometheus.Gauge
@@ -221,6 +222,13 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case u := <-kubeUpdates:
 			d.applyKube(u)
+		case <-d.routing.ready:
+			if d.cfg != nil {
+				d.log.Info("a BGP session is up: instances preempt again")
+				if err := d.syncVRRP(); err != nil {
+					d.log.Error("letting instances preempt", "err", err)
+				}
+			}
 		case err := <-kubeDone:
 			// Only a setup error ends the reconciler before ctx.
 			d.log.Error("following the cluster stopped; the data plane keeps what it has", "err", err)
@@ -325,7 +333,8 @@ func (d *daemon) startLB(cfg *config.Config) error {
 // the errors of applying the rest.
 func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	d.reloads.WithLabelValues("ok").Inc()
-	err := d.mgr.Sync(cfg.VRRP())
+	d.cfg = cfg
+	err := d.syncVRRP()
 	errs := slices.Clone(problems)
 	if err != nil {
 		// The file was valid but an instance could not start (for
@@ -357,6 +366,23 @@ func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	d.loadedAt = time.Now()
 	d.errs = errs
 	d.mu.Unlock()
+}
+
+// syncVRRP runs the instances of the configuration in force. Until a
+// BGP session is up, they do not preempt (see routing.holdPreemption).
+func (d *daemon) syncVRRP() error {
+	cfgs := d.cfg.VRRP()
+	if d.routing.holdPreemption(d.cfg) {
+		held := false
+		for i := range cfgs {
+			held = held || cfgs[i].Preempt
+			cfgs[i].Preempt = false
+		}
+		if held {
+			d.log.Info("no BGP session is up yet: not preempting until one is")
+		}
+	}
+	return d.mgr.Sync(cfgs)
 }
 
 func (d *daemon) status() Status {

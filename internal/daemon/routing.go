@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"sync"
 	"time"
@@ -40,7 +41,12 @@ type routing struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// ready is signalled (without blocking) when the first BGP session
+	// comes up: preemption, held back until then, is let go.
+	ready chan struct{}
+
 	mu      sync.Mutex // apply (the daemon's goroutine) against status
+	up      map[netip.Addr]bool
 	spec    *config.Exporter
 	speaker *bgp.Speaker
 	table   *kernel.Table
@@ -53,7 +59,7 @@ func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 	})
 	reg.MustRegister(lat)
-	r := &routing{log: log, reg: reg}
+	r := &routing{log: log, reg: reg, ready: make(chan struct{}, 1), up: map[netip.Addr]bool{}}
 	r.ctl = announce.New(nil, log, func(d time.Duration) { lat.Observe(d.Seconds()) })
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan struct{})
@@ -82,7 +88,7 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 		switch spec.Kind {
 		case "bgp":
 			o := spec.BGP
-			o.Logger, o.Registerer = r.log, r.reg
+			o.Logger, o.Registerer, o.OnPeerState = r.log, r.reg, r.peerState
 			sp, err := bgp.New(ctx, o)
 			if err != nil {
 				return err
@@ -110,6 +116,39 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
+// peerState is the speaker's OnPeerState.
+func (r *routing) peerState(peer netip.Addr, established bool) {
+	r.mu.Lock()
+	was := len(r.up) > 0
+	if established {
+		r.up[peer] = true
+	} else {
+		delete(r.up, peer)
+	}
+	now := len(r.up) > 0
+	r.mu.Unlock()
+	if now && !was {
+		select {
+		case r.ready <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// holdPreemption reports whether instances must not preempt now: BGP is
+// configured and no session is up, so a node that took the VIPs over
+// could not announce them, while the master it displaced withdraws
+// them. It still becomes master when there is none.
+func (r *routing) holdPreemption(cfg *config.Config) bool {
+	e := cfg.RouteExporter()
+	if e == nil || e.Kind != "bgp" {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.up) == 0
+}
+
 // closeExporter stops the exporter: the BGP sessions end (the routers drop
 // the routes) or the routing table's routes are removed.
 func (r *routing) closeExporter() {
@@ -125,6 +164,7 @@ func (r *routing) closeExporter() {
 		r.log.Error("closing the route exporter", "err", err)
 	}
 	r.spec, r.speaker, r.table = nil, nil, nil
+	clear(r.up)
 }
 
 // stop withdraws everything and stops the controller.

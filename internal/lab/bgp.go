@@ -124,7 +124,13 @@ type FRRDetail struct {
 	Peer struct {
 		PeerID string `json:"peerId"`
 	} `json:"peer"`
+	BestPath *struct {
+		Overall bool `json:"overall"`
+	} `json:"bestpath"`
 }
+
+// Best reports whether this is FRR's best path.
+func (d FRRDetail) Best() bool { return d.BestPath != nil && d.BestPath.Overall }
 
 // Route returns the paths FRR has for one prefix of a family ("ipv4" or
 // "ipv6"); none if it has no such route.
@@ -166,6 +172,9 @@ func (f *FRR) Neighbor(ctx context.Context, addr string) (state, lastError strin
 
 // Proc is bgpd's process.
 func (f *FRR) Proc() *Proc { return f.proc }
+
+// VTYSocket is the directory of bgpd's vty socket (vtysh --vty_socket).
+func (f *FRR) VTYSocket() string { return f.dir }
 
 // BIRD is BIRD 2 running in a node, queried with birdc on its socket.
 type BIRD struct {

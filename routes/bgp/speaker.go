@@ -50,6 +50,9 @@ type Options struct {
 	Logger          *slog.Logger
 	// Registerer takes the metrics; nil for none.
 	Registerer prometheus.Registerer
+	// OnPeerState, if set, is told when a session comes up or goes down,
+	// from GoBGP's goroutine: it must not block.
+	OnPeerState func(peer netip.Addr, established bool)
 }
 
 // Peer is a BGP neighbour.
@@ -255,6 +258,9 @@ func (sp *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) 
 		return
 	}
 	sp.m.established.WithLabelValues(addr.String()).Set(b2f(state == "established"))
+	if (state == "established" || prev == "established") && sp.o.OnPeerState != nil {
+		sp.o.OnPeerState(addr, state == "established")
+	}
 	if state == "established" || prev == "established" {
 		sp.m.transitions.WithLabelValues(addr.String(), state).Inc()
 		if state == "established" {

@@ -192,12 +192,21 @@ func TestRoutedHA(t *testing.T) {
 	_ = killed
 
 	// a comes back and preempts: the route follows it back, b withdraws.
+	// a preempts only once its BGP session is up, so FRR never loses
+	// the route meanwhile.
 	if ka, err = a.StartKeepvip(rtConfig("192.0.2.11", 150, "withdraw")); err != nil {
 		t.Fatal(err)
 	}
+	gaps := 0
 	waitRoute("the VIP back on a", 30*time.Second, func(best string, all []string) bool {
+		if len(all) == 0 {
+			gaps++
+		}
 		return best == "192.0.2.11" && len(all) == 1
 	})
+	if gaps > 0 {
+		t.Errorf("FRR had no route for the VIP in %d polls while a came back", gaps)
+	}
 
 	// backup: worse: the backup announces with a longer AS path, so FRR
 	// holds both and switches as soon as the master's route goes.
