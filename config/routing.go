@@ -26,6 +26,31 @@ type Routing struct {
 	Communities []string `json:"communities,omitempty"`
 	LocalPref   *uint32  `json:"localPref,omitempty"`
 	MED         *uint32  `json:"med,omitempty"`
+	// ECMP are VIPs that every node holds and announces at once, for
+	// active-active spreading over the nodes; not VRRP's.
+	ECMP []ECMPVIP `json:"ecmp,omitempty"`
+}
+
+// ECMPVIP is a VIP every node announces while it can serve it: always if
+// no virtual server has it, else while one of them has a healthy real
+// server. Use a consistent-hashing scheduler (mh) for its virtual
+// servers, so that a node joining or leaving moves few connections.
+type ECMPVIP struct {
+	VIP string `json:"vip"`
+	// Device holds the VIP on this node (so that IPVS and local services
+	// accept its traffic); default lo.
+	Device      string   `json:"device,omitempty"`
+	Communities []string `json:"communities,omitempty"`
+	LocalPref   *uint32  `json:"localPref,omitempty"`
+	MED         *uint32  `json:"med,omitempty"`
+}
+
+// ECMP is an ECMP VIP of a parsed Config.
+type ECMP struct {
+	// Addr is held on Device; Route is announced while it serves.
+	Addr   netip.Prefix
+	Device string
+	Route  routes.Route
 }
 
 // BGP configures the BGP speaker.
@@ -334,6 +359,97 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 	return out, errs
 }
 
+// ECMPVIPs returns the ECMP VIPs of a parsed Config.
+func (c *Config) ECMPVIPs() []ECMP {
+	out, _ := c.ecmp()
+	return out
+}
+
+func (c *Config) ecmp() ([]ECMP, []error) {
+	r := c.Routing
+	if r == nil || len(r.ECMP) == 0 {
+		return nil, nil
+	}
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &FieldError{path, fmt.Sprintf(format, args...)})
+	}
+	vrrpVIPs := map[netip.Addr]string{}
+	for i, in := range c.Instances {
+		for _, v := range in.VIPs {
+			if p, err := parseVIP(v); err == nil {
+				vrrpVIPs[p.Addr()] = fmt.Sprintf("instances[%d]", i)
+			}
+		}
+	}
+	e, _ := c.exporter()
+	var nh6 netip.Addr
+	if e != nil && e.Kind == "bgp" && r.BGP != nil {
+		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
+	}
+	seen := map[netip.Addr]int{}
+	var out []ECMP
+	for i, v := range r.ECMP {
+		path := fmt.Sprintf("routing.ecmp[%d]", i)
+		a, err := netip.ParseAddr(v.VIP)
+		if err != nil || a.Zone() != "" {
+			bad(path+".vip", "%q is not an IP address", v.VIP)
+			continue
+		}
+		a = a.Unmap()
+		if other, ok := vrrpVIPs[a]; ok {
+			bad(path+".vip", "%s is also a VIP of %s: a VIP is either VRRP's or every node's", a, other)
+			continue
+		}
+		if j, dup := seen[a]; dup {
+			bad(path+".vip", "%s is also routing.ecmp[%d]", a, j)
+			continue
+		}
+		seen[a] = i
+		dev := v.Device
+		if dev == "" {
+			dev = "lo"
+		}
+		if len(dev) > 15 || strings.ContainsAny(dev, "/ \t") {
+			bad(path+".device", "%q is not an interface name", dev)
+			continue
+		}
+		host := netip.PrefixFrom(a, a.BitLen())
+		rt := routes.Route{Prefix: host}
+		cs := v.Communities
+		if len(cs) == 0 {
+			cs = r.Communities
+		}
+		for j, s := range cs {
+			cm, err := routes.ParseCommunity(s)
+			if err != nil {
+				bad(fmt.Sprintf("%s.communities[%d]", path, j), "%v", err)
+				continue
+			}
+			rt.Communities = append(rt.Communities, cm)
+		}
+		for _, lp := range []*uint32{r.LocalPref, v.LocalPref} {
+			if lp != nil {
+				rt.LocalPref, rt.HasLocalPref = *lp, true
+			}
+		}
+		for _, med := range []*uint32{r.MED, v.MED} {
+			if med != nil {
+				rt.MED, rt.HasMED = *med, true
+			}
+		}
+		if a.Is6() && e != nil && e.Kind == "bgp" {
+			if !nh6.IsValid() {
+				bad(path+".vip", "announcing an IPv6 VIP over BGP needs routing.bgp.nextHop6")
+				continue
+			}
+			rt.NextHop = nh6
+		}
+		out = append(out, ECMP{Addr: host, Device: dev, Route: rt})
+	}
+	return out, errs
+}
+
 func (c *Config) validateRouting() []error {
 	if c.Routing == nil {
 		for i, in := range c.Instances {
@@ -346,6 +462,11 @@ func (c *Config) validateRouting() []error {
 	e, errs := c.exporter()
 	vips, aerrs := c.announcements()
 	errs = append(errs, aerrs...)
+	ecmp, eerrs := c.ecmp()
+	errs = append(errs, eerrs...)
+	for _, v := range ecmp {
+		vips = append(vips, announce.VIP{Master: v.Route})
+	}
 	if e != nil && e.Kind == "bgp" && c.Routing.BGP != nil {
 		var rs []routes.Route
 		for _, v := range vips {

@@ -108,3 +108,37 @@ instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: wor
 		})
 	}
 }
+
+func TestRoutingECMP(t *testing.T) {
+	c, err := Parse([]byte(routedBase + `  ecmp:
+  - {vip: 192.0.2.200}
+  - {vip: 192.0.2.201, device: eth1, communities: ["65000:9"], med: 5}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range c.ECMPVIPs() {
+		got = append(got, e.Device+" "+e.Addr.String()+" "+e.Route.String())
+	}
+	want := "lo 192.0.2.200/32 192.0.2.200/32 [65000:100] med 10\neth1 192.0.2.201/32 192.0.2.201/32 [65000:9] med 5"
+	if strings.Join(got, "\n") != want {
+		t.Errorf("ECMP VIPs:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
+	}
+	_, err = Parse([]byte(routedBase + `  ecmp:
+  - {vip: 192.0.2.102}
+  - {vip: nope}
+  - {vip: 192.0.2.202}
+  - {vip: 192.0.2.202}
+  - {vip: "2001:db8::9"}
+`))
+	for _, w := range []string{
+		"routing.ecmp[0].vip: 192.0.2.102 is also a VIP of instances[3]",
+		`routing.ecmp[1].vip: "nope" is not an IP address`,
+		"routing.ecmp[3].vip: 192.0.2.202 is also routing.ecmp[2]",
+	} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("Parse error %v; want %q", err, w)
+		}
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink/nl"
@@ -186,6 +188,11 @@ func (a *netlinkAddrs) releaseAll() error {
 // AddrProto; IPv6 ones skip duplicate address detection, so they are usable
 // at once (IFA_F_NODAD), as keepalived does.
 func addrRequest(sock map[int]*nl.SocketHandle, op, flags, ifindex int, p netip.Prefix) error {
+	return addrRequestProto(sock, op, flags, ifindex, p, AddrProto)
+}
+
+// addrRequestProto is addrRequest with another mark for added addresses.
+func addrRequestProto(sock map[int]*nl.SocketHandle, op, flags, ifindex int, p netip.Prefix, proto uint8) error {
 	fam := unix.AF_INET
 	if FamilyOf(p.Addr()) == IPv6 {
 		fam = unix.AF_INET6
@@ -203,7 +210,7 @@ func addrRequest(sock map[int]*nl.SocketHandle, op, flags, ifindex int, p netip.
 		if fam == unix.AF_INET6 {
 			req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, nl.Uint32Attr(unix.IFA_F_NODAD)))
 		}
-		req.AddData(nl.NewRtAttr(ifaProto, nl.Uint8Attr(AddrProto)))
+		req.AddData(nl.NewRtAttr(ifaProto, nl.Uint8Attr(proto)))
 	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
@@ -262,6 +269,53 @@ func listAddrs(sock map[int]*nl.SocketHandle, fam Family) ([]ifAddr, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// HeldAddrProto marks the addresses HoldAddrs keeps: VIPs that every node
+// holds at once (ECMP routing), apart from the VRRP VIPs (AddrProto),
+// which a starting Manager prunes.
+const HeldAddrProto = 0x6c
+
+// HoldAddrs makes the addresses marked proto on the interface exactly
+// want: it adds the missing ones (marked proto) and removes the others it
+// finds marked so, never an address without the mark. An address already
+// there without the mark is left alone and not added again.
+func HoldAddrs(ifname string, proto uint8, want []netip.Prefix) error {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("holding addresses on %s: %w", ifname, err)
+	}
+	var have []ifAddr
+	for _, fam := range []Family{IPv4, IPv6} {
+		as, err := listAddrs(nil, fam)
+		if err != nil {
+			return fmt.Errorf("holding addresses on %s: %w", ifname, err)
+		}
+		for _, a := range as {
+			if a.ifindex == ifi.Index {
+				have = append(have, a)
+			}
+		}
+	}
+	var errs []error
+	for _, w := range want {
+		present := slices.ContainsFunc(have, func(a ifAddr) bool { return a.prefix.Addr() == w.Addr() })
+		if present {
+			continue
+		}
+		if err := addrRequestProto(nil, unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifi.Index, w, proto); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", w, ifname, err))
+		}
+	}
+	for _, a := range have {
+		if a.proto != proto || slices.ContainsFunc(want, func(w netip.Prefix) bool { return w.Addr() == a.prefix.Addr() }) {
+			continue
+		}
+		if err := addrRequestProto(nil, unix.RTM_DELADDR, 0, ifi.Index, a.prefix, proto); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			errs = append(errs, fmt.Errorf("removing %s from %s: %w", a.prefix, ifname, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // sourceAddr picks the address adverts go out from on ifindex, as keepalived

@@ -111,13 +111,35 @@ type Balancer struct {
 	down    map[string]bool    // unhealthy targets, by key
 	pending map[lvs.Key]bool
 	wake    chan struct{}
+
+	onApplied func()
 }
 
 // New returns a Balancer over a director and a checker. Call Run, and
-// give the checker Balancer.HealthChanged as its OnChange.
-func New(log *slog.Logger, dir director, hc checker) *Balancer {
+// give the checker Balancer.HealthChanged as its OnChange. onApplied, if
+// set, is called (from Run, without blocking it for long) after health
+// changes reached IPVS: routes that depend on Serving follow.
+func New(log *slog.Logger, dir director, hc checker, onApplied func()) *Balancer {
 	return &Balancer{log: log, dir: dir, hc: hc, desired: map[lvs.Key]*Service{}, owner: map[string]lvs.Key{}, down: map[string]bool{},
-		pending: map[lvs.Key]bool{}, wake: make(chan struct{}, 1)}
+		pending: map[lvs.Key]bool{}, wake: make(chan struct{}, 1), onApplied: onApplied}
+}
+
+// Serving reports whether some virtual service of vip has a real server
+// that takes new connections (healthy, weight above 0).
+func (b *Balancer) Serving(vip netip.Addr) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, s := range b.desired {
+		if k.Addr != vip {
+			continue
+		}
+		for _, r := range b.effective(s).Reals {
+			if r.Weight > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TargetKey names the health check target of a real server.
@@ -252,6 +274,9 @@ func (b *Balancer) Run(ctx context.Context) {
 		}
 		if err := b.dir.Update(ctx, set, nil); err != nil {
 			b.log.Error("applying health to IPVS", "err", err)
+		}
+		if b.onApplied != nil {
+			b.onApplied()
 		}
 	}
 }

@@ -61,7 +61,7 @@ func svc(proto lvs.Protocol, port uint16, action Action) Service {
 func run(t *testing.T) (*Balancer, *fakeDirector, *fakeChecker) {
 	d := &fakeDirector{updates: make(chan []lvs.Service, 10)}
 	c := &fakeChecker{}
-	b := New(slog.New(slog.NewTextHandler(io.Discard, nil)), d, c)
+	b := New(slog.New(slog.NewTextHandler(io.Discard, nil)), d, c, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { b.Run(ctx); close(done) }()
@@ -158,5 +158,44 @@ func TestInvalidVersionKeepsTheLastGood(t *testing.T) {
 	}
 	if len(d.synced) != 1 || d.synced[0].Reals[0].Weight != 3 {
 		t.Errorf("IPVS got %+v; want the last good version", d.synced)
+	}
+}
+
+// Serving follows health: a VIP whose real servers are all down serves
+// nothing, and onApplied is told once IPVS has the change.
+func TestServing(t *testing.T) {
+	d := &fakeDirector{updates: make(chan []lvs.Service, 10)}
+	c := &fakeChecker{}
+	applied := make(chan struct{}, 10)
+	b := New(slog.New(slog.NewTextHandler(io.Discard, nil)), d, c, func() { applied <- struct{}{} })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	vip := netip.MustParseAddr("192.0.2.100")
+	if b.Serving(vip) {
+		t.Error("serving before any service")
+	}
+	if err := b.Sync(ctx, []Service{svc(lvs.TCP, 80, Drain)}); err != nil {
+		t.Fatal(err)
+	}
+	if !b.Serving(vip) || b.Serving(netip.MustParseAddr("192.0.2.7")) {
+		t.Error("Serving wrong after Sync")
+	}
+	for _, tg := range c.targets {
+		b.HealthChanged(healthcheck.Result{Key: tg.Key, Healthy: false})
+	}
+	for b.Serving(vip) {
+		next(t, d)
+	}
+	select {
+	case <-applied:
+	case <-time.After(5 * time.Second):
+		t.Fatal("onApplied not called")
+	}
+	b.HealthChanged(healthcheck.Result{Key: c.targets[0].Key, Healthy: true})
+	next(t, d)
+	if !b.Serving(vip) {
+		t.Error("not serving with a real server back")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,6 +30,7 @@ import (
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
 	"github.com/keepvip/keepvip/internal/kube"
+	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -86,9 +88,13 @@ type daemon struct {
 	mgr     *vrrp.Manager
 	routing *routing
 	cfg     *config.Config // in force; owned by Run's goroutine
-	reg     *prometheus.Registry
-	reloads *prometheus.CounterVec
-	cfgErrs prometheus.Gauge
+	// ECMP VIPs: the devices they are held on, and a kick when health
+	// changed what they can serve.
+	heldDevs map[string]bool
+	ecmpKick chan struct{}
+	reg      *prometheus.Registry
+	reloads  *prometheus.CounterVec
+	cfgErrs  prometheus.Gauge
 
 	mu       sync.Mutex
 	loadedAt time.Time
@@ -125,11 +131,13 @@ func Run(ctx context.Context, o Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d := &daemon{
-		opts:    o,
-		log:     o.Logger,
-		reg:     reg,
-		ipvs:    "not used",
-		routing: newRouting(o.Logger, reg),
+		opts:     o,
+		log:      o.Logger,
+		reg:      reg,
+		ipvs:     "not used",
+		routing:  newRouting(o.Logger, reg),
+		heldDevs: map[string]bool{},
+		ecmpKick: make(chan struct{}, 1),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepvip_config_reloads_total",
 			Help: "Configuration loads, by result (ok, error).",
@@ -222,6 +230,12 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case u := <-kubeUpdates:
 			d.applyKube(u)
+		case <-d.ecmpKick:
+			if d.cfg != nil {
+				if err := d.syncECMP(); err != nil {
+					d.log.Error("holding ECMP VIPs", "err", err)
+				}
+			}
 		case <-d.routing.ready:
 			if d.cfg != nil {
 				d.log.Info("a BGP session is up: instances preempt again")
@@ -244,8 +258,9 @@ func Run(ctx context.Context, o Options) error {
 				d.log.Error("stopping VRRP", "err", err)
 			}
 			// After the handoff: the new master announces before this
-			// node's routes go.
+			// node's routes go; the ECMP VIPs last, once not announced.
 			d.routing.stop()
+			d.releaseECMP()
 			if d.lb != nil {
 				d.lb.stop()
 			}
@@ -311,7 +326,7 @@ func (d *daemon) startLB(cfg *config.Config) error {
 	if d.lb != nil || len(cfg.VirtualServers) == 0 {
 		return nil
 	}
-	lb, err := startLB(d.log, d.reg, d.opts.StateDir, d.opts.ProcSys)
+	lb, err := startLB(d.log, d.reg, d.opts.StateDir, d.opts.ProcSys, d.kickECMP)
 	if err != nil {
 		d.mu.Lock()
 		d.ipvs = ipvsUnavailable(err)
@@ -361,11 +376,73 @@ func (d *daemon) apply(cfg *config.Config, problems ...string) {
 		d.log.Error("applying routing", "err", err)
 	}
 	rcancel()
+	if err := d.syncECMP(); err != nil {
+		errs = append(errs, strings.Split(err.Error(), "\n")...)
+		d.log.Error("holding ECMP VIPs", "err", err)
+	}
 	d.cfgErrs.Set(float64(len(errs)))
 	d.mu.Lock()
 	d.loadedAt = time.Now()
 	d.errs = errs
 	d.mu.Unlock()
+}
+
+// kickECMP asks Run to look at the ECMP VIPs again (health changed); it
+// never blocks.
+func (d *daemon) kickECMP() {
+	select {
+	case d.ecmpKick <- struct{}{}:
+	default:
+	}
+}
+
+// syncECMP holds the ECMP VIPs of the configuration in force on their
+// devices and announces those this node can serve, with the VIPs that
+// follow VRRP states.
+func (d *daemon) syncECMP() error {
+	var errs []error
+	byDev := map[string][]netip.Prefix{}
+	var static []routes.Route
+	hasVS := map[netip.Addr]bool{}
+	for _, vs := range d.cfg.VirtualServers {
+		if a, err := netip.ParseAddr(vs.VIP); err == nil {
+			hasVS[a.Unmap()] = true
+		}
+	}
+	for _, e := range d.cfg.ECMPVIPs() {
+		byDev[e.Device] = append(byDev[e.Device], e.Addr)
+		serving := !hasVS[e.Addr.Addr()] || (d.lb != nil && d.lb.bal.Serving(e.Addr.Addr()))
+		if serving {
+			static = append(static, e.Route)
+		}
+	}
+	for dev := range d.heldDevs {
+		if _, ok := byDev[dev]; !ok {
+			byDev[dev] = nil // release
+		}
+	}
+	for dev, addrs := range byDev {
+		if err := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, addrs); err != nil {
+			errs = append(errs, err)
+		}
+		if len(addrs) == 0 {
+			delete(d.heldDevs, dev)
+		} else {
+			d.heldDevs[dev] = true
+		}
+	}
+	d.routing.ctl.Set(d.cfg.Announcements(), static)
+	return errors.Join(errs...)
+}
+
+// releaseECMP removes the ECMP VIPs from their devices.
+func (d *daemon) releaseECMP() {
+	for dev := range d.heldDevs {
+		if err := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, nil); err != nil {
+			d.log.Error("releasing ECMP VIPs", "err", err)
+		}
+	}
+	clear(d.heldDevs)
 }
 
 // syncVRRP runs the instances of the configuration in force. Until a

@@ -70,7 +70,7 @@ type loadBalancer struct {
 }
 
 // startLB opens IPVS and starts the health checker and the balancer.
-func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys string) (*loadBalancer, error) {
+func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys string, onApplied func()) (*loadBalancer, error) {
 	// moby/ipvs logs through logrus; send that to our log.
 	logrus.SetOutput(slogWriter{log.With("from", "moby/ipvs")})
 	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
@@ -84,7 +84,7 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 	}
 	lb := &loadBalancer{log: log, dir: dir, procSys: procSys}
 	lb.hc = healthcheck.New(healthcheck.Options{Logger: log, Registerer: reg, OnChange: func(r healthcheck.Result) { lb.bal.HealthChanged(r) }})
-	lb.bal = balancer.New(log, dir, lb.hc)
+	lb.bal = balancer.New(log, dir, lb.hc, onApplied)
 	ctx, cancel := context.WithCancel(context.Background())
 	lb.cancel = cancel
 	lb.wg.Add(3)

@@ -81,7 +81,6 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 		r.closeExporter()
 	}
 	if spec == nil {
-		r.ctl.Set(nil, nil)
 		return nil
 	}
 	if r.spec == nil {
@@ -112,7 +111,6 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 		err = r.speaker.SetPeers(ctx, spec.Peers)
 		r.spec.Peers = spec.Peers
 	}
-	r.ctl.Set(cfg.Announcements(), nil)
 	return err
 }
 

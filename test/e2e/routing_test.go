@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -231,4 +232,99 @@ func TestRoutedHA(t *testing.T) {
 	waitRoute("b's master path", 10*time.Second, func(best string, all []string) bool {
 		return best == "192.0.2.12" && len(all) == 1 && strings.HasSuffix(all[0], "[65001]")
 	})
+}
+
+// ECMP: every node holds the VIP and announces it; FRR spreads over both;
+// a node that stops takes its path away.
+func TestRoutedECMP(t *testing.T) {
+	lab.Require(t, "vtysh", lab.FRRBinary)
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	add := func(name, addr string) *lab.Node {
+		n, err := l.AddNode(name, netip.MustParsePrefix(addr+"/24"), netip.Prefix{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	frrNode := add("frr", "192.0.2.1")
+	a, b := add("a", "192.0.2.11"), add("b", "192.0.2.12")
+	conf := rtFRRConf() + " address-family ipv4 unicast\n  maximum-paths 4\n exit-address-family\n"
+	frr, err := frrNode.StartFRR(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := func(self string) string {
+		return fmt.Sprintf(`instances: []
+routing:
+  ecmp: [{vip: 192.0.2.200}]
+  bgp:
+    asn: 65001
+    routerID: %s
+    peers: [{address: 192.0.2.1, asn: 65000, password: s3cret, holdTime: 9s, keepaliveInterval: 3s}]
+`, self)
+	}
+	ka, err := a.StartKeepvip(cfg("192.0.2.11"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := b.StartKeepvip(cfg("192.0.2.12"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	paths := func() []string {
+		ps, err := frr.Route(ctx, "ipv4", "192.0.2.200/32")
+		if err != nil {
+			return []string{err.Error()}
+		}
+		var out []string
+		for _, p := range ps {
+			if len(p.Nexthops) > 0 {
+				out = append(out, p.Nexthops[0].IP)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	waitPaths := func(what string, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if slices.Equal(paths(), want) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("FRR: %s: paths %v, want %v\na:\n%s", what, paths(), want, clTail(clNoDebug(ka.Log()), 20))
+	}
+	waitPaths("both nodes", "192.0.2.11", "192.0.2.12")
+	// FRR installs both as a multipath route.
+	out, err := frr.VTY(ctx, "show bgp ipv4 unicast 192.0.2.200/32")
+	if err != nil || strings.Count(out, "multipath") < 2 {
+		t.Errorf("FRR does not use both paths:\n%s %v", out, err)
+	}
+	onLo := func(n *lab.Node) bool {
+		out, err := n.Exec(ctx, "ip", "-4", "addr", "show", "dev", "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(string(out), "inet 192.0.2.200/32")
+	}
+	for _, n := range []*lab.Node{a, b} {
+		if !onLo(n) {
+			t.Errorf("%s does not hold the ECMP VIP on lo", n.Name)
+		}
+	}
+	// b stops: its path goes, and so does its VIP.
+	if err := kb.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitPaths("a alone", "192.0.2.11")
+	if onLo(b) {
+		t.Error("b still holds the ECMP VIP after stopping")
+	}
 }
