@@ -23,6 +23,15 @@ type FRR struct {
 // FRRBinary is where Debian's frr package puts bgpd.
 const FRRBinary = "/usr/lib/frr/bgpd"
 
+// frrBinary is bgpd on PATH (the test VM copies it there), else
+// FRRBinary.
+func frrBinary() string {
+	if p, err := exec.LookPath("bgpd"); err == nil {
+		return p
+	}
+	return FRRBinary
+}
+
 // StartFRR runs bgpd in n with conf (FRR's configuration language) and
 // waits until vtysh answers.
 func (n *Node) StartFRR(conf string) (*FRR, error) {
@@ -36,7 +45,7 @@ func (n *Node) StartFRR(conf string) (*FRR, error) {
 	}
 	// -S: stay root, so that it needs no frr-owned directories; -N: its
 	// own path space, so that nothing clashes with another bgpd.
-	p, err := n.Start("bgpd", FRRBinary, "-Z", "-S", "-N", n.lab.id+"-"+n.Name, "-f", path,
+	p, err := n.Start("bgpd", frrBinary(), "-Z", "-S", "-N", n.lab.id+"-"+n.Name, "-f", path,
 		"-i", filepath.Join(dir, "bgpd.pid"), "--vty_socket", dir, "--log", "stdout")
 	if err != nil {
 		return nil, err

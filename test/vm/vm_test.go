@@ -117,6 +117,14 @@ func TestVM(t *testing.T) {
 	for _, p := range pkgs {
 		if p.rel == kubePkg {
 			kubeForGuest(t, ctx, root, &opts)
+			// BIRD for the routing tests, with its shared libraries (FRR's
+			// vtysh needs PAM, which the guest has not).
+			for _, b := range []string{"/usr/sbin/bird", "/usr/sbin/birdc"} {
+				if _, err := os.Stat(b); err != nil {
+					t.Fatalf("the VM's routing tests need BIRD (%v): make deps installs it", err)
+				}
+				opts.Binaries = append(opts.Binaries, b)
+			}
 		}
 	}
 	for _, p := range pkgs {
@@ -149,7 +157,7 @@ func TestVM(t *testing.T) {
 	}
 }
 
-// kubePkg has the guest tests of Kubernetes mode with IPVS.
+// kubePkg has the guest tests of Kubernetes mode and of routing with IPVS.
 const kubePkg = "test/ipvs"
 
 // kubeForGuest starts an API server on the host for the guest's
@@ -182,6 +190,7 @@ func kubeForGuest(t *testing.T, ctx context.Context, root string, opts *vm.Optio
 		opts.Files[guest] = dst
 	}
 	opts.Env = append(opts.Env, "KEEPVIP_KUBECONFIG_ADMIN=/kube/admin.kubeconfig", "KEEPVIP_KUBECONFIG_SA=/kube/keepvip.kubeconfig")
+
 	opts.UserNet = true
 	t.Logf("API server for the guest at %s (host %s)", server, cl.URL())
 }
