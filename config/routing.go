@@ -29,6 +29,10 @@ type Routing struct {
 	// ECMP are VIPs that every node holds and announces at once, for
 	// active-active spreading over the nodes; not VRRP's.
 	ECMP []ECMPVIP `json:"ecmp,omitempty"`
+	// Static are prefixes every node announces while keepvip runs, with
+	// no address held (in Kubernetes: the cluster and external IPs of
+	// Services, which kube-proxy serves on every node).
+	Static []string `json:"static,omitempty"`
 }
 
 // ECMPVIP is a VIP every node announces while it can serve it: always if
@@ -359,6 +363,61 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 	return out, errs
 }
 
+// StaticRoutes returns the routes of Routing.Static of a parsed Config.
+func (c *Config) StaticRoutes() []routes.Route {
+	out, _ := c.static()
+	return out
+}
+
+func (c *Config) static() ([]routes.Route, []error) {
+	r := c.Routing
+	if r == nil {
+		return nil, nil
+	}
+	var errs []error
+	var out []routes.Route
+	base := routes.Route{}
+	for _, s := range r.Communities {
+		if cm, err := routes.ParseCommunity(s); err == nil {
+			base.Communities = append(base.Communities, cm)
+		}
+	}
+	if r.LocalPref != nil {
+		base.LocalPref, base.HasLocalPref = *r.LocalPref, true
+	}
+	if r.MED != nil {
+		base.MED, base.HasMED = *r.MED, true
+	}
+	e, _ := c.exporter()
+	var nh6 netip.Addr
+	if e != nil && e.Kind == "bgp" && r.BGP != nil {
+		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
+	}
+	for i, s := range r.Static {
+		path := fmt.Sprintf("routing.static[%d]", i)
+		p, err := parseVIP(s)
+		if err != nil {
+			errs = append(errs, &FieldError{path, err.Error()})
+			continue
+		}
+		if p != p.Masked() {
+			errs = append(errs, &FieldError{path, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked())})
+			continue
+		}
+		rt := base
+		rt.Prefix = p
+		if p.Addr().Is6() && e != nil && e.Kind == "bgp" {
+			if !nh6.IsValid() {
+				errs = append(errs, &FieldError{path, "announcing an IPv6 prefix over BGP needs routing.bgp.nextHop6"})
+				continue
+			}
+			rt.NextHop = nh6
+		}
+		out = append(out, rt)
+	}
+	return out, errs
+}
+
 // ECMPVIPs returns the ECMP VIPs of a parsed Config.
 func (c *Config) ECMPVIPs() []ECMP {
 	out, _ := c.ecmp()
@@ -467,6 +526,11 @@ func (c *Config) validateRouting() []error {
 	for _, v := range ecmp {
 		vips = append(vips, announce.VIP{Master: v.Route})
 	}
+	static, serrs := c.static()
+	errs = append(errs, serrs...)
+	for _, r := range static {
+		vips = append(vips, announce.VIP{Master: r})
+	}
 	if e != nil && e.Kind == "bgp" && c.Routing.BGP != nil {
 		var rs []routes.Route
 		for _, v := range vips {
@@ -480,6 +544,22 @@ func (c *Config) validateRouting() []error {
 				continue // reported above with what was written
 			}
 			errs = append(errs, &FieldError{"routing.bgp", err.Error()})
+		}
+	}
+	return errs
+}
+
+// Check returns the problems of an announce block on its own, under path
+// (what does not depend on the peers: modes, communities, prepending
+// range), for the vip-configmap, which checks instances before it knows
+// the node.
+func (a *Announce) Check(path string) []error {
+	c := Config{Instances: []Instance{{Name: "x", Announce: a}},
+		Routing: &Routing{Exporter: "kernel", Kernel: &KernelTable{Table: 1}}}
+	_, errs := c.announcements()
+	for _, e := range errs {
+		if fe, ok := e.(*FieldError); ok {
+			fe.Path = path + strings.TrimPrefix(fe.Path, "instances[0].announce")
 		}
 	}
 	return errs

@@ -142,3 +142,22 @@ func TestRoutingECMP(t *testing.T) {
 		}
 	}
 }
+
+func TestRoutingStatic(t *testing.T) {
+	c, err := Parse([]byte(routedBase + "  static: [10.96.0.10/32, 198.51.100.0/24, \"2001:db8:5::/64\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range c.StaticRoutes() {
+		got = append(got, r.String())
+	}
+	want := "10.96.0.10/32 [65000:100] med 10\n198.51.100.0/24 [65000:100] med 10\n2001:db8:5::/64 via 2001:db8:1::11 [65000:100] med 10"
+	if strings.Join(got, "\n") != want {
+		t.Errorf("static:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
+	}
+	if _, err := Parse([]byte(routedBase + "  static: [198.51.100.1/24, x]\n")); err == nil ||
+		!strings.Contains(err.Error(), "routing.static[0]: 198.51.100.1/24 has host bits set") || !strings.Contains(err.Error(), "routing.static[1]") {
+		t.Errorf("bad static prefixes: %v", err)
+	}
+}

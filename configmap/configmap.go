@@ -77,6 +77,8 @@ type Spec struct {
 	// NodeSelector picks the nodes that take part (unicast peers, node
 	// order); empty selects every node.
 	NodeSelector string
+	// Routing announces the VIPs to routers; nil: nothing is.
+	Routing *Routing
 
 	legacyKeys []string // the VIP keys that were good
 }
@@ -141,6 +143,43 @@ type document struct {
 	VirtualServers []VirtualServer `json:"virtualServers,omitempty"`
 	Kernel         config.Kernel   `json:"kernel,omitempty"`
 	NodeSelector   string          `json:"nodeSelector,omitempty"`
+	Routing        *Routing        `json:"routing,omitempty"`
+}
+
+// Routing is the routing section of a configuration file, in the
+// vip-configmap: the BGP router ID and IPv6 next hop default to this
+// node's addresses, and the Services the ConfigMap names can have their
+// IPs announced from every node (kube-router's --advertise-cluster-ip and
+// --advertise-external-ip), off by default.
+type Routing struct {
+	config.Routing       `json:",inline"`
+	AdvertiseClusterIPs  bool `json:"advertiseClusterIPs,omitempty"`
+	AdvertiseExternalIPs bool `json:"advertiseExternalIPs,omitempty"`
+}
+
+// check validates r as far as can be known without the node: with a
+// router ID and an IPv6 next hop standing in for the node's.
+func (r *Routing) check() []error {
+	c := r.Routing
+	if c.BGP != nil {
+		b := *c.BGP
+		if b.RouterID == "" {
+			b.RouterID = "192.0.2.1"
+		}
+		if b.NextHop6 == "" {
+			b.NextHop6 = "2001:db8::1"
+		}
+		c.BGP = &b
+	}
+	cfg := config.Config{Routing: &c}
+	if err := cfg.Validate(); err != nil {
+		var out []error
+		for _, m := range strings.Split(err.Error(), "\n") {
+			out = append(out, errors.New(m))
+		}
+		return out
+	}
+	return nil
 }
 
 // Parse reads the ConfigMap's data. prev is the Spec in force (nil at
@@ -276,6 +315,7 @@ func (p *parser) structured(raw string) {
 			p.out.VirtualServers = append(p.out.VirtualServers, p.prev.fromSourcePrefix(StructuredKey)...)
 			p.out.Kernel = p.prev.Kernel
 			p.out.NodeSelector = p.prev.NodeSelector
+			p.out.Routing = p.prev.Routing
 		}
 		return
 	}
@@ -287,6 +327,18 @@ func (p *parser) structured(raw string) {
 			}
 		} else {
 			p.out.NodeSelector = doc.NodeSelector
+		}
+	}
+	if doc.Routing != nil {
+		if errs := doc.Routing.check(); len(errs) > 0 {
+			for _, e := range errs {
+				p.bad(StructuredKey, "", "%v", e)
+			}
+			if p.prev != nil {
+				p.out.Routing = p.prev.Routing // the last good one
+			}
+		} else {
+			p.out.Routing = doc.Routing
 		}
 	}
 	kc := config.Config{Kernel: doc.Kernel}
@@ -471,6 +523,9 @@ func (in *Instance) check(path string) []error {
 	}
 	vc, ierrs := c.Check(path)
 	errs = append(errs, ierrs...)
+	if c.Announce != nil {
+		errs = append(errs, c.Announce.Check(path+".announce")...)
+	}
 	if in.Name == "" && len(ierrs) == 0 {
 		// As in a configuration file, "<interface>-<vrid>"; with the
 		// node's interface, which differs between nodes, "vrid-<vrid>".
@@ -752,8 +807,8 @@ func (s *Spec) Data() (map[string]string, error) {
 		doc.Instances = append(doc.Instances, in)
 	}
 	doc.VirtualServers = s.fromSourcePrefix(StructuredKey)
-	doc.Kernel, doc.NodeSelector = s.Kernel, s.NodeSelector
-	if len(doc.Instances) > 0 || len(doc.VirtualServers) > 0 || doc.NodeSelector != "" || !reflect.ValueOf(doc.Kernel).IsZero() {
+	doc.Kernel, doc.NodeSelector, doc.Routing = s.Kernel, s.NodeSelector, s.Routing
+	if len(doc.Instances) > 0 || len(doc.VirtualServers) > 0 || doc.NodeSelector != "" || !reflect.ValueOf(doc.Kernel).IsZero() || doc.Routing != nil {
 		b, err := yaml.Marshal(doc)
 		if err != nil {
 			return nil, fmt.Errorf("rendering the configuration: %w", err)

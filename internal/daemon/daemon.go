@@ -431,7 +431,7 @@ func (d *daemon) syncECMP() error {
 			d.heldDevs[dev] = true
 		}
 	}
-	d.routing.ctl.Set(d.cfg.Announcements(), static)
+	d.routing.ctl.Set(d.cfg.Announcements(), append(static, d.cfg.StaticRoutes()...))
 	return errors.Join(errs...)
 }
 

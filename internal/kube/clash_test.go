@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -74,5 +75,49 @@ func TestResolveKeepsAnInstanceThroughANodeGlitch(t *testing.T) {
 	}
 	if cfg, _ := Resolve(spec, c, host); len(cfg.Instances) != 1 || cfg.Instances[0].Interface != "eth0" {
 		t.Errorf("with the node's address gone: %+v", cfg.Instances)
+	}
+}
+
+// Routing in the vip-configmap: the router ID and the IPv6 next hop are
+// each node's own; the named Services' cluster and external IPs are
+// announced when asked.
+func TestResolveRouting(t *testing.T) {
+	w := threeNodes()
+	web := w.services["default/web"]
+	web.Spec.ClusterIPs = []string{"10.96.0.50", "fd96::50"}
+	web.Spec.ExternalIPs = []string{"203.0.113.5"}
+	spec := parse(t, map[string]string{configmap.StructuredKey: `
+instances: [{name: web, vrid: 61, vips: [10.0.0.60], announce: {backup: worse}}]
+virtualServers: [{vip: 10.0.0.60, service: default/web}]
+routing:
+  advertiseClusterIPs: true
+  advertiseExternalIPs: true
+  bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000}]}
+`}, configmap.DefaultDefaults())
+	for node, want := range map[string]string{"node-a": "192.168.1.1 fd00::1", "node-b": "192.168.1.2 fd00::2"} {
+		cfg, ps := Resolve(spec, w.cluster(node), host)
+		if len(ps) != 0 || cfg.Routing == nil || cfg.Routing.BGP == nil {
+			t.Fatalf("%s: %+v %v", node, cfg, ps)
+		}
+		if got := cfg.Routing.BGP.RouterID + " " + cfg.Routing.BGP.NextHop6; got != want {
+			t.Errorf("%s: router ID and next hop %q; want %q", node, got, want)
+		}
+		if got := strings.Join(cfg.Routing.Static, " "); got != "10.96.0.50/32 fd96::50/128 203.0.113.5/32" {
+			t.Errorf("%s: static %q", node, got)
+		}
+		if a := cfg.Announcements(); len(a) != 1 || a[0].Backup == nil || a[0].Backup.Prepend != 3 {
+			t.Errorf("%s: announcements %+v", node, a)
+		}
+	}
+	// A bad announce block is the ConfigMap's problem, reported by Parse.
+	_, ps := configmap.Parse(map[string]string{configmap.StructuredKey: `
+instances: [{name: web, vrid: 61, vips: [10.0.0.60], announce: {backup: later}}]
+routing: {bgp: {asn: 0, peers: [{address: 192.168.1.254, asn: 65000}]}}
+`}, configmap.DefaultDefaults(), nil)
+	all := fmt.Sprint(ps)
+	for _, want := range []string{`instances[0].announce.backup: "later": want withdraw or worse`, "routing.bgp: asn: 0 is outside"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("problems %s; want %q", all, want)
+		}
 	}
 }

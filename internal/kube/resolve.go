@@ -64,6 +64,9 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 	if !r.selectNodes() {
 		return r.out, r.problems
 	}
+	if spec.Routing != nil {
+		r.routing(spec.Routing)
+	}
 	for _, in := range spec.Instances {
 		r.instance(in)
 	}
@@ -101,9 +104,19 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 }
 
 // withoutClashes rebuilds the configuration entry by entry, leaving out
-// and reporting each one that makes it invalid.
+// and reporting each one that makes it invalid; routing first, without
+// which announce blocks are dropped too.
 func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
-	out := &config.Config{Kernel: r.out.Kernel}
+	out := &config.Config{Kernel: r.out.Kernel, Routing: r.out.Routing}
+	if out.Routing != nil {
+		if err := out.Validate(); err != nil {
+			r.bad("config.yaml routing", "left out on this node: %v", err)
+			out.Routing = nil
+			for i := range r.out.Instances {
+				r.out.Instances[i].Announce = nil
+			}
+		}
+	}
 	for i, in := range r.out.Instances {
 		try := *out
 		try.Instances = append(slices.Clone(out.Instances), in)
@@ -275,6 +288,71 @@ func (r *resolver) instance(in configmap.Instance) {
 		return
 	}
 	r.add(out, in.Source)
+}
+
+// routing resolves the routing section for this node: the BGP router ID
+// and IPv6 next hop default to its addresses; the Services the ConfigMap
+// names have their cluster and external IPs announced if asked.
+func (r *resolver) routing(rt *configmap.Routing) {
+	out := rt.Routing
+	const src = "config.yaml routing"
+	if out.BGP != nil {
+		b := *out.BGP
+		if b.RouterID == "" {
+			a := nodeAddress(r.self, false)
+			if !a.IsValid() {
+				r.bad(src, "node %s has no IPv4 address to be the BGP router ID: set routing.bgp.routerID", r.self.Name)
+				return
+			}
+			b.RouterID = a.String()
+		}
+		if b.NextHop6 == "" {
+			if a := nodeAddress(r.self, true); a.IsValid() {
+				b.NextHop6 = a.String()
+			}
+		}
+		out.BGP = &b
+	}
+	out.Static = slices.Clone(out.Static)
+	if rt.AdvertiseClusterIPs || rt.AdvertiseExternalIPs {
+		seen := map[string]bool{}
+		for _, s := range out.Static {
+			seen[s] = true
+		}
+		var names []string
+		for _, vs := range r.spec.VirtualServers {
+			if vs.Service != "" && !slices.Contains(names, vs.Service) {
+				names = append(names, vs.Service)
+			}
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			ns, n, _ := strings.Cut(name, "/")
+			svc := r.c.Service(ns, n)
+			if svc == nil {
+				continue // reported with its virtual server
+			}
+			var ips []string
+			if rt.AdvertiseClusterIPs {
+				ips = append(ips, svc.Spec.ClusterIPs...)
+			}
+			if rt.AdvertiseExternalIPs {
+				ips = append(ips, svc.Spec.ExternalIPs...)
+			}
+			for _, ip := range ips {
+				a, err := netip.ParseAddr(ip)
+				if err != nil {
+					continue // "None": a headless Service
+				}
+				p := netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()).String()
+				if !seen[p] {
+					seen[p] = true
+					out.Static = append(out.Static, p)
+				}
+			}
+		}
+	}
+	r.out.Routing = &out
 }
 
 func parseVIP(s string) (netip.Prefix, error) {
