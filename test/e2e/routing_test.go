@@ -328,3 +328,69 @@ routing:
 		t.Error("b still holds the ECMP VIP after stopping")
 	}
 }
+
+// The routing-table exporter: the master's VIP route goes into table 200,
+// where a BIRD on the same node learns it (to redistribute it); the route
+// leaves when keepvip stops.
+func TestRoutedKernelTable(t *testing.T) {
+	lab.Require(t, "bird", "birdc")
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	a, err := l.AddNode("a", netip.MustParsePrefix("192.0.2.11/24"), netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bird, err := a.StartBIRD(`router id 192.0.2.11;
+protocol device {}
+protocol kernel t200 {
+  kernel table 200;
+  learn;
+  scan time 1;
+  ipv4 { import all; export none; };
+}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := a.StartKeepvip(`instances:
+- {name: vi, interface: eth0, vrid: 51, advertInterval: 100ms, vips: [192.0.2.100/32]}
+routing:
+  exporter: kernel
+  kernelTable: {table: 200}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	learnt := func() bool {
+		out, err := bird.Cmd(ctx, "show route 192.0.2.100/32")
+		return err == nil && strings.Contains(out, "192.0.2.100/32") && strings.Contains(out, "t200")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !learnt() {
+		if time.Now().After(deadline) {
+			out, _ := a.Exec(ctx, "ip", "route", "show", "table", "200")
+			t.Fatalf("BIRD did not learn the VIP from table 200; the table:\n%s\nkeepvip:\n%s", out, clTail(clNoDebug(k.Log()), 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	st, err := k.Status(ctx)
+	if err != nil || st.Routing == nil || st.Routing.Exporter != "kernel table 200" || len(st.Routing.Announced) != 1 {
+		t.Errorf("status: %+v %v", st.Routing, err)
+	}
+	if err := k.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.Exec(ctx, "ip", "route", "show", "table", "200")
+	if err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("table 200 after keepvip stopped: %q %v", out, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); learnt(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("BIRD still has the VIP after keepvip stopped")
+		}
+	}
+}
