@@ -315,11 +315,28 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 				errs = append(errs, &FieldError{path + ".backup", "backupPrepend and backupLocalPref need backup: worse"})
 			}
 		case "worse":
+			if e != nil && e.Kind == "kernel" {
+				// The table keeps a prefix and a next hop: a backup's
+				// route would be the master's.
+				errs = append(errs, &FieldError{path + ".backup", "worse needs the bgp exporter: a routing table cannot carry a worse path, so backups would attract the traffic"})
+				break
+			}
 			b := master
 			b.LocalPref, b.HasLocalPref = 50, true
 			if a.BackupLocalPref != nil {
 				b.LocalPref = *a.BackupLocalPref
 			}
+			masterPref := uint32(100) // what iBGP assumes without it
+			if master.HasLocalPref {
+				masterPref = master.LocalPref
+			}
+			if b.LocalPref >= masterPref {
+				errs = append(errs, &FieldError{path + ".backupLocalPref", fmt.Sprintf("%d is not below the master's local preference %d: the backup would be preferred", b.LocalPref, masterPref)})
+			}
+			// MED too: every node is in the same AS, so routers compare
+			// it, and it reaches eBGP peers, which get no local
+			// preference and, with an iBGP peer, no prepending either.
+			b.MED, b.HasMED = master.MED+100, true
 			if !ibgp {
 				b.Prepend = 3
 			}
@@ -523,12 +540,24 @@ func (c *Config) validateRouting() []error {
 	errs = append(errs, aerrs...)
 	ecmp, eerrs := c.ecmp()
 	errs = append(errs, eerrs...)
-	for _, v := range ecmp {
-		vips = append(vips, announce.VIP{Master: v.Route})
-	}
 	static, serrs := c.static()
 	errs = append(errs, serrs...)
-	for _, r := range static {
+	// One owner per prefix: a static prefix that is also a VIP would be
+	// announced whatever VRRP or health says.
+	owner := map[netip.Prefix]string{}
+	for _, v := range vips {
+		owner[v.Master.Prefix] = "a VIP of instance " + v.Instance
+	}
+	for i, v := range ecmp {
+		owner[v.Addr] = fmt.Sprintf("routing.ecmp[%d]", i)
+		vips = append(vips, announce.VIP{Master: v.Route})
+	}
+	for i, r := range static {
+		if other, dup := owner[r.Prefix]; dup {
+			errs = append(errs, &FieldError{fmt.Sprintf("routing.static[%d]", i), fmt.Sprintf("%s is also %s", r.Prefix, other)})
+			continue
+		}
+		owner[r.Prefix] = fmt.Sprintf("routing.static[%d]", i)
 		vips = append(vips, announce.VIP{Master: r})
 	}
 	if e != nil && e.Kind == "bgp" && c.Routing.BGP != nil {
@@ -554,8 +583,11 @@ func (c *Config) validateRouting() []error {
 // range), for the vip-configmap, which checks instances before it knows
 // the node.
 func (a *Announce) Check(path string) []error {
+	// Against a stand-in eBGP speaker: what depends on the real peers and
+	// exporter is checked once the node's configuration is resolved.
 	c := Config{Instances: []Instance{{Name: "x", Announce: a}},
-		Routing: &Routing{Exporter: "kernel", Kernel: &KernelTable{Table: 1}}}
+		Routing: &Routing{BGP: &BGP{ASN: 65534, RouterID: "192.0.2.1", NextHop6: "2001:db8::1",
+			Peers: []BGPPeer{{Address: "192.0.2.2", ASN: 65533}}}}}
 	_, errs := c.announcements()
 	for _, e := range errs {
 		if fe, ok := e.(*FieldError); ok {

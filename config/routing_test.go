@@ -41,8 +41,8 @@ func TestRoutingParses(t *testing.T) {
 		got = append(got, s)
 	}
 	want := []string{
-		"web 192.0.2.100/32 [65000:7] med 10 | backup 192.0.2.100/32 [65000:7] localpref 50 med 10 prepend 3",
-		"web6 2001:db8::100/128 via 2001:db8:1::11 [65000:7] med 10 | backup 2001:db8::100/128 via 2001:db8:1::11 [65000:7] localpref 50 med 10 prepend 3",
+		"web 192.0.2.100/32 [65000:7] med 10 | backup 192.0.2.100/32 [65000:7] localpref 50 med 110 prepend 3",
+		"web6 2001:db8::100/128 via 2001:db8:1::11 [65000:7] med 10 | backup 2001:db8::100/128 via 2001:db8:1::11 [65000:7] localpref 50 med 110 prepend 3",
 		"db 192.0.2.102/32 [65000:100] med 10",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
@@ -91,6 +91,18 @@ routing: {exporter: ospf}`,
 instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
 routing: {exporter: kernel, kernelTable: {table: 255}}`,
 			[]string{"routing.kernelTable: table: 255 is the kernel's local table"}},
+		{"worse with the kernel exporter", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse}}]
+routing: {exporter: kernel, kernelTable: {table: 200}}`,
+			[]string{"instances[0].announce.backup: worse needs the bgp exporter"}},
+		{"a backup preferred", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse, localPref: 40}}]
+routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65001}]}}`,
+			[]string{"instances[0].announce.backupLocalPref: 50 is not below the master's local preference 40"}},
+		{"static also a VIP", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {static: [192.0.2.1/32, 198.51.100.0/24, 198.51.100.0/24], ecmp: [{vip: 192.0.2.9}], bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000}]}}`,
+			[]string{"routing.static[0]: 192.0.2.1/32 is also a VIP of instance eth0-1", "routing.static[2]: 198.51.100.0/24 is also routing.static[1]"}},
 		{"announce without routing", `
 instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse}}]`,
 			[]string{"instances[0].announce: needs a routing section"}},

@@ -236,6 +236,16 @@ func Run(ctx context.Context, o Options) error {
 					d.log.Error("holding ECMP VIPs", "err", err)
 				}
 			}
+		case <-d.routing.retry:
+			if d.cfg != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if err := d.routing.apply(ctx, d.cfg); err != nil {
+					d.log.Error("starting routing again", "err", err)
+				} else if err := d.syncECMP(); err != nil {
+					d.log.Error("holding ECMP VIPs", "err", err)
+				}
+				cancel()
+			}
 		case <-d.routing.ready:
 			if d.cfg != nil {
 				d.log.Info("a BGP session is up: instances preempt again")
@@ -409,26 +419,34 @@ func (d *daemon) syncECMP() error {
 			hasVS[a.Unmap()] = true
 		}
 	}
-	for _, e := range d.cfg.ECMPVIPs() {
+	ecmp := d.cfg.ECMPVIPs()
+	for _, e := range ecmp {
 		byDev[e.Device] = append(byDev[e.Device], e.Addr)
-		serving := !hasVS[e.Addr.Addr()] || (d.lb != nil && d.lb.bal.Serving(e.Addr.Addr()))
-		if serving {
-			static = append(static, e.Route)
-		}
 	}
 	for dev := range d.heldDevs {
 		if _, ok := byDev[dev]; !ok {
 			byDev[dev] = nil // release
 		}
 	}
+	held := map[string]bool{}
 	for dev, addrs := range byDev {
 		if err := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, addrs); err != nil {
 			errs = append(errs, err)
+		} else {
+			held[dev] = true
 		}
 		if len(addrs) == 0 {
 			delete(d.heldDevs, dev)
 		} else {
 			d.heldDevs[dev] = true
+		}
+	}
+	// Announced only where held (a node that could not add the VIP
+	// would attract traffic it drops) and while it can serve.
+	for _, e := range ecmp {
+		serving := !hasVS[e.Addr.Addr()] || (d.lb != nil && d.lb.bal.Serving(e.Addr.Addr()))
+		if held[e.Device] && serving {
+			static = append(static, e.Route)
 		}
 	}
 	d.routing.ctl.Set(d.cfg.Announcements(), append(static, d.cfg.StaticRoutes()...))

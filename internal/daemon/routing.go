@@ -45,8 +45,17 @@ type routing struct {
 	// comes up: preemption, held back until then, is let go.
 	ready chan struct{}
 
+	// retry is signalled when starting the exporter failed: the daemon
+	// applies the routing again.
+	retry chan struct{}
+
+	// upMu guards the sessions that are up, apart from mu: GoBGP's
+	// callback must never wait for an apply in progress.
+	upMu sync.Mutex
+	gen  int // of the speaker: callbacks of an older one are ignored
+	up   map[netip.Addr]bool
+
 	mu      sync.Mutex // apply (the daemon's goroutine) against status
-	up      map[netip.Addr]bool
 	spec    *config.Exporter
 	speaker *bgp.Speaker
 	table   *kernel.Table
@@ -59,7 +68,7 @@ func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 	})
 	reg.MustRegister(lat)
-	r := &routing{log: log, reg: reg, ready: make(chan struct{}, 1), up: map[netip.Addr]bool{}}
+	r := &routing{log: log, reg: reg, ready: make(chan struct{}, 1), retry: make(chan struct{}, 1), up: map[netip.Addr]bool{}}
 	r.ctl = announce.New(nil, log, func(d time.Duration) { lat.Observe(d.Seconds()) })
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan struct{})
@@ -87,9 +96,15 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 		switch spec.Kind {
 		case "bgp":
 			o := spec.BGP
-			o.Logger, o.Registerer, o.OnPeerState = r.log, r.reg, r.peerState
+			r.upMu.Lock()
+			r.gen++
+			gen := r.gen
+			r.upMu.Unlock()
+			o.Logger, o.Registerer = r.log, r.reg
+			o.OnPeerState = func(p netip.Addr, up bool) { r.peerState(gen, p, up) }
 			sp, err := bgp.New(ctx, o)
 			if err != nil {
+				r.retryLater()
 				return err
 			}
 			r.speaker = sp
@@ -99,6 +114,7 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 			o.Logger = r.log
 			t, err := kernel.New(o)
 			if err != nil {
+				r.retryLater()
 				return err
 			}
 			r.table = t
@@ -114,9 +130,25 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
-// peerState is the speaker's OnPeerState.
-func (r *routing) peerState(peer netip.Addr, established bool) {
-	r.mu.Lock()
+// retryEvery is how soon a routing that could not start is tried again.
+const retryEvery = 5 * time.Second
+
+func (r *routing) retryLater() {
+	time.AfterFunc(retryEvery, func() {
+		select {
+		case r.retry <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// peerState is the OnPeerState of the speaker of generation gen.
+func (r *routing) peerState(gen int, peer netip.Addr, established bool) {
+	r.upMu.Lock()
+	if gen != r.gen {
+		r.upMu.Unlock()
+		return // a speaker closed since
+	}
 	was := len(r.up) > 0
 	if established {
 		r.up[peer] = true
@@ -124,7 +156,7 @@ func (r *routing) peerState(peer netip.Addr, established bool) {
 		delete(r.up, peer)
 	}
 	now := len(r.up) > 0
-	r.mu.Unlock()
+	r.upMu.Unlock()
 	if now && !was {
 		select {
 		case r.ready <- struct{}{}:
@@ -142,8 +174,8 @@ func (r *routing) holdPreemption(cfg *config.Config) bool {
 	if e == nil || e.Kind != "bgp" {
 		return false
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.upMu.Lock()
+	defer r.upMu.Unlock()
 	return len(r.up) == 0
 }
 
@@ -162,7 +194,10 @@ func (r *routing) closeExporter() {
 		r.log.Error("closing the route exporter", "err", err)
 	}
 	r.spec, r.speaker, r.table = nil, nil, nil
+	r.upMu.Lock()
+	r.gen++
 	clear(r.up)
+	r.upMu.Unlock()
 }
 
 // stop withdraws everything and stops the controller.

@@ -121,3 +121,23 @@ routing: {bgp: {asn: 0, peers: [{address: 192.168.1.254, asn: 65000}]}}
 		}
 	}
 }
+
+// A node without an IPv6 address cannot be the next hop of an IPv6 VIP:
+// the instance runs, unannounced, and that is reported.
+func TestResolveIPv6VIPWithoutNextHop(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{configmap.StructuredKey: `
+instances: [{name: web6, interface: eth0, vrid: 62, vips: ["2001:db8::60"]}]
+routing: {bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000}]}}
+`}, configmap.DefaultDefaults())
+	cfg, ps := Resolve(spec, w.cluster("node-c"), host) // node-c has IPv4 only
+	if cfg == nil || len(cfg.Instances) != 1 || cfg.Routing == nil {
+		t.Fatalf("%+v %v", cfg, ps)
+	}
+	if a := cfg.Instances[0].Announce; a == nil || a.Mode != "none" || len(cfg.Announcements()) != 0 {
+		t.Errorf("the IPv6 instance is announced: %+v", a)
+	}
+	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "not announced: node node-c has no IPv6 address") {
+		t.Errorf("problems %v", ps)
+	}
+}

@@ -112,9 +112,13 @@ func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
 		if err := out.Validate(); err != nil {
 			r.bad("config.yaml routing", "left out on this node: %v", err)
 			out.Routing = nil
-			for i := range r.out.Instances {
-				r.out.Instances[i].Announce = nil
-			}
+		}
+	}
+	if out.Routing == nil {
+		// Nothing to announce with: announce blocks would make their
+		// instances invalid, and the VIPs must still run.
+		for i := range r.out.Instances {
+			r.out.Instances[i].Announce = nil
 		}
 	}
 	for i, in := range r.out.Instances {
@@ -148,6 +152,9 @@ type resolver struct {
 	self     *corev1.Node
 	selected []*corev1.Node // sorted by name
 	instSrc  []string       // the Source of each of out.Instances
+	// noNextHop6: BGP is configured and this node has no IPv6 address
+	// for the next hop of IPv6 VIPs.
+	noNextHop6 bool
 }
 
 // add appends a resolved instance.
@@ -287,6 +294,11 @@ func (r *resolver) instance(in configmap.Instance) {
 		}
 		return
 	}
+	if v6 && r.noNextHop6 && (out.Announce == nil || out.Announce.Mode != "none") {
+		// The VIPs run; only their announcement cannot.
+		r.bad(in.Source, "not announced: node %s has no IPv6 address to be the next hop (set routing.bgp.nextHop6)", r.self.Name)
+		out.Announce = &config.Announce{Mode: "none"}
+	}
 	r.add(out, in.Source)
 }
 
@@ -302,6 +314,10 @@ func (r *resolver) routing(rt *configmap.Routing) {
 			a := nodeAddress(r.self, false)
 			if !a.IsValid() {
 				r.bad(src, "node %s has no IPv4 address to be the BGP router ID: set routing.bgp.routerID", r.self.Name)
+				if prev := r.c.Previous; prev != nil && prev.Routing != nil {
+					p := *prev.Routing
+					r.out.Routing = &p // what ran stays
+				}
 				return
 			}
 			b.RouterID = a.String()
@@ -315,9 +331,26 @@ func (r *resolver) routing(rt *configmap.Routing) {
 	}
 	out.Static = slices.Clone(out.Static)
 	if rt.AdvertiseClusterIPs || rt.AdvertiseExternalIPs {
+		// What is announced already, as prefixes ("10.96.0.10" and
+		// "10.96.0.10/32" are one): the static list and every VIP, which
+		// its instance or ECMP entry announces.
 		seen := map[string]bool{}
+		mark := func(s string) {
+			if p, err := parseVIP(s); err == nil {
+				seen[netip.PrefixFrom(p.Addr(), p.Addr().BitLen()).String()] = true
+				seen[p.String()] = true
+			}
+		}
 		for _, s := range out.Static {
-			seen[s] = true
+			mark(s)
+		}
+		for _, in := range r.spec.Instances {
+			for _, v := range in.VIPs {
+				mark(v)
+			}
+		}
+		for _, e := range out.ECMP {
+			mark(e.VIP)
 		}
 		var names []string
 		for _, vs := range r.spec.VirtualServers {
@@ -353,6 +386,9 @@ func (r *resolver) routing(rt *configmap.Routing) {
 		}
 	}
 	r.out.Routing = &out
+	if out.BGP != nil && out.BGP.NextHop6 == "" {
+		r.noNextHop6 = true
+	}
 }
 
 func parseVIP(s string) (netip.Prefix, error) {

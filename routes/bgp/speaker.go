@@ -224,6 +224,7 @@ func New(ctx context.Context, o Options) (*Speaker, error) {
 	if err != nil {
 		cancel()
 		s.Stop()
+		sp.m.unregister()
 		return nil, fmt.Errorf("watching BGP peers: %w", err)
 	}
 	go func() { <-wctx.Done(); close(sp.watchDone) }()
@@ -253,21 +254,26 @@ func (sp *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) 
 		st.DisconnectReason != api.PeerState_DISCONNECT_REASON_IDLE_TIMER_EXPIRED {
 		ps.LastError = disconnectReason(st)
 	}
+	asn, lastErr := ps.ASN, ps.LastError
+	if prev != state {
+		// Under the lock, so that a peer SetPeers removes has no metric
+		// made again for it.
+		sp.m.established.WithLabelValues(addr.String()).Set(b2f(state == "established"))
+		if state == "established" || prev == "established" {
+			sp.m.transitions.WithLabelValues(addr.String(), state).Inc()
+		}
+	}
 	sp.mu.Unlock()
-	if prev == state {
+	if prev == state || (state != "established" && prev != "established") {
 		return
 	}
-	sp.m.established.WithLabelValues(addr.String()).Set(b2f(state == "established"))
-	if (state == "established" || prev == "established") && sp.o.OnPeerState != nil {
+	if sp.o.OnPeerState != nil {
 		sp.o.OnPeerState(addr, state == "established")
 	}
-	if state == "established" || prev == "established" {
-		sp.m.transitions.WithLabelValues(addr.String(), state).Inc()
-		if state == "established" {
-			sp.log.Info("BGP session established", "peer", addr.String(), "asn", ps.ASN)
-		} else {
-			sp.log.Warn("BGP session down", "peer", addr.String(), "asn", ps.ASN, "state", state, "reason", ps.LastError)
-		}
+	if state == "established" {
+		sp.log.Info("BGP session established", "peer", addr.String(), "asn", asn)
+	} else {
+		sp.log.Warn("BGP session down", "peer", addr.String(), "asn", asn, "state", state, "reason", lastErr)
 	}
 }
 
@@ -311,6 +317,18 @@ var errClosed = errors.New("BGP speaker closed")
 // updated (GoBGP resets the session when anything but the timers
 // changed). Invalid peers are reported and left as they are.
 func (sp *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
+	var downs []netip.Addr
+	err := sp.setPeers(ctx, peers, &downs)
+	// Told after unlocking: the callback may take its own locks.
+	if sp.o.OnPeerState != nil {
+		for _, a := range downs {
+			sp.o.OnPeerState(a, false)
+		}
+	}
+	return err
+}
+
+func (sp *Speaker) setPeers(ctx context.Context, peers []Peer, downs *[]netip.Addr) error {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	if sp.closed {
@@ -340,9 +358,13 @@ func (sp *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 			errs = append(errs, fmt.Errorf("removing BGP peer %s: %w", a, err))
 			continue
 		}
+		if ps := sp.state[a]; ps != nil && ps.State == "established" {
+			*downs = append(*downs, a)
+		}
 		delete(sp.peers, a)
 		delete(sp.state, a)
 		sp.m.established.DeleteLabelValues(a.String())
+		sp.m.transitions.DeletePartialMatch(prometheus.Labels{"peer": a.String()})
 		sp.log.Info("BGP peer removed", "peer", a.String())
 	}
 	for a, p := range want {
@@ -391,8 +413,14 @@ func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 			ConnectRetry: 5,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},
-		// Both families on every session, whatever the peer's address.
-		AfiSafis: []*api.AfiSafi{fam(api.Family_AFI_IP), fam(api.Family_AFI_IP6)},
+		// An IPv4 session carries both families (IPv6 routes have their
+		// own next hop, nextHop6); an IPv6 session only IPv6: an IPv4
+		// route over it would get an IPv6 next hop, which a peer without
+		// RFC 8950 extended next hops refuses.
+		AfiSafis: []*api.AfiSafi{fam(api.Family_AFI_IP6)},
+	}
+	if p.Address.Is4() {
+		ap.AfiSafis = append([]*api.AfiSafi{fam(api.Family_AFI_IP)}, ap.AfiSafis...)
 	}
 	if p.LocalAddress.IsValid() {
 		ap.Transport.LocalAddress = p.LocalAddress.String()
@@ -432,19 +460,29 @@ func (sp *Speaker) Sync(ctx context.Context, rs []routes.Route) error {
 	add, del := routes.Diff(sp.announced, want)
 	if len(add) > 0 {
 		paths := make([]*apiutil.Path, 0, len(add))
+		tried := make([]routes.Route, 0, len(add))
 		for _, r := range add {
 			path, err := sp.path(r)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("route %s: %w", r, err))
 				continue
 			}
-			paths = append(paths, path)
+			paths, tried = append(paths, path), append(tried, r)
 		}
 		resps, err := sp.s.AddPath(apiutil.AddPathRequest{Paths: paths})
-		if err != nil {
+		switch {
+		case err != nil:
+			// GoBGP adds what it can and reports the last failure: what
+			// is announced now is what its table has.
 			errs = append(errs, fmt.Errorf("announcing %d route(s): %w", len(paths), err))
-		} else {
-			for i, r := range add[:len(paths)] {
+			in := sp.inGlobalRIB()
+			for _, r := range tried {
+				if in[r.Prefix] {
+					sp.announced[r.Prefix] = r
+				}
+			}
+		default:
+			for i, r := range tried {
 				if i < len(resps) && resps[i].Error != nil {
 					errs = append(errs, fmt.Errorf("announcing %s: %w", r, resps[i].Error))
 					continue
@@ -476,6 +514,20 @@ func (sp *Speaker) Sync(ctx context.Context, rs []routes.Route) error {
 		sp.m.updates.Add(float64(len(add) + len(del)))
 	}
 	return errors.Join(errs...)
+}
+
+// inGlobalRIB returns the prefixes of the speaker's own table.
+func (sp *Speaker) inGlobalRIB() map[netip.Prefix]bool {
+	out := map[netip.Prefix]bool{}
+	for _, f := range []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC} {
+		_ = sp.s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: f},
+			func(nlri bgp.NLRI, _ []*apiutil.Path) {
+				if p, err := netip.ParsePrefix(nlri.String()); err == nil {
+					out[p] = true
+				}
+			})
+	}
+	return out
 }
 
 func family(p netip.Prefix) bgp.Family {

@@ -135,6 +135,10 @@ func (t *Table) Sync(ctx context.Context, rs []routes.Route) error {
 	if t.closed {
 		return errors.New("routing table exporter closed")
 	}
+	return t.syncLocked(ctx, rs)
+}
+
+func (t *Table) syncLocked(ctx context.Context, rs []routes.Route) error {
 	want, errs := routes.ByPrefix(rs)
 	for p, r := range want {
 		// What the kernel keeps, so that an unchanged route compares
@@ -162,7 +166,19 @@ func (t *Table) Sync(ctx context.Context, rs []routes.Route) error {
 			nr.LinkIndex = link.Attrs().Index
 			nr.Scope = netlink.SCOPE_LINK
 		}
-		if err := t.h.RouteReplace(nr); err != nil {
+		// A route of keepvip's is replaced; a new one is only added:
+		// replacing would take over a route of the same prefix that is
+		// not keepvip's (a connected route in main, a daemon's).
+		var err error
+		if _, ours := have[r.Prefix]; ours {
+			err = t.h.RouteReplace(nr)
+		} else {
+			err = t.h.RouteAdd(nr)
+			if errors.Is(err, syscall.EEXIST) {
+				err = fmt.Errorf("table %d has a route for %s that keepvip did not install; leaving it", t.o.Table, r.Prefix)
+			}
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("installing %s in table %d: %w", r, t.o.Table, err))
 			continue
 		}
@@ -211,15 +227,14 @@ func (t *Table) Routes() ([]routes.Route, error) {
 // daemon withdraws them, and closes the netlink socket.
 func (t *Table) Close() error {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.closed {
-		t.mu.Unlock()
 		return nil
 	}
-	t.mu.Unlock()
-	err := t.Sync(context.Background(), nil)
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	// Closed first, under the lock: a Sync waiting for it cannot put
+	// routes back afterwards.
 	t.closed = true
+	err := t.syncLocked(context.Background(), nil)
 	t.h.Close()
 	return err
 }

@@ -140,6 +140,17 @@ func TestTableSync(t *testing.T) {
 		t.Errorf("a failed change cost the route in force:\n%s", got)
 	}
 
+	// A route of someone else's for a prefix keepvip is asked for is not
+	// taken over.
+	netnstest.Sh(t, "ip route add 192.0.2.77/32 via 10.0.0.9 table 200 proto static")
+	err = tab.Sync(ctx, []routes.Route{{Prefix: p("192.0.2.100/32")}, {Prefix: p("198.51.100.0/24"), NextHop: netip.MustParseAddr("10.0.0.3")}, {Prefix: p("192.0.2.77/32")}})
+	if err == nil || !strings.Contains(err.Error(), "has a route for 192.0.2.77/32 that keepvip did not install") {
+		t.Errorf("Sync over someone else's route = %v", err)
+	}
+	if got := show(t, "table 200 proto static"); !strings.Contains(got, "192.0.2.77 via 10.0.0.9 dev eth0") {
+		t.Errorf("someone else's route was changed:\n%s", got)
+	}
+
 	// Close removes keepvip's routes only.
 	if err := tab.Close(); err != nil {
 		t.Fatal(err)
@@ -147,7 +158,7 @@ func TestTableSync(t *testing.T) {
 	if got := show(t, ours); got != "" {
 		t.Errorf("after Close:\n%s", got)
 	}
-	if got := show(t, "table 200"); got != "203.0.113.0/24 via 10.0.0.9 dev eth0 proto static" {
+	if got := show(t, "table 200"); got != "192.0.2.77 via 10.0.0.9 dev eth0 proto static\n203.0.113.0/24 via 10.0.0.9 dev eth0 proto static" {
 		t.Errorf("after Close, table 200:\n%s", got)
 	}
 	if err := tab.Sync(ctx, want); err == nil {
