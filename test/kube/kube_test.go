@@ -45,24 +45,20 @@ type node struct {
 	name string
 	n    *lab.Node
 	dir  string
-	proc *lab.Proc
+	k    *lab.Keepvip
 }
 
-func (k *node) socket() string { return filepath.Join(k.dir, "keepvip.sock") }
+func (k *node) socket() string { return k.k.Socket() }
 
 func (k *node) start(t *testing.T, kubeconfig string) {
 	t.Helper()
-	bin, err := lab.KeepvipBinary()
+	var err error
+	k.k, err = k.n.StartKeepvipArgs("--configmap", ns+"/"+cmName, "--node-name", k.name, "--kubeconfig", kubeconfig,
+		"--state-dir", k.dir, "--advert-interval", "100ms")
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.proc, err = k.n.Start("keepvip", "env", "GORACE=atexit_sleep_ms=0", bin, "run",
-		"--configmap", ns+"/"+cmName, "--node-name", k.name, "--kubeconfig", kubeconfig,
-		"--state-dir", k.dir, "--status-socket", k.socket(), "--advert-interval", "100ms", "--log-level", "debug")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := k.proc
+	p := k.k.Proc()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("%s: keepvip (pid %d) log:\n%s", k.name, p.PID(), tail(p.Log(), 40))
@@ -92,7 +88,7 @@ func (k *node) waitStatus(t *testing.T, what string, timeout time.Duration, ok f
 		time.Sleep(20 * time.Millisecond)
 	}
 	b, _ := json.MarshalIndent(last, "", "  ")
-	t.Fatalf("%s: %s not reached in %s; last status:\n%s\nlog:\n%s", k.name, what, timeout, b, tail(k.proc.Log(), 30))
+	t.Fatalf("%s: %s not reached in %s; last status:\n%s\nlog:\n%s", k.name, what, timeout, b, tail(k.k.Log(), 30))
 	return nil
 }
 
@@ -290,7 +286,7 @@ instances:
 	if !hasAddr(t, b.n, netip.MustParseAddr("10.77.0.110")) {
 		t.Fatal("the master lost its VIP when the API server stopped")
 	}
-	if err := b.proc.Kill(); err != nil {
+	if err := b.k.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	took := waitAddr(t, a.n, netip.MustParseAddr("10.77.0.110"), true, 3*time.Second)
