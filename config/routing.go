@@ -249,6 +249,68 @@ func (c *Config) Announcements() []announce.VIP {
 	return vips
 }
 
+// attrs returns a route's communities, local preference and MED: an
+// entry's own where it sets them, else the routing section's. Only the
+// entry's communities are reported under path: the section's are checked
+// once, in validateRouting.
+func (r *Routing) attrs(path string, communities []string, localPref, med *uint32) (routes.Route, []error) {
+	var rt routes.Route
+	var errs []error
+	cs, own := communities, true
+	if len(cs) == 0 {
+		cs, own = r.Communities, false
+	}
+	for i, s := range cs {
+		cm, err := routes.ParseCommunity(s)
+		if err != nil {
+			if own {
+				errs = append(errs, &FieldError{fmt.Sprintf("%s.communities[%d]", path, i), err.Error()})
+			}
+			continue
+		}
+		rt.Communities = append(rt.Communities, cm)
+	}
+	for _, lp := range []*uint32{r.LocalPref, localPref} {
+		if lp != nil {
+			rt.LocalPref, rt.HasLocalPref = *lp, true
+		}
+	}
+	for _, m := range []*uint32{r.MED, med} {
+		if m != nil {
+			rt.MED, rt.HasMED = *m, true
+		}
+	}
+	return rt, errs
+}
+
+// nextHop6 returns the next hop of IPv6 routes, and whether they need
+// one: over BGP they do (routing.bgp.nextHop6); in a routing table not.
+func (c *Config) nextHop6() (nh netip.Addr, needed bool) {
+	r := c.Routing
+	if r == nil || (r.Exporter != "" && r.Exporter != "bgp") || r.BGP == nil {
+		return netip.Addr{}, false
+	}
+	nh, _ = netip.ParseAddr(r.BGP.NextHop6)
+	return nh, true
+}
+
+// withNextHop6 gives an IPv6 route its next hop where it needs one, or
+// reports at path that it cannot have one.
+func (c *Config) withNextHop6(rt *routes.Route, path, what string) error {
+	if !rt.Prefix.Addr().Is6() {
+		return nil
+	}
+	nh, needed := c.nextHop6()
+	if !needed {
+		return nil
+	}
+	if !nh.IsValid() {
+		return &FieldError{path, "announcing an IPv6 " + what + " over BGP needs routing.bgp.nextHop6"}
+	}
+	rt.NextHop = nh
+	return nil
+}
+
 func (c *Config) announcements() ([]announce.VIP, []error) {
 	r := c.Routing
 	if r == nil {
@@ -257,31 +319,10 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 	var errs []error
 	e, _ := c.exporter()
 	ibgp := false
-	var nh6 netip.Addr
-	if e != nil && e.Kind == "bgp" && r.BGP != nil {
+	if e != nil && e.Kind == "bgp" {
 		for _, p := range e.Peers {
 			ibgp = ibgp || p.ASN == e.BGP.ASN
 		}
-		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
-	}
-	communities := func(path string, ss []string) []routes.Community {
-		var out []routes.Community
-		for i, s := range ss {
-			cm, err := routes.ParseCommunity(s)
-			if err != nil {
-				errs = append(errs, &FieldError{fmt.Sprintf("%s[%d]", path, i), err.Error()})
-				continue
-			}
-			out = append(out, cm)
-		}
-		return out
-	}
-	base := routes.Route{Communities: communities("routing.communities", r.Communities)}
-	if r.LocalPref != nil {
-		base.LocalPref, base.HasLocalPref = *r.LocalPref, true
-	}
-	if r.MED != nil {
-		base.MED, base.HasMED = *r.MED, true
 	}
 	var out []announce.VIP
 	for i, in := range c.Instances {
@@ -298,16 +339,8 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 			errs = append(errs, &FieldError{path + ".mode", fmt.Sprintf("%q: want active-backup or none", a.Mode)})
 			continue
 		}
-		master := base
-		if len(a.Communities) > 0 {
-			master.Communities = communities(path+".communities", a.Communities)
-		}
-		if a.LocalPref != nil {
-			master.LocalPref, master.HasLocalPref = *a.LocalPref, true
-		}
-		if a.MED != nil {
-			master.MED, master.HasMED = *a.MED, true
-		}
+		master, aerrs := r.attrs(path, a.Communities, a.LocalPref, a.MED)
+		errs = append(errs, aerrs...)
 		var backup *routes.Route
 		switch a.Backup {
 		case "", "withdraw":
@@ -361,12 +394,9 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 			host := netip.PrefixFrom(p.Addr(), p.Addr().BitLen())
 			m := master
 			m.Prefix = host
-			if host.Addr().Is6() && e != nil && e.Kind == "bgp" {
-				if !nh6.IsValid() {
-					errs = append(errs, &FieldError{fmt.Sprintf("instances[%d].vips[%d]", i, j), "announcing an IPv6 VIP over BGP needs routing.bgp.nextHop6"})
-					continue
-				}
-				m.NextHop = nh6
+			if err := c.withNextHop6(&m, fmt.Sprintf("instances[%d].vips[%d]", i, j), "VIP"); err != nil {
+				errs = append(errs, err)
+				continue
 			}
 			v := announce.VIP{Instance: in.Name, Master: m}
 			if backup != nil {
@@ -393,23 +423,7 @@ func (c *Config) static() ([]routes.Route, []error) {
 	}
 	var errs []error
 	var out []routes.Route
-	base := routes.Route{}
-	for _, s := range r.Communities {
-		if cm, err := routes.ParseCommunity(s); err == nil {
-			base.Communities = append(base.Communities, cm)
-		}
-	}
-	if r.LocalPref != nil {
-		base.LocalPref, base.HasLocalPref = *r.LocalPref, true
-	}
-	if r.MED != nil {
-		base.MED, base.HasMED = *r.MED, true
-	}
-	e, _ := c.exporter()
-	var nh6 netip.Addr
-	if e != nil && e.Kind == "bgp" && r.BGP != nil {
-		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
-	}
+	base, _ := r.attrs("routing", nil, nil, nil)
 	for i, s := range r.Static {
 		path := fmt.Sprintf("routing.static[%d]", i)
 		p, err := parseVIP(s)
@@ -423,12 +437,9 @@ func (c *Config) static() ([]routes.Route, []error) {
 		}
 		rt := base
 		rt.Prefix = p
-		if p.Addr().Is6() && e != nil && e.Kind == "bgp" {
-			if !nh6.IsValid() {
-				errs = append(errs, &FieldError{path, "announcing an IPv6 prefix over BGP needs routing.bgp.nextHop6"})
-				continue
-			}
-			rt.NextHop = nh6
+		if err := c.withNextHop6(&rt, path, "prefix"); err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		out = append(out, rt)
 	}
@@ -458,11 +469,6 @@ func (c *Config) ecmp() ([]ECMP, []error) {
 			}
 		}
 	}
-	e, _ := c.exporter()
-	var nh6 netip.Addr
-	if e != nil && e.Kind == "bgp" && r.BGP != nil {
-		nh6, _ = netip.ParseAddr(r.BGP.NextHop6)
-	}
 	seen := map[netip.Addr]int{}
 	var out []ECMP
 	for i, v := range r.ECMP {
@@ -491,35 +497,12 @@ func (c *Config) ecmp() ([]ECMP, []error) {
 			continue
 		}
 		host := netip.PrefixFrom(a, a.BitLen())
-		rt := routes.Route{Prefix: host}
-		cs := v.Communities
-		if len(cs) == 0 {
-			cs = r.Communities
-		}
-		for j, s := range cs {
-			cm, err := routes.ParseCommunity(s)
-			if err != nil {
-				bad(fmt.Sprintf("%s.communities[%d]", path, j), "%v", err)
-				continue
-			}
-			rt.Communities = append(rt.Communities, cm)
-		}
-		for _, lp := range []*uint32{r.LocalPref, v.LocalPref} {
-			if lp != nil {
-				rt.LocalPref, rt.HasLocalPref = *lp, true
-			}
-		}
-		for _, med := range []*uint32{r.MED, v.MED} {
-			if med != nil {
-				rt.MED, rt.HasMED = *med, true
-			}
-		}
-		if a.Is6() && e != nil && e.Kind == "bgp" {
-			if !nh6.IsValid() {
-				bad(path+".vip", "announcing an IPv6 VIP over BGP needs routing.bgp.nextHop6")
-				continue
-			}
-			rt.NextHop = nh6
+		rt, aerrs := r.attrs(path, v.Communities, v.LocalPref, v.MED)
+		errs = append(errs, aerrs...)
+		rt.Prefix = host
+		if err := c.withNextHop6(&rt, path+".vip", "VIP"); err != nil {
+			errs = append(errs, err)
+			continue
 		}
 		out = append(out, ECMP{Addr: host, Device: dev, Route: rt})
 	}
@@ -536,6 +519,11 @@ func (c *Config) validateRouting() []error {
 		return nil
 	}
 	e, errs := c.exporter()
+	for i, s := range c.Routing.Communities {
+		if _, err := routes.ParseCommunity(s); err != nil {
+			errs = append(errs, &FieldError{fmt.Sprintf("routing.communities[%d]", i), err.Error()})
+		}
+	}
 	vips, aerrs := c.announcements()
 	errs = append(errs, aerrs...)
 	ecmp, eerrs := c.ecmp()
