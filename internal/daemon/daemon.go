@@ -30,7 +30,6 @@ import (
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
 	"github.com/keepvip/keepvip/internal/kube"
-	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -88,8 +87,8 @@ type daemon struct {
 	mgr     *vrrp.Manager
 	routing *routing
 	cfg     *config.Config // in force; owned by Run's goroutine
-	// ECMP VIPs: the devices they are held on, and a kick when health
-	// changed what they can serve.
+	// ECMP VIPs: the devices they are put on (true: holding them
+	// succeeded), and a kick when health changed what they can serve.
 	heldDevs map[string]bool
 	ecmpKick chan struct{}
 	reg      *prometheus.Registry
@@ -232,9 +231,7 @@ func Run(ctx context.Context, o Options) error {
 			d.applyKube(u)
 		case <-d.ecmpKick:
 			if d.cfg != nil {
-				if err := d.syncECMP(); err != nil {
-					d.log.Error("holding ECMP VIPs", "err", err)
-				}
+				d.announce()
 			}
 		case <-d.routing.retry:
 			if d.cfg != nil {
@@ -248,7 +245,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 		case <-d.routing.ready:
 			if d.cfg != nil {
-				d.log.Info("a BGP session is up: instances preempt again")
+				d.log.Info("BGP sessions up (or waited long enough): instances preempt again")
 				if err := d.syncVRRP(); err != nil {
 					d.log.Error("letting instances preempt", "err", err)
 				}
@@ -406,21 +403,20 @@ func (d *daemon) kickECMP() {
 	}
 }
 
-// syncECMP holds the ECMP VIPs of the configuration in force on their
-// devices and announces those this node can serve, with the VIPs that
-// follow VRRP states.
+// syncECMP holds the ECMP VIPs of the configuration in force and
+// announces what this node should.
 func (d *daemon) syncECMP() error {
+	err := d.holdECMP()
+	d.announce()
+	return err
+}
+
+// holdECMP holds the ECMP VIPs on their devices, releases them from
+// devices no longer used, and records where holding succeeded.
+func (d *daemon) holdECMP() error {
 	var errs []error
 	byDev := map[string][]netip.Prefix{}
-	var static []routes.Route
-	hasVS := map[netip.Addr]bool{}
-	for _, vs := range d.cfg.VirtualServers {
-		if a, err := netip.ParseAddr(vs.VIP); err == nil {
-			hasVS[a.Unmap()] = true
-		}
-	}
-	ecmp := d.cfg.ECMPVIPs()
-	for _, e := range ecmp {
+	for _, e := range d.cfg.ECMPVIPs() {
 		byDev[e.Device] = append(byDev[e.Device], e.Addr)
 	}
 	for dev := range d.heldDevs {
@@ -428,29 +424,40 @@ func (d *daemon) syncECMP() error {
 			byDev[dev] = nil // release
 		}
 	}
-	held := map[string]bool{}
 	for dev, addrs := range byDev {
-		if err := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, addrs); err != nil {
+		err := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, addrs)
+		if err != nil {
 			errs = append(errs, err)
-		} else {
-			held[dev] = true
 		}
 		if len(addrs) == 0 {
 			delete(d.heldDevs, dev)
 		} else {
-			d.heldDevs[dev] = true
+			d.heldDevs[dev] = err == nil
 		}
 	}
-	// Announced only where held (a node that could not add the VIP
-	// would attract traffic it drops) and while it can serve.
-	for _, e := range ecmp {
+	return errors.Join(errs...)
+}
+
+// announce gives the route controller the VIPs that follow VRRP, the
+// static routes, and the ECMP VIPs this node can serve: held (a node that
+// could not add the VIP would attract traffic it drops) and, if virtual
+// servers have the VIP, with a real server taking connections. Health
+// changes call only this: the addresses do not change with them.
+func (d *daemon) announce() {
+	hasVS := map[netip.Addr]bool{}
+	for _, vs := range d.cfg.VirtualServers {
+		if a, err := netip.ParseAddr(vs.VIP); err == nil {
+			hasVS[a.Unmap()] = true
+		}
+	}
+	static := d.cfg.StaticRoutes()
+	for _, e := range d.cfg.ECMPVIPs() {
 		serving := !hasVS[e.Addr.Addr()] || (d.lb != nil && d.lb.bal.Serving(e.Addr.Addr()))
-		if held[e.Device] && serving {
+		if d.heldDevs[e.Device] && serving {
 			static = append(static, e.Route)
 		}
 	}
-	d.routing.ctl.Set(d.cfg.Announcements(), append(static, d.cfg.StaticRoutes()...))
-	return errors.Join(errs...)
+	d.routing.ctl.Set(d.cfg.Announcements(), static)
 }
 
 // releaseECMP removes the ECMP VIPs from their devices.
@@ -463,8 +470,8 @@ func (d *daemon) releaseECMP() {
 	clear(d.heldDevs)
 }
 
-// syncVRRP runs the instances of the configuration in force. Until a
-// BGP session is up, they do not preempt (see routing.holdPreemption).
+// syncVRRP runs the instances of the configuration in force. Until the
+// BGP sessions are up, they do not preempt (see routing.holdPreemption).
 func (d *daemon) syncVRRP() error {
 	cfgs := d.cfg.VRRP()
 	if d.routing.holdPreemption(d.cfg) {
@@ -474,7 +481,7 @@ func (d *daemon) syncVRRP() error {
 			cfgs[i].Preempt = false
 		}
 		if held {
-			d.log.Info("no BGP session is up yet: not preempting until one is")
+			d.log.Info("not every BGP session is up yet: not preempting until they are (at most 30s)")
 		}
 	}
 	return d.mgr.Sync(cfgs)

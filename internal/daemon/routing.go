@@ -51,9 +51,11 @@ type routing struct {
 
 	// upMu guards the sessions that are up, apart from mu: GoBGP's
 	// callback must never wait for an apply in progress.
-	upMu sync.Mutex
-	gen  int // of the speaker: callbacks of an older one are ignored
-	up   map[netip.Addr]bool
+	upMu    sync.Mutex
+	gen     int // of the speaker: callbacks of an older one are ignored
+	up      map[netip.Addr]bool
+	peers   int       // configured; preemption waits for all of them
+	started time.Time // of the speaker
 
 	mu      sync.Mutex // apply (the daemon's goroutine) against status
 	spec    *config.Exporter
@@ -99,7 +101,17 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 			r.upMu.Lock()
 			r.gen++
 			gen := r.gen
+			r.started = time.Now()
 			r.upMu.Unlock()
+			// Preemption is let go after preemptHoldMax, up or not.
+			time.AfterFunc(preemptHoldMax, func() {
+				r.upMu.Lock()
+				current := gen == r.gen
+				r.upMu.Unlock()
+				if current {
+					r.signalReady()
+				}
+			})
 			o.Logger, o.Registerer = r.log, r.reg
 			o.OnPeerState = func(p netip.Addr, up bool) { r.peerState(gen, p, up) }
 			sp, err := bgp.New(ctx, o)
@@ -124,6 +136,14 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	}
 	var err error
 	if r.speaker != nil {
+		r.upMu.Lock()
+		wasUp := r.allUpLocked()
+		r.peers = len(spec.Peers)
+		nowUp := r.allUpLocked()
+		r.upMu.Unlock()
+		if nowUp && !wasUp {
+			r.signalReady() // a peer that was missing was removed
+		}
 		err = r.speaker.SetPeers(ctx, spec.Peers)
 		r.spec.Peers = spec.Peers
 	}
@@ -149,25 +169,37 @@ func (r *routing) peerState(gen int, peer netip.Addr, established bool) {
 		r.upMu.Unlock()
 		return // a speaker closed since
 	}
-	was := len(r.up) > 0
+	was := r.allUpLocked()
 	if established {
 		r.up[peer] = true
 	} else {
 		delete(r.up, peer)
 	}
-	now := len(r.up) > 0
+	now := r.allUpLocked()
 	r.upMu.Unlock()
 	if now && !was {
-		select {
-		case r.ready <- struct{}{}:
-		default:
-		}
+		r.signalReady()
 	}
 }
 
+func (r *routing) signalReady() {
+	select {
+	case r.ready <- struct{}{}:
+	default:
+	}
+}
+
+// allUpLocked: every configured peer has its session up. Call with upMu.
+func (r *routing) allUpLocked() bool { return len(r.up) >= r.peers }
+
+// preemptHoldMax bounds how long a node waits for all its BGP sessions
+// before it preempts anyway: a router that is down must not pin it.
+const preemptHoldMax = 30 * time.Second
+
 // holdPreemption reports whether instances must not preempt now: BGP is
-// configured and no session is up, so a node that took the VIPs over
-// could not announce them, while the master it displaced withdraws
+// configured and a session is not up yet (for at most preemptHoldMax
+// after the speaker started), so a node that took the VIPs over could not
+// announce them to every router, while the master it displaced withdraws
 // them. It still becomes master when there is none.
 func (r *routing) holdPreemption(cfg *config.Config) bool {
 	e := cfg.RouteExporter()
@@ -176,7 +208,10 @@ func (r *routing) holdPreemption(cfg *config.Config) bool {
 	}
 	r.upMu.Lock()
 	defer r.upMu.Unlock()
-	return len(r.up) == 0
+	if r.started.IsZero() {
+		return true // the speaker is not started yet (the daemon runs VRRP first)
+	}
+	return len(r.up) < len(e.Peers) && time.Since(r.started) < preemptHoldMax
 }
 
 // closeExporter stops the exporter: the BGP sessions end (the routers drop
@@ -196,6 +231,7 @@ func (r *routing) closeExporter() {
 	r.spec, r.speaker, r.table = nil, nil, nil
 	r.upMu.Lock()
 	r.gen++
+	r.started = time.Time{}
 	clear(r.up)
 	r.upMu.Unlock()
 }
