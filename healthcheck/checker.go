@@ -36,6 +36,10 @@ type Options struct {
 // bounded pool of workers runs the attempts. Each target starts at a fixed
 // phase within its interval (a hash of its key), so that many targets are
 // spread in time instead of checked all at once.
+//
+// The Checker is the one place that knows whether a target is healthy:
+// its owner reads that with Healthy when it needs it, and OnChange only
+// tells it when to read again.
 type Checker struct {
 	log     *slog.Logger
 	clock   clock.Clock
@@ -44,12 +48,15 @@ type Checker struct {
 	change  func(Result)
 	m       *metrics
 
-	set   chan []Target
+	set   chan syncRequest
 	query chan chan []Result
 	out   chan outcome
 	jobs  chan job
 
-	// owned by the run goroutine
+	// Owned by the run goroutine, which alone writes them. It writes the
+	// membership of targets and each target's res.Healthy with mu held,
+	// so that Healthy can read them from any goroutine.
+	mu      sync.RWMutex
 	targets map[string]*tstate
 	queue   dueQueue
 	gen     uint64
@@ -66,6 +73,11 @@ type tstate struct {
 	lastOK     bool // result of the last round
 	inflight   bool
 	index      int // in queue; -1 when not queued
+}
+
+type syncRequest struct {
+	targets []Target
+	done    chan struct{} // closed once applied
 }
 
 type job struct {
@@ -101,7 +113,7 @@ func newChecker(o Options, p prober) *Checker {
 		workers: o.Concurrency,
 		change:  o.OnChange,
 		m:       newMetrics(o.Registerer),
-		set:     make(chan []Target),
+		set:     make(chan syncRequest),
 		query:   make(chan chan []Result),
 		out:     make(chan outcome, o.Concurrency),
 		jobs:    make(chan job),
@@ -109,17 +121,48 @@ func newChecker(o Options, p prober) *Checker {
 	}
 }
 
-// Sync sets the whole set of targets. A target whose key and address are
-// unchanged keeps its state and schedule (a new Check applies from its next
-// round); new ones start healthy, as keepalived assumes of a new real
-// server; others are forgotten. It blocks until the checker has taken it.
+// Sync sets the whole set of targets; targets missing from it are
+// forgotten.
+//
+// A target whose key, address and kind are unchanged keeps its health and
+// streak, and its other settings apply from its next round, except a new
+// interval, which applies at once: the next round starts within the new
+// interval of the change (not at the end of the old one).
+//
+// A new target starts healthy, as keepalived assumes of a new real server
+// (without "alpha"), and so does one whose address or kind changed: a
+// changed check is a new check, and what the old one found says nothing
+// of what it will find. Its result reads "not checked yet" until its first
+// round; OnChange is not called for it (nothing was checked).
+//
+// Sync returns once the checker has applied the targets: Healthy answers
+// for the new set from then on.
 func (c *Checker) Sync(ctx context.Context, targets []Target) error {
+	req := syncRequest{targets: slices.Clone(targets), done: make(chan struct{})}
 	select {
-	case c.set <- slices.Clone(targets):
+	case c.set <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-req.done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Healthy reports whether the target key is healthy now, and whether the
+// checker has it at all. It does not wait for the checker's goroutine, so
+// it may be called from OnChange and with the caller's own locks held.
+func (c *Checker) Healthy(key string) (healthy, ok bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st, ok := c.targets[key]
+	if !ok {
+		return false, false
+	}
+	return st.res.Healthy, true
 }
 
 // Results returns what is known of every target, by key.
@@ -179,8 +222,9 @@ func (c *Checker) Run(ctx context.Context) error {
 			st.inflight = true
 		case o := <-c.out:
 			c.finish(o)
-		case ts := <-c.set:
-			c.sync(ts)
+		case req := <-c.set:
+			c.sync(req.targets)
+			close(req.done)
 		case reply := <-c.query:
 			reply <- c.results()
 		case <-timer.C():
@@ -216,14 +260,28 @@ func phase(key string, interval time.Duration) time.Duration {
 }
 
 func (c *Checker) sync(targets []Target) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	now := c.clock.Now()
 	keep := make(map[string]bool, len(targets))
 	for _, t := range targets {
 		keep[t.Key] = true
 		st, ok := c.targets[t.Key]
 		if ok && st.t.Addr == t.Addr && st.t.Kind == t.Kind {
+			old := st.t.Interval
 			st.t = t // the new settings apply from the next round
 			st.res.Kind = t.Kind.String()
+			if t.Interval != old && st.index >= 0 && st.attempt == 0 {
+				// Waiting for its next round, which was planned with the
+				// old interval: start it within the new one, at the
+				// target's phase in it (spread as new targets are).
+				// A round in progress (in flight or between retries)
+				// plans the next one with the new interval when it ends.
+				if due := now.Add(phase(t.Key, t.Interval)); due.Before(st.due) {
+					st.due, st.roundStart = due, due
+				}
+				heap.Fix(&c.queue, st.index)
+			}
 			continue
 		}
 		if ok {
@@ -245,6 +303,7 @@ func (c *Checker) sync(targets []Target) {
 	c.m.setCounts(c.healthy, len(c.targets))
 }
 
+// forget drops a target. Call with c.mu held.
 func (c *Checker) forget(st *tstate) {
 	if st.index >= 0 {
 		heap.Remove(&c.queue, st.index)
@@ -286,7 +345,9 @@ func (c *Checker) finish(o outcome) {
 	}
 	flip := (r.Healthy && !ok && r.Streak >= st.t.Fall) || (!r.Healthy && ok && r.Streak >= st.t.Rise)
 	if flip {
+		c.mu.Lock()
 		r.Healthy = ok
+		c.mu.Unlock()
 		r.Changed = o.at
 		if ok {
 			c.healthy++

@@ -268,3 +268,111 @@ func TestValidate(t *testing.T) {
 		t.Errorf("Validate = %q\nwant %q", got, want)
 	}
 }
+
+// A new interval applies at once: the next round starts within the new
+// interval of the change, not at the end of the old one (a check changed
+// from 60 s to 5 s used to wait up to 60 s), and rounds then follow the
+// new interval.
+func TestIntervalChangeAppliesAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		from, to time.Duration
+	}{
+		{"shorter", time.Minute, 5 * time.Second},
+		{"longer", 5 * time.Second, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newScriptProber()
+				c, _ := start(t, p, Options{})
+				tg := target("a", func(c *Check) { c.Interval = tc.from })
+				if err := c.Sync(context.Background(), []Target{tg}); err != nil {
+					t.Fatal(err)
+				}
+				// Change it just after its first round: the next one as
+				// planned is almost a whole old interval away.
+				time.Sleep(phase("a", tc.from) + time.Second)
+				synctest.Wait()
+				if n := len(p.times("a")); n != 1 {
+					t.Fatalf("%d rounds before the change; want 1", n)
+				}
+				tg.Interval = tc.to
+				if err := c.Sync(context.Background(), []Target{tg}); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(tc.to)
+				synctest.Wait()
+				if n := len(p.times("a")); n != 2 {
+					t.Fatalf("%d rounds within the new interval (%v) of the change; want 1", n-1, tc.to)
+				}
+				time.Sleep(2 * tc.to)
+				synctest.Wait()
+				after := p.times("a")[1:]
+				for i := 1; i < len(after); i++ {
+					if d := after[i].Sub(after[i-1]); d != tc.to {
+						t.Errorf("rounds %v apart after the change; want the new interval %v", d, tc.to)
+					}
+				}
+			})
+		})
+	}
+}
+
+// Healthy answers for a new set of targets as soon as Sync returns. A check
+// that changed its address or kind starts healthy, as a new target does;
+// other settings keep the target's health.
+func TestSyncChangedCheckStartsHealthy(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(*Target)
+		want   bool
+	}{
+		{"port", func(t *Target) { t.Addr = netip.MustParseAddrPort("10.0.0.1:81") }, true},
+		{"type", func(t *Target) { t.Kind = HTTP }, true},
+		{"rise", func(t *Target) { t.Rise = 3 }, false},
+		{"interval", func(t *Target) { t.Interval = 5 * time.Second }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newScriptProber()
+				c, changes := start(t, p, Options{})
+				if _, ok := c.Healthy("a"); ok {
+					t.Fatal("Healthy knows a target never synced")
+				}
+				tg := target("a", nil)
+				p.setFail("a", true)
+				if err := c.Sync(context.Background(), []Target{tg}); err != nil {
+					t.Fatal(err)
+				}
+				// No synctest.Wait: Sync returns once applied.
+				if h, ok := c.Healthy("a"); !h || !ok {
+					t.Fatalf("Healthy = %v, %v for a new target; want healthy", h, ok)
+				}
+				time.Sleep(tg.Interval + tg.DelayBeforeRetry)
+				synctest.Wait()
+				if h, _ := c.Healthy("a"); h {
+					t.Fatal("healthy after a failed round")
+				}
+				tc.change(&tg)
+				if err := c.Sync(context.Background(), []Target{tg}); err != nil {
+					t.Fatal(err)
+				}
+				if h, ok := c.Healthy("a"); h != tc.want || !ok {
+					t.Errorf("after the change, Healthy = %v, %v; want %v", h, ok, tc.want)
+				}
+				if r := result(t, c, "a"); r.Healthy != tc.want || (tc.want && r.Reason != "not checked yet") {
+					t.Errorf("after the change, result = %+v", r)
+				}
+				if len(*changes) != 1 {
+					t.Errorf("changes = %+v; want only the failed round's", *changes)
+				}
+				if err := c.Sync(context.Background(), nil); err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := c.Healthy("a"); ok {
+					t.Error("Healthy knows a forgotten target")
+				}
+			})
+		})
+	}
+}

@@ -6,6 +6,8 @@
 // A Checker takes the whole set of targets (Sync), runs each one's rounds
 // at a fixed phase within its interval so that thousands of targets are
 // spread in time, bounds the attempts in flight, keeps every target's last
-// result, last change and reason (Results), and reports changes of health
+// result, last change and reason (Results), answers whether a target is
+// healthy now (Healthy: the one record of health, which its owner reads
+// rather than keeping a copy), and reports changes of health
 // (Options.OnChange). It knows nothing of IPVS or Kubernetes.
 package healthcheck

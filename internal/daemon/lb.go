@@ -64,9 +64,6 @@ type loadBalancer struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-
-	mu      sync.Mutex
-	current *config.Config
 }
 
 // startLB opens IPVS and starts the health checker and the balancer.
@@ -84,7 +81,7 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 	}
 	lb := &loadBalancer{log: log, dir: dir, procSys: procSys}
 	lb.hc = healthcheck.New(healthcheck.Options{Logger: log, Registerer: reg, OnChange: func(r healthcheck.Result) { lb.bal.HealthChanged(r) }})
-	lb.bal = balancer.New(log, dir, lb.hc, onApplied)
+	lb.bal = balancer.New(dir, lb.hc, balancer.Options{Logger: log, Registerer: reg, OnApplied: onApplied})
 	ctx, cancel := context.WithCancel(context.Background())
 	lb.cancel = cancel
 	lb.wg.Add(3)
@@ -96,15 +93,14 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 
 // apply sets the kernel settings and the virtual services of cfg.
 func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
-	lb.mu.Lock()
-	lb.current = cfg
-	lb.mu.Unlock()
 	ks := cfg.KernelSettings()
 	ks.ProcSys = lb.procSys
 	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
 }
 
-// resync reads the IPVS table again now and then and repairs it.
+// resync reads the IPVS table again now and then and repairs it. It
+// writes the balancer's own last desired state, not a configuration read
+// before: a resync racing with apply cannot put an older one back.
 func (lb *loadBalancer) resync(ctx context.Context) {
 	t := time.NewTicker(resyncEvery)
 	defer t.Stop()
@@ -114,14 +110,8 @@ func (lb *loadBalancer) resync(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		lb.mu.Lock()
-		cfg := lb.current
-		lb.mu.Unlock()
-		if cfg == nil {
-			continue
-		}
 		lb.dir.Resync()
-		if err := lb.bal.Sync(ctx, cfg.Balancer()); err != nil {
+		if err := lb.bal.Resync(ctx); err != nil {
 			lb.log.Error("periodic IPVS resync", "err", err)
 		}
 	}
