@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/internal/announce"
+	"github.com/keepvip/keepvip/internal/clock"
 	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/routes/bgp"
 	"github.com/keepvip/keepvip/routes/kernel"
@@ -36,26 +38,38 @@ type RoutingStatus struct {
 type routing struct {
 	log *slog.Logger
 	reg prometheus.Registerer
+	clk clock.Clock
 	ctl *announce.Controller
 
 	cancel context.CancelFunc
-	done   chan struct{}
+	wg     sync.WaitGroup // the controller and the timers goroutines
 
-	// ready is signalled (without blocking) when the first BGP session
-	// comes up: preemption, held back until then, is let go.
+	// ready is signalled (without blocking) when every BGP session is up
+	// or the hold on preemption ends: the daemon looks again at whether
+	// instances may preempt.
 	ready chan struct{}
 
 	// retry is signalled when starting the exporter failed: the daemon
 	// applies the routing again.
 	retry chan struct{}
 
-	// upMu guards the sessions that are up, apart from mu: GoBGP's
-	// callback must never wait for an apply in progress.
-	upMu    sync.Mutex
-	gen     int // of the speaker: callbacks of an older one are ignored
-	up      map[netip.Addr]bool
-	peers   int       // configured; preemption waits for all of them
-	started time.Time // of the speaker
+	// holdTimer ends the hold on preemption; retryTimer signals retry.
+	// apply arms them; the timers goroutine receives from them.
+	holdTimer, retryTimer clock.Timer
+
+	// upMu guards the sessions that are up and the hold, apart from mu:
+	// GoBGP's callback must never wait for an apply in progress.
+	upMu  sync.Mutex
+	gen   int // of the speaker: callbacks of an older one are ignored
+	up    map[netip.Addr]bool
+	peers int // configured; preemption waits for all of them
+	// holdSince is when the hold on preemption for the BGP speaker
+	// holdFor began: the first attempt to start it. Retries after a
+	// failed start, and a start that succeeds late, keep it; only
+	// another speaker (ASN, router ID, listening) starts a new hold.
+	// Zero: no BGP speaker attempted yet.
+	holdSince time.Time
+	holdFor   bgp.Options
 
 	mu      sync.Mutex // apply (the daemon's goroutine) against status
 	spec    *config.Exporter
@@ -64,18 +78,59 @@ type routing struct {
 }
 
 func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
+	return newRoutingClock(log, reg, clock.Real{})
+}
+
+// newRoutingClock is newRouting on clk: the hold on preemption and the
+// retries of an exporter that could not start run on it.
+func newRoutingClock(log *slog.Logger, reg prometheus.Registerer, clk clock.Clock) *routing {
 	lat := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "keepvip_route_change_seconds",
 		Help:    "From a VRRP transition or a configuration change to the routes given to the exporter.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 	})
 	reg.MustRegister(lat)
-	r := &routing{log: log, reg: reg, ready: make(chan struct{}, 1), retry: make(chan struct{}, 1), up: map[netip.Addr]bool{}}
+	r := &routing{log: log, reg: reg, clk: clk, ready: make(chan struct{}, 1), retry: make(chan struct{}, 1), up: map[netip.Addr]bool{}}
+	r.holdTimer, r.retryTimer = clk.NewTimer(time.Hour), clk.NewTimer(time.Hour)
+	r.holdTimer.Stop()
+	r.retryTimer.Stop()
 	r.ctl = announce.New(nil, log, func(d time.Duration) { lat.Observe(d.Seconds()) })
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel, r.done = cancel, make(chan struct{})
-	go func() { defer close(r.done); r.ctl.Run(ctx) }()
+	r.cancel = cancel
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); r.ctl.Run(ctx) }()
+	go func() { defer r.wg.Done(); r.timers(ctx) }()
 	return r
+}
+
+// timers turns the firing of holdTimer and retryTimer into signals on
+// ready and retry, until ctx is done.
+func (r *routing) timers(ctx context.Context) {
+	defer func() {
+		r.holdTimer.Stop()
+		r.retryTimer.Stop()
+		if c, ok := r.holdTimer.(io.Closer); ok {
+			c.Close()
+		}
+		if c, ok := r.retryTimer.(io.Closer); ok {
+			c.Close()
+		}
+	}()
+	for {
+		select {
+		case <-r.holdTimer.C():
+			// A new hold may have begun since this one ended: the
+			// daemon asks holdPreemption, which knows.
+			r.signalReady()
+		case <-r.retryTimer.C():
+			select {
+			case r.retry <- struct{}{}:
+			default:
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // transition is the VRRP manager's OnTransition.
@@ -83,7 +138,9 @@ func (r *routing) transition(instance string, t vrrp.Transition) { r.ctl.Transit
 
 // apply makes the exporter and the announced VIPs those of cfg. A change
 // of the speaker's own identity (ASN, router ID, listening) or of the
-// exporter starts a new one; peers are updated in place.
+// exporter starts a new one; peers are updated in place. An exporter that
+// cannot start is tried again (see retry) without starting a new hold on
+// preemption.
 func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -91,6 +148,7 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	if spec == nil || r.spec == nil || spec.Kind != r.spec.Kind || !reflect.DeepEqual(spec.BGP, r.spec.BGP) || spec.Kernel != r.spec.Kernel {
 		r.closeExporter()
 	}
+	r.holdFrom(spec)
 	if spec == nil {
 		return nil
 	}
@@ -101,17 +159,7 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 			r.upMu.Lock()
 			r.gen++
 			gen := r.gen
-			r.started = time.Now()
 			r.upMu.Unlock()
-			// Preemption is let go after preemptHoldMax, up or not.
-			time.AfterFunc(preemptHoldMax, func() {
-				r.upMu.Lock()
-				current := gen == r.gen
-				r.upMu.Unlock()
-				if current {
-					r.signalReady()
-				}
-			})
 			o.Logger, o.Registerer = r.log, r.reg
 			o.OnPeerState = func(p netip.Addr, up bool) { r.peerState(gen, p, up) }
 			sp, err := bgp.New(ctx, o)
@@ -150,17 +198,30 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
+// holdFrom begins the hold on preemption when spec is a BGP speaker that
+// has none yet: the first time it is attempted, not each time a failed
+// start is tried again, or preemption would be held back for as long as
+// the speaker cannot start. Without BGP there is no hold.
+func (r *routing) holdFrom(spec *config.Exporter) {
+	r.upMu.Lock()
+	defer r.upMu.Unlock()
+	if spec == nil || spec.Kind != "bgp" {
+		r.holdSince, r.holdFor = time.Time{}, bgp.Options{}
+		r.holdTimer.Stop()
+		return
+	}
+	if !r.holdSince.IsZero() && reflect.DeepEqual(spec.BGP, r.holdFor) {
+		return // the same speaker: its hold goes on
+	}
+	r.holdSince, r.holdFor = r.clk.Now(), spec.BGP
+	// Preemption is let go after preemptHoldMax, sessions up or not.
+	r.holdTimer.Reset(preemptHoldMax)
+}
+
 // retryEvery is how soon a routing that could not start is tried again.
 const retryEvery = 5 * time.Second
 
-func (r *routing) retryLater() {
-	time.AfterFunc(retryEvery, func() {
-		select {
-		case r.retry <- struct{}{}:
-		default:
-		}
-	})
-}
+func (r *routing) retryLater() { r.retryTimer.Reset(retryEvery) }
 
 // peerState is the OnPeerState of the speaker of generation gen.
 func (r *routing) peerState(gen int, peer netip.Addr, established bool) {
@@ -198,9 +259,10 @@ const preemptHoldMax = 30 * time.Second
 
 // holdPreemption reports whether instances must not preempt now: BGP is
 // configured and a session is not up yet (for at most preemptHoldMax
-// after the speaker started), so a node that took the VIPs over could not
-// announce them to every router, while the master it displaced withdraws
-// them. It still becomes master when there is none.
+// after the first attempt to start the speaker, whether it started then,
+// later or never), so a node that took the VIPs over could not announce
+// them to every router, while the master it displaced withdraws them. It
+// still becomes master when there is none.
 func (r *routing) holdPreemption(cfg *config.Config) bool {
 	e := cfg.RouteExporter()
 	if e == nil || e.Kind != "bgp" {
@@ -208,10 +270,10 @@ func (r *routing) holdPreemption(cfg *config.Config) bool {
 	}
 	r.upMu.Lock()
 	defer r.upMu.Unlock()
-	if r.started.IsZero() {
-		return true // the speaker is not started yet (the daemon runs VRRP first)
+	if r.holdSince.IsZero() {
+		return true // the speaker is not attempted yet (the daemon runs VRRP first)
 	}
-	return len(r.up) < len(e.Peers) && time.Since(r.started) < preemptHoldMax
+	return len(r.up) < len(e.Peers) && r.clk.Now().Sub(r.holdSince) < preemptHoldMax
 }
 
 // closeExporter stops the exporter: the BGP sessions end (the routers drop
@@ -231,7 +293,6 @@ func (r *routing) closeExporter() {
 	r.spec, r.speaker, r.table = nil, nil, nil
 	r.upMu.Lock()
 	r.gen++
-	r.started = time.Time{}
 	clear(r.up)
 	r.upMu.Unlock()
 }
@@ -242,7 +303,7 @@ func (r *routing) stop() {
 	r.closeExporter()
 	r.mu.Unlock()
 	r.cancel()
-	<-r.done
+	r.wg.Wait()
 }
 
 func (r *routing) status(ctx context.Context) *RoutingStatus {
