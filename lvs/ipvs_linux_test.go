@@ -1,12 +1,15 @@
 package lvs
 
 import (
+	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/vishvananda/netlink/nl"
 )
 
 // The conversion to and from moby/ipvs types round-trips every attribute
@@ -36,8 +39,61 @@ func TestIPVSConversionRoundTrip(t *testing.T) {
 			t.Errorf("round trip of %v = %v", r, got)
 		}
 	}
-	// The IPv4 mask goes to the kernel as network-order bytes.
-	if m := netmaskAttr(ap("192.0.2.1"), 24); netmaskBits(ap("192.0.2.1"), m) != 24 {
-		t.Errorf("mask /24 encodes to %#x which decodes to /%d", m, netmaskBits(ap("192.0.2.1"), m))
+}
+
+// The persistence mask in the kernel's wire format. The attribute is
+// IPVS_SVC_ATTR_NETMASK (include/uapi/linux/ip_vs.h, "persistent
+// netmask"), kept in "__be32 netmask; /* persistent netmask or plen */"
+// (include/net/ip_vs.h). In net/netfilter/ipvs/ip_vs_ctl.c,
+// ip_vs_genl_parse_service reads the attribute's four bytes as they are
+// (nla_get_be32) and ip_vs_genl_fill_service sends them back the same way
+// (nla_put_be32). For IPv4 they are the mask in network order, ANDed with
+// network-order addresses: /24 is ff ff ff 00. For IPv6, ip_vs_add_service
+// and ip_vs_edit_service take them as a host-order __u32 prefix length
+// ("(__force __u32) u->netmask", 1-128). moby/ipvs puts Service.Netmask on
+// the wire with nl.Uint32Attr (fillService) and reads it with
+// nl.NativeEndian (parseService), both host order, as used here.
+//
+// Known byte vectors, not a round trip: encoding and decoding with the
+// same wrong byte order would pass a round trip.
+func TestNetmaskWireFormat(t *testing.T) {
+	// host is a little-endian __u32 in this host's byte order (the
+	// vectors are written for x86 and arm64).
+	host := func(b ...byte) []byte {
+		if nl.NativeEndian().Uint16([]byte{1, 0}) != 1 {
+			slices.Reverse(b)
+		}
+		return b
+	}
+	v4 := Key{Addr: ap("192.0.2.1"), Port: 53, Proto: UDP}
+	v6 := Key{Addr: ap("2001:db8::1"), Port: 443, Proto: TCP}
+	for _, tt := range []struct {
+		name string
+		svc  Service
+		wire []byte
+	}{
+		{"IPv4 /24", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
+		{"IPv4 /16", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 16}, []byte{0xff, 0xff, 0x00, 0x00}},
+		{"IPv4 /25", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 25}, []byte{0xff, 0xff, 0xff, 0x80}},
+		{"IPv4 /1", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 1}, []byte{0x80, 0x00, 0x00, 0x00}},
+		{"IPv4 persistent, no mask: /32", Service{Key: v4, Persistence: time.Minute}, []byte{0xff, 0xff, 0xff, 0xff}},
+		{"IPv4 not persistent: /32 as ipvsadm sends", Service{Key: v4}, []byte{0xff, 0xff, 0xff, 0xff}},
+		{"IPv4 fwmark /24", Service{Key: Key{Addr: netip.IPv4Unspecified(), FWMark: 7}, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
+		{"IPv6 /64", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 64}, host(64, 0, 0, 0)},
+		{"IPv6 /48", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 48}, host(48, 0, 0, 0)},
+		{"IPv6 persistent, no mask: /128", Service{Key: v6, Persistence: time.Minute}, host(128, 0, 0, 0)},
+		{"IPv6 not persistent: /128 as ipvsadm sends", Service{Key: v6}, host(128, 0, 0, 0)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out := toIPVSService(&tt.svc)
+			if got := nl.Uint32Attr(out.Netmask); !bytes.Equal(got, tt.wire) {
+				t.Errorf("netmask of %+v on the wire = % x; want % x", tt.svc, got, tt.wire)
+			}
+			// The kernel's bytes, read back.
+			out.Netmask = nl.NativeEndian().Uint32(tt.wire)
+			if got := fromIPVSService(out); got.PersistenceMask != tt.svc.PersistenceMask {
+				t.Errorf("netmask % x from the kernel read as persistence mask /%d; want /%d", tt.wire, got.PersistenceMask, tt.svc.PersistenceMask)
+			}
+		})
 	}
 }
