@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keepvip/keepvip/config"
@@ -49,6 +50,7 @@ func usage(w io.Writer) {
 Usage:
   keepvip run --config FILE [--status-socket PATH] [--metrics-addr ADDR] [--state-dir DIR] [--log-level LEVEL]
   keepvip run --configmap NAMESPACE/NAME --node-name NODE [--kubeconfig FILE] [--vrid N] [--interface IF] [--use-unicast] ...
+              (kube-keepalived-vip's flags are taken too, each logged with what replaces it)
   keepvip status [--socket PATH] [-o table|json|yaml]
   keepvip validate FILE
   keepvip version
@@ -135,9 +137,28 @@ func runDaemon(args []string, stderr io.Writer) error {
 	fs.BoolVar(&kd.Unicast, "use-unicast", false, "Kubernetes mode: the instance \"vips\" sends adverts to the other nodes instead of multicast")
 	fs.StringVar(&kd.AdvertInterval, "advert-interval", kd.AdvertInterval, "Kubernetes mode: advert interval of the instance \"vips\"")
 	format := fs.String("log-format", envOr("KEEPVIP_LOG_FORMAT", "text"), "text or json (env KEEPVIP_LOG_FORMAT)")
+	kkv := addKkvFlags(fs, &kd.Interface)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return usageError{fmt.Sprintf("run: --log-level %q: want debug, info, warn or error", *level)}
+	}
+	hopts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
+	switch *format {
+	case "text":
+		h = slog.NewTextHandler(stderr, hopts)
+	case "json":
+		h = slog.NewJSONHandler(stderr, hopts)
+	default:
+		return usageError{fmt.Sprintf("run: --log-format %q: want text or json", *format)}
+	}
+	log := slog.New(h)
+	// Before anything else can fail: what a kube-keepalived-vip flag
+	// now means may be why.
+	kkv.warn(log)
 	switch {
 	case *cfg == "" && *cmName == "":
 		return usageError{"run: give --config FILE, or --configmap NAMESPACE/NAME in Kubernetes"}
@@ -156,27 +177,12 @@ func runDaemon(args []string, stderr io.Writer) error {
 		if err := kd.Check(); err != nil {
 			return usageError{"run: " + err.Error()}
 		}
-		client, err := kubeClient(*kubeconfig)
+		client, err := kubeClient(*kubeconfig, kkv.apiHost)
 		if err != nil {
 			return err
 		}
 		kopts = &daemon.KubeOptions{Client: client, Namespace: ns, ConfigMap: name, NodeName: *nodeName, Defaults: kd}
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return usageError{fmt.Sprintf("run: --log-level %q: want debug, info, warn or error", *level)}
-	}
-	hopts := &slog.HandlerOptions{Level: lv}
-	var h slog.Handler
-	switch *format {
-	case "text":
-		h = slog.NewTextHandler(stderr, hopts)
-	case "json":
-		h = slog.NewJSONHandler(stderr, hopts)
-	default:
-		return usageError{fmt.Sprintf("run: --log-format %q: want text or json", *format)}
-	}
-	log := slog.New(h)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -207,11 +213,20 @@ func runDaemon(args []string, stderr io.Writer) error {
 
 // kubeClient connects with the kubeconfig given, or as the pod's
 // ServiceAccount, or with kubectl's kubeconfig ($KUBECONFIG, which may
-// list several files, or ~/.kube/config).
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// list several files, or ~/.kube/config). apiHost (kube-keepalived-vip's
+// --apiserver-host), if set, is the server, with the credentials of the
+// kubeconfig given or none, as kube-keepalived-vip did.
+func kubeClient(kubeconfig, apiHost string) (kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
 	switch {
+	case apiHost != "":
+		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
+			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: apiHost}}).ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("configuring the client of API server %s: %w", apiHost, err)
+		}
 	case kubeconfig != "":
 		if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
 			return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
