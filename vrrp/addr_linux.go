@@ -26,9 +26,14 @@ const ifaProto = 11
 // netlinkAddrs adds and removes VIPs. It deletes only what it added, or
 // what carries AddrProto; an address that was already there is left alone.
 type netlinkAddrs struct {
-	log   *slog.Logger
-	mu    sync.Mutex
-	owned map[addrKey]netip.Prefix
+	log *slog.Logger
+	mu  sync.Mutex
+	// owned holds the VIPs keepvip added, by interface and full prefix:
+	// the kernel keeps 10.0.0.10/24 and 10.0.0.10/32 apart (IPv4 allows
+	// both at once), and so does keepvip, so that the late notification
+	// that 10.0.0.10/24 was removed does not cost the ownership of
+	// 10.0.0.10/32 added in its place.
+	owned map[addrKey]bool
 	// sock is one netlink socket kept open for every request (nil: a new
 	// socket per request), so that adding a VIP costs one round trip.
 	sock map[int]*nl.SocketHandle
@@ -36,11 +41,11 @@ type netlinkAddrs struct {
 
 type addrKey struct {
 	ifindex int
-	addr    netip.Addr
+	prefix  netip.Prefix
 }
 
 func newNetlinkAddrs(log *slog.Logger) *netlinkAddrs {
-	a := &netlinkAddrs{log: log, owned: map[addrKey]netip.Prefix{}}
+	a := &netlinkAddrs{log: log, owned: map[addrKey]bool{}}
 	if s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE); err == nil {
 		tv := unix.Timeval{Sec: 5}
 		if s.SetSendTimeout(&tv) == nil && s.SetReceiveTimeout(&tv) == nil {
@@ -70,16 +75,20 @@ type ifAddr struct {
 	flags   uint32
 }
 
-// AddVIP puts p on the interface unless the address is there already. It
-// tries the add first, so that becoming master costs one netlink round trip;
-// only when the address exists does it look at who put it there.
+// AddVIP puts p on the interface unless it is there already. It tries the
+// add first, so that becoming master costs one netlink round trip; only
+// when the address exists does it look at who put it there.
+//
+// IPv6 keeps one prefix length per address: if keepvip's own address is
+// there with another prefix length (a live change whose removal of the old
+// one failed), it is replaced.
 func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	key := addrKey{ifindex, p.Addr()}
+	key := addrKey{ifindex, p}
 	err := addrRequest(a.sock, unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p)
 	if err == nil {
-		a.owned[key] = p
+		a.owned[key] = true
 		return nil
 	}
 	if !errors.Is(err, unix.EEXIST) {
@@ -89,18 +98,34 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("adding VIP %s: %w", p, err)
 	}
-	for _, e := range existing {
+	var other *ifAddr
+	for i, e := range existing {
 		if e.ifindex != ifindex || e.prefix.Addr() != p.Addr() {
 			continue
 		}
-		if e.proto == AddrProto {
-			// Ours, from before a restart or from this run.
-			a.owned[key] = e.prefix
-			return nil
+		if e.prefix == p {
+			if e.proto == AddrProto {
+				// Ours, from before a restart or from this run.
+				a.owned[key] = true
+				return nil
+			}
+			other = nil
+			break
 		}
-		break
+		other = &existing[i]
 	}
-	if _, mine := a.owned[key]; !mine {
+	if other != nil && (a.owned[addrKey{ifindex, other.prefix}] || other.proto == AddrProto) {
+		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, other.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("adding VIP %s to interface %d: removing it as %s first: %w", p, ifindex, other.prefix, err)
+		}
+		delete(a.owned, addrKey{ifindex, other.prefix})
+		if err := addrRequest(a.sock, unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p); err != nil {
+			return fmt.Errorf("adding VIP %s to interface %d: %w", p, ifindex, err)
+		}
+		a.owned[key] = true
+		return nil
+	}
+	if !a.owned[key] {
 		a.log.Warn("VIP is already on the interface and was not added by keepvip; leaving it alone",
 			"vip", p, "ifindex", ifindex)
 	}
@@ -113,30 +138,66 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	key := addrKey{ifindex, p.Addr()}
-	added, ok := a.owned[key]
-	if !ok {
+	key := addrKey{ifindex, p}
+	if !a.owned[key] {
 		return nil
 	}
-	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, added); err != nil &&
+	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, p); err != nil &&
 		!errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("removing VIP %s from interface %d: %w", added, ifindex, err)
+		return fmt.Errorf("removing VIP %s from interface %d: %w", p, ifindex, err)
 	}
 	delete(a.owned, key)
 	return nil
 }
 
-// gone takes note that an address was removed from an interface and
-// reports whether keepvip owned it (then someone else removed it).
-func (a *netlinkAddrs) gone(ifindex int, addr netip.Addr) bool {
+// gone takes note that the kernel reported p removed from an interface and
+// reports whether keepvip owned it (then someone else removed it). A
+// notification can arrive late: after keepvip removed the address and added
+// it again, the removal is old news. So an owned address is looked up once
+// more, and one that is there is kept.
+func (a *netlinkAddrs) gone(ifindex int, p netip.Prefix) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	key := addrKey{ifindex, addr}
-	if _, ok := a.owned[key]; !ok {
+	key := addrKey{ifindex, p}
+	if !a.owned[key] {
 		return false
+	}
+	if addrs, err := listAddrs(a.sock, FamilyOf(p.Addr())); err == nil {
+		for _, e := range addrs {
+			if e.ifindex == ifindex && e.prefix == p {
+				return false
+			}
+		}
 	}
 	delete(a.owned, key)
 	return true
+}
+
+// missing returns the owned addresses that are not on their interface: the
+// removals a lost notification did not report.
+func (a *netlinkAddrs) missing() ([]addrKey, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.owned) == 0 {
+		return nil, nil
+	}
+	present := map[addrKey]bool{}
+	for _, fam := range []Family{IPv4, IPv6} {
+		addrs, err := listAddrs(a.sock, fam)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range addrs {
+			present[addrKey{e.ifindex, e.prefix}] = true
+		}
+	}
+	var out []addrKey
+	for key := range a.owned {
+		if !present[key] {
+			out = append(out, key)
+		}
+	}
+	return out, nil
 }
 
 // pruneStale removes every address marked AddrProto: at startup no
@@ -157,7 +218,7 @@ func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
 			if e.proto != AddrProto {
 				continue
 			}
-			if _, live := a.owned[addrKey{e.ifindex, e.prefix.Addr()}]; live {
+			if a.owned[addrKey{e.ifindex, e.prefix}] {
 				continue
 			}
 			if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
@@ -175,9 +236,9 @@ func (a *netlinkAddrs) releaseAll() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var errs []error
-	for key, p := range a.owned {
-		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, key.ifindex, p); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("removing VIP %s: %w", p, err))
+	for key := range a.owned {
+		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, key.ifindex, key.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("removing VIP %s: %w", key.prefix, err))
 		}
 		delete(a.owned, key)
 	}

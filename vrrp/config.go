@@ -66,7 +66,9 @@ type Config struct {
 	// HandoffHold makes a stopping master keep its VIPs after sending
 	// priority 0 until another router advertises as master, or at most
 	// 2 × Interval (capped at 10 s), so that clients see no gap during a
-	// planned handoff.
+	// planned handoff. While it holds them and hears no new master, it
+	// sends priority 0 again every Interval, so that one lost packet does
+	// not open a gap.
 	HandoffHold bool
 }
 

@@ -48,6 +48,10 @@ type instanceIO struct {
 	// source returns the address to send from when Config.Source is unset.
 	source  func(*Config) (netip.Addr, error)
 	ifindex int
+	// peerLog limits the lines that received packets cause (nil: the
+	// instance has its own). A Manager shares one among all its instances
+	// and socket readers, so that its budget bounds the whole process.
+	peerLog *logLimiter
 }
 
 // received is an advert that passed decode, on its way to its instance.
@@ -62,12 +66,32 @@ const (
 	// sourceRetry is how often a router without a usable source address
 	// tries again.
 	sourceRetry = time.Second
-	// maxHold caps how long a stopping master keeps its VIPs.
+	// maxHold caps how long a stopping master keeps its VIPs
+	// (HandoffHold). The hold is 2 × Advertisement_Interval: the backup
+	// that takes over does so Skew_Time (less than one interval) after the
+	// priority 0 it hears, and if the first priority 0 is lost, after the
+	// repeat one interval later. Kubernetes kills the pod when its
+	// termination grace ends (30 s by default, and in deploy/), and a
+	// killed keepvip leaves its VIPs on the node, held twice until it
+	// starts again. So the hold takes at most a third of that grace,
+	// leaving the rest for what follows it (routes withdrawn, servers shut
+	// down) and for a slow node. 10 s still covers, at intervals up to
+	// 5 s, the loss of the first priority 0, and at intervals up to 10 s a
+	// handoff that loses nothing; a longer hold, for intervals that fail
+	// over in half a minute anyway, would be paid by every stopping pod.
 	maxHold = 10 * time.Second
-	// vipRetry is how soon a failed VIP add or delete is tried again.
-	vipRetry = time.Second
-	// logEvery rate-limits the logs a peer can cause by what it sends.
-	logEvery = 10 * time.Second
+	// vipRetry is how soon a failed VIP add or delete is tried again; each
+	// further failure doubles the wait, up to vipRetryMax.
+	vipRetry    = time.Second
+	vipRetryMax = 16 * time.Second
+	// logEvery rate-limits the logs a peer can cause by what it sends:
+	// once per logEvery for each source and kind of line, and
+	// peerLogBudget lines per logEvery in all, whatever the sources.
+	logEvery      = 10 * time.Second
+	peerLogBudget = 50
+	// errorLogBudget bounds the failure lines of an instance per
+	// errorLogEvery, however many different failures there are.
+	errorLogBudget = 20
 	// handoffGrace is how long a stopping master keeps its VIPs after the
 	// new master's first advert: its GARP/NA follows the advert, and until
 	// clients have it they still send to the old master.
@@ -93,13 +117,15 @@ type Instance struct {
 	local netip.Addr // source of adverts; compared in equal-priority elections
 
 	masterAdverInterval time.Duration
-	masterDownAt        time.Time // Master_Down_Timer (Backup)
-	adverAt             time.Time // Adver_Timer (Master)
-	preemptAt           time.Time // preemption allowed from then (preempt_delay)
-	retryAt             time.Time // Fault without a source address: try again
-	vipRetryAt          time.Time // a VIP add or delete failed: try again
-	lastForced          time.Time // last answer to a lower-priority master
-	holdUntil           time.Time // stopping master gives its VIPs up then at the latest
+	masterDownAt        time.Time     // Master_Down_Timer (Backup)
+	adverAt             time.Time     // Adver_Timer (Master)
+	preemptAt           time.Time     // preemption allowed from then (preempt_delay)
+	retryAt             time.Time     // Fault without a source address: try again
+	vipRetryAt          time.Time     // a VIP add or delete failed: try again
+	vipBackoff          time.Duration // wait before the next VIP retry; 0: vipRetry
+	lastForced          time.Time     // last answer to a lower-priority master
+	holdUntil           time.Time     // stopping master gives its VIPs up then at the latest
+	zeroAt              time.Time     // stopping master sends priority 0 again
 	master              netip.Addr
 	masterPrio          uint8
 	lastAdvert          time.Time
@@ -116,7 +142,8 @@ type Instance struct {
 	drops          dropCounts
 	transitions    []Transition
 	errs           []string
-	lastErrLog     map[string]time.Time
+	peerLog        *logLimiter // lines caused by received packets
+	errLog         *logLimiter // failure lines
 
 	rx   chan received
 	ctl  chan func()
@@ -169,18 +196,22 @@ type garpSchedule struct {
 
 func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m *Metrics, links map[string]bool) *Instance {
 	in := &Instance{
-		cfg:        cfg,
-		io:         io,
-		clock:      clk,
-		log:        log.With("instance", cfg.Name, "vrid", cfg.VRID, "interface", cfg.Interface, "family", cfg.Family().String()),
-		m:          m,
-		linkUp:     map[string]bool{},
-		installed:  map[netip.Prefix]bool{},
-		blocked:    map[netip.Addr]bool{},
-		lastErrLog: map[string]time.Time{},
-		rx:         make(chan received, 256),
-		ctl:        make(chan func()),
-		done:       make(chan struct{}),
+		cfg:       cfg,
+		io:        io,
+		clock:     clk,
+		log:       log.With("instance", cfg.Name, "vrid", cfg.VRID, "interface", cfg.Interface, "family", cfg.Family().String()),
+		m:         m,
+		linkUp:    map[string]bool{},
+		installed: map[netip.Prefix]bool{},
+		blocked:   map[netip.Addr]bool{},
+		peerLog:   io.peerLog,
+		errLog:    newLogLimiter(errorLogEvery, errorLogBudget),
+		rx:        make(chan received, 256),
+		ctl:       make(chan func()),
+		done:      make(chan struct{}),
+	}
+	if in.peerLog == nil {
+		in.peerLog = newLogLimiter(logEvery, peerLogBudget)
 	}
 	in.setLinks(links)
 	in.m.state.WithLabelValues(in.labels()...).Set(float64(StateInit))
@@ -419,7 +450,7 @@ func (in *Instance) enterFault(now time.Time, reason string) {
 func (in *Instance) clearTimers() {
 	// vipRetryAt stays: a VIP that could not be removed on the way into
 	// Fault must still be retried there.
-	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt, in.zeroAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	in.garp = garpSchedule{}
 }
 
@@ -499,10 +530,30 @@ func (in *Instance) shutdown(now time.Time) {
 	if in.cfg.HandoffHold {
 		in.stopping = true
 		in.holdUntil = now.Add(min(2*in.cfg.Interval, maxHold))
+		in.zeroAt = in.nextZero(now)
 		in.log.Info("shutting down: sent priority 0, holding VIPs until a new master advertises", "hold", in.holdUntil.Sub(now))
 		return
 	}
 	in.finishStop(now, "shutdown")
+}
+
+// nextZero returns when a stopping master sends priority 0 again, or zero
+// if that would not be before the hold ends. One priority 0 is all a
+// backup needs, but a lost one would leave the backups to wait for
+// Master_Down_Interval, past the hold: a gap of about one interval plus
+// skew. So while no new master has been heard it goes again every
+// Advertisement_Interval, the cadence the backups already expect from this
+// master. That spacing is what makes the repeat harmless: a backup that
+// heard the previous one has taken over by then (Skew_Time is less than
+// Master_Adver_Interval), whereas an RFC 9568 (430) backup such as
+// keepalived restarts its Skew_Time timer on every priority 0, so a quicker
+// repeat would postpone its takeover.
+func (in *Instance) nextZero(now time.Time) time.Time {
+	next := now.Add(in.cfg.Interval)
+	if !next.Before(in.holdUntil) {
+		return time.Time{}
+	}
+	return next
 }
 
 func (in *Instance) finishStop(now time.Time, reason string) {
@@ -539,14 +590,7 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 	case StateFault:
 		in.start(now)
 	case StateMaster:
-		for p := range in.installed {
-			if !slices.Contains(cfg.VIPs, p) {
-				if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
-					in.fail("vip-delete", err)
-				}
-				delete(in.installed, p)
-			}
-		}
+		in.removeUnwanted()
 		in.syncFilter()
 		vipsChanged := !slices.Equal(old.VIPs, cfg.VIPs)
 		if vipsChanged {
@@ -608,6 +652,14 @@ func (in *Instance) handleTimers(now time.Time) {
 					reason = fmt.Sprintf("shutdown: handed off to %s", in.handedTo)
 				}
 				in.finishStop(now, reason)
+				return
+			}
+			if due(in.zeroAt) {
+				in.zeroAt = time.Time{}
+				if !in.handedTo.IsValid() {
+					in.sendAdvert(PriorityStop)
+					in.zeroAt = in.nextZero(now)
+				}
 			}
 			return
 		}
@@ -652,6 +704,7 @@ func (in *Instance) nextDeadline() (time.Time, bool) {
 	case StateMaster:
 		if in.stopping {
 			consider(in.holdUntil)
+			consider(in.zeroAt)
 			break
 		}
 		consider(in.adverAt)
@@ -715,6 +768,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	if in.stopping {
 		if adv.Priority != PriorityStop && !in.handedTo.IsValid() {
 			in.handedTo = p.Src
+			in.zeroAt = time.Time{}
 			if grace := now.Add(handoffGrace); grace.Before(in.holdUntil) {
 				in.holdUntil = grace
 			}
@@ -725,8 +779,16 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	case StateBackup:
 		if adv.Priority == PriorityStop {
 			// (430) the master is leaving: take over after Skew_Time.
-			in.masterDownAt = now.Add(in.skew())
-			in.masterLeft = now
+			// A stopping master repeats its priority 0 in case one is
+			// lost; a repeat, or another leaving router, never
+			// postpones a takeover already due earlier (RFC 9568 would
+			// restart the timer; keepvip keeps the earlier one).
+			if at := now.Add(in.skew()); in.masterLeft.IsZero() || at.Before(in.masterDownAt) {
+				in.masterDownAt = at
+			}
+			if in.masterLeft.IsZero() {
+				in.masterLeft = now
+			}
 			in.logLimited(now, "prio0:"+p.Src.String(), "master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
 		}
@@ -736,7 +798,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 		}
 		// (470) a lower-priority master: discard and let
 		// Master_Down_Timer run out, which preempts it.
-		in.log.Debug("received lower priority advert, discarding", "from", p.Src, "priority", adv.Priority)
+		in.debugLimited(now, "lower-backup:"+p.Src.String(), "received lower priority advert, discarding", "from", p.Src, "priority", adv.Priority)
 	case StateMaster:
 		if adv.Priority == PriorityStop {
 			// (705)-(715) another master is leaving: assert ourselves.
@@ -845,18 +907,30 @@ func (in *Instance) installVIPs() {
 	}
 }
 
-// retryVIPs schedules reconcileVIPs after a failed add or delete.
+// retryVIPs schedules reconcileVIPs after a failed add or delete: after
+// vipRetry, then twice as long after each retry that fails again, up to
+// vipRetryMax, so that a kernel that keeps refusing is not hammered and a
+// transient failure is still mended at once.
 func (in *Instance) retryVIPs() {
-	if in.vipRetryAt.IsZero() {
-		in.vipRetryAt = in.clock.Now().Add(vipRetry)
+	if !in.vipRetryAt.IsZero() {
+		return
 	}
+	wait := max(in.vipBackoff, vipRetry)
+	in.vipRetryAt = in.clock.Now().Add(wait)
+	in.vipBackoff = min(2*wait, vipRetryMax)
 }
 
 // reconcileVIPs retries what failed: a master adds the VIPs it lacks (and
 // announces them), any other state removes those it still holds.
 func (in *Instance) reconcileVIPs(now time.Time) {
+	defer func() {
+		if in.vipRetryAt.IsZero() {
+			in.vipBackoff = 0 // all done: the next failure waits vipRetry again
+		}
+	}()
 	if in.state == StateMaster && !in.stopping {
-		missing := len(in.installed) < len(in.cfg.VIPs)
+		in.removeUnwanted()
+		missing := slices.ContainsFunc(in.cfg.VIPs, func(p netip.Prefix) bool { return !in.installed[p] })
 		in.installVIPs()
 		if missing {
 			in.startBurst(now, in.cfg.GARP.Repeat)
@@ -868,6 +942,26 @@ func (in *Instance) reconcileVIPs(now time.Time) {
 	}
 }
 
+// removeUnwanted removes the VIPs this router holds that are no longer
+// configured, as a master does after a live change: the VIP dropped, or
+// the same address with its old prefix length. One that cannot be removed
+// stays installed and is retried until it is gone; forgetting it would
+// leave it on the interface for good, held by this node and by whichever
+// router is master.
+func (in *Instance) removeUnwanted() {
+	for p := range in.installed {
+		if slices.Contains(in.cfg.VIPs, p) {
+			continue
+		}
+		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
+			in.fail("vip-delete", err)
+			in.retryVIPs()
+			continue
+		}
+		delete(in.installed, p)
+	}
+}
+
 // vipGone takes note that a VIP this router installed was removed by
 // someone else. A master puts it back at once and announces it.
 func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
@@ -875,6 +969,9 @@ func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
 		return
 	}
 	delete(in.installed, p)
+	if !slices.Contains(in.cfg.VIPs, p) {
+		return // no longer configured: its removal was due
+	}
 	in.fail("vip-removed", fmt.Errorf("VIP %s was removed from %s by another program", p, in.cfg.Interface))
 	if in.state == StateMaster && !in.stopping {
 		in.reconcileVIPs(now)
@@ -997,20 +1094,35 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 	}
 }
 
-// logLimited logs msg at Info at most once per logEvery for key and
-// reports whether it did (with msg "" it only reports).
+// logLimited logs msg at Info at most once per logEvery for key, within
+// the budget shared by everything received (see logLimiter), and reports
+// whether it did (with msg "" it only reports).
 func (in *Instance) logLimited(now time.Time, key, msg string, args ...any) bool {
-	if last, ok := in.lastErrLog[key]; ok && now.Sub(last) < logEvery {
-		return false
+	return in.limited(now, slog.LevelInfo, key, msg, args...)
+}
+
+// debugLimited is logLimited at Debug; it costs nothing when Debug is off.
+func (in *Instance) debugLimited(now time.Time, key, msg string, args ...any) {
+	if in.log.Enabled(context.Background(), slog.LevelDebug) {
+		in.limited(now, slog.LevelDebug, key, msg, args...)
 	}
-	if len(in.lastErrLog) > 64 {
-		clear(in.lastErrLog)
+}
+
+func (in *Instance) limited(now time.Time, level slog.Level, key, msg string, args ...any) bool {
+	ok, suppressed := in.peerLog.allow(now, key)
+	if suppressed > 0 {
+		logSuppressed(in.log, suppressed)
 	}
-	in.lastErrLog[key] = now
-	if msg != "" {
-		in.log.Info(msg, args...)
+	if ok && msg != "" {
+		in.log.Log(context.Background(), level, msg, args...)
 	}
-	return true
+	return ok
+}
+
+// logSuppressed is the one line that stands for those a log budget
+// refused in the window that ended.
+func logSuppressed(log *slog.Logger, n int) {
+	log.Warn("log lines about received packets suppressed: too many sources or kinds", "suppressed", n, "window", logEvery)
 }
 
 // fail records a failed operation: counted, kept for status, logged once
@@ -1023,12 +1135,11 @@ func (in *Instance) fail(op string, err error) {
 	if len(in.errs) > maxErrors {
 		in.errs = slices.Delete(in.errs, 0, len(in.errs)-maxErrors)
 	}
-	if last, ok := in.lastErrLog[msg]; ok && now.Sub(last) < errorLogEvery {
-		return
+	ok, suppressed := in.errLog.allow(now, msg)
+	if suppressed > 0 {
+		in.log.Warn("failure lines suppressed", "suppressed", suppressed, "window", errorLogEvery)
 	}
-	if len(in.lastErrLog) > 64 {
-		clear(in.lastErrLog)
+	if ok {
+		in.log.Warn("vrrp operation failed", "op", op, "err", err)
 	}
-	in.lastErrLog[msg] = now
-	in.log.Warn("vrrp operation failed", "op", op, "err", err)
 }

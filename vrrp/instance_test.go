@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -599,7 +600,8 @@ func TestFailedVIPAddIsRetriedAndAnnounced(t *testing.T) {
 		t.Fatalf("VIP on after a failed add: %v", r.vips.on)
 	}
 	announced := r.ann.sent
-	s.runFor(2*vipRetry + ms)
+	// Retried after 1 s (fails again), then 2 s later (backoff).
+	s.runFor(vipRetry + 2*vipRetry + ms)
 	if len(r.vips.on) != 1 {
 		t.Fatalf("failed VIP add not retried: %v", r.vips.log)
 	}
@@ -735,5 +737,266 @@ func TestTransitionHook(t *testing.T) {
 		fmt.Sprintf("%s MASTER->INIT %v", r.in.cfg.Name, mdi(100, time.Second)+2*time.Second)}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("hook saw:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A live change of a VIP's prefix length on a master (issue #9): the old
+// prefix goes, the new one comes; a removal the kernel refuses is kept and
+// retried until it succeeds, never forgotten.
+func TestPrefixChangeRetriesAFailedRemoval(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", nil)
+	s.runFor(4 * time.Second)
+	wantState(t, r, StateMaster)
+	old, new := netip.MustParsePrefix("192.0.2.100/24"), netip.MustParsePrefix("192.0.2.100/32")
+	r.in.io.addrs = &failingDeletes{fakeAddrs: r.vips, n: 2}
+	cfg := r.in.cfg
+	cfg.VIPs = []netip.Prefix{new}
+	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+	if !r.vips.on[new] {
+		t.Fatalf("new prefix not installed: %v", r.vips.log)
+	}
+	if !r.vips.on[old] {
+		t.Fatalf("the first removal of the old prefix should have failed: %v", r.vips.log)
+	}
+	// Retried after 1 s (fails again), then 2 s later.
+	s.runFor(vipRetry + ms)
+	if !r.vips.on[old] {
+		t.Fatalf("the second removal should have failed: %v", r.vips.log)
+	}
+	s.runFor(2 * vipRetry)
+	if r.vips.on[old] || !r.vips.on[new] {
+		t.Fatalf("after the retries: on %v; want only %s (log %v)", r.vips.on, new, r.vips.log)
+	}
+	// As backup it gives up the new prefix too.
+	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 200})
+	wantState(t, r, StateBackup)
+	if len(r.vips.on) != 0 {
+		t.Errorf("VIPs left on a backup: %v", r.vips.on)
+	}
+}
+
+// A backup that hears priority 0 twice (a stopping master repeats it in
+// case one is lost) takes over Skew_Time after the first: the repeat does
+// not postpone the takeover.
+func TestBackupHearingPriorityZeroTwiceKeepsTheFirstDeadline(t *testing.T) {
+	s := newSim(t)
+	r := s.add("192.0.2.1", func(c *Config) { c.Interval = 100 * ms })
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200, Interval: 100 * ms})
+	s.runFor(50 * ms)
+	first := s.clock.Now()
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 0, Interval: 100 * ms})
+	s.runFor(30 * ms)
+	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 0, Interval: 100 * ms})
+	skew := 60937500 * time.Nanosecond
+	s.runFor(first.Add(skew).Sub(s.clock.Now()) - time.Microsecond)
+	wantState(t, r, StateBackup)
+	s.runFor(time.Microsecond)
+	wantState(t, r, StateMaster)
+	if got := r.in.since.Sub(first); got != skew {
+		t.Errorf("took over %v after the first priority 0; want Skew_Time %v", got, skew)
+	}
+}
+
+// The planned handoff survives the loss of the stopping master's priority
+// 0: it says it again one interval later, while it still holds the VIPs and
+// has heard no new master, and the backup takes over before the old master
+// lets go.
+func TestHandoffSurvivesALostPriorityZero(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		interval time.Duration
+		version  uint8
+		prio     uint8
+	}{
+		{"v3 100ms priority 100", 100 * ms, 3, 100},
+		{"v3 100ms priority 10", 100 * ms, 3, 10},
+		{"v3 1s priority 100", time.Second, 3, 100},
+		{"v2 1s priority 100", time.Second, 2, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t)
+			a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = tc.interval; c.Version = tc.version })
+			b := s.add("192.0.2.2", func(c *Config) { c.Priority = tc.prio; c.Interval = tc.interval; c.Version = tc.version })
+			s.runFor(5 * time.Second)
+			wantState(t, a, StateMaster)
+			wantState(t, b, StateBackup)
+			// Stop right after an advert: the worst case without a
+			// repeat is then one interval plus skew.
+			s.runFor(a.in.adverAt.Sub(s.clock.Now()) + s.latency)
+			lost := 0
+			s.lose = func(w wirePacket, to int) bool {
+				if w.from == 0 && w.adv.Priority == 0 && lost == 0 {
+					lost++
+					return true
+				}
+				return false
+			}
+			stop := s.clock.Now()
+			a.in.shutdown(stop)
+			s.runFor(5 * tc.interval)
+			wantState(t, b, StateMaster)
+			if !a.in.stopped {
+				t.Fatalf("old master still running %v after the stop", 5*tc.interval)
+			}
+			released := a.lastTransition().At
+			if !b.in.since.Before(released) {
+				t.Errorf("gap: the old master released the VIPs %v after the stop, the backup took over %v after it",
+					released.Sub(stop), b.in.since.Sub(stop))
+			}
+			// Skew_Time after the repeat, one interval after the first.
+			skew := b.in.skew()
+			if got, want := b.in.since.Sub(stop), tc.interval+skew+s.latency; got != want {
+				t.Errorf("backup took over %v after the stop; want interval + Skew_Time + latency = %v", got, want)
+			}
+			t.Logf("first priority 0 lost: backup MASTER %v after the stop, old master released %v after it (%q)",
+				b.in.since.Sub(stop), released.Sub(stop), a.lastTransition().Reason)
+		})
+	}
+}
+
+// A stopping master repeats priority 0 only while it has heard no new
+// master, at its own advert interval, and within the hold, which is capped
+// at long intervals.
+func TestHandoffRepeatsAndHoldCap(t *testing.T) {
+	zeros := func(s *sim, i int, after time.Time) []time.Duration {
+		var out []time.Duration
+		for _, w := range s.sent(i, after) {
+			if w.adv.Priority == 0 {
+				out = append(out, w.at.Sub(after))
+			}
+		}
+		return out
+	}
+	t.Run("one priority 0 when the backup hears it", func(t *testing.T) {
+		s := newSim(t)
+		a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = 100 * ms })
+		s.add("192.0.2.2", func(c *Config) { c.Interval = 100 * ms })
+		s.runFor(time.Second)
+		stop := s.clock.Now()
+		a.in.shutdown(stop)
+		s.runFor(time.Second)
+		if got := zeros(s, 0, stop); !slices.Equal(got, []time.Duration{0}) {
+			t.Errorf("priority 0 sent at %v after the stop; want only [0s]", got)
+		}
+	})
+	for _, tc := range []struct {
+		interval time.Duration
+		hold     time.Duration
+		zeros    []time.Duration
+	}{
+		{100 * ms, 200 * ms, []time.Duration{0, 100 * ms}},
+		{time.Second, 2 * time.Second, []time.Duration{0, time.Second}},
+		{4 * time.Second, 8 * time.Second, []time.Duration{0, 4 * time.Second}},
+		// The hold is capped at 10 s: no repeat fits in it any more.
+		{10 * time.Second, 10 * time.Second, []time.Duration{0}},
+		{40 * time.Second, 10 * time.Second, []time.Duration{0}},
+	} {
+		t.Run(fmt.Sprintf("alone at %v", tc.interval), func(t *testing.T) {
+			s := newSim(t)
+			a := s.add("192.0.2.1", func(c *Config) { c.Interval = tc.interval; c.Priority = 255 })
+			s.runFor(time.Second)
+			stop := s.clock.Now()
+			a.in.shutdown(stop)
+			s.runFor(time.Minute)
+			if !a.in.stopped || a.lastTransition().At.Sub(stop) != tc.hold {
+				t.Errorf("hold ended %v after the stop (stopped %v); want %v", a.lastTransition().At.Sub(stop), a.in.stopped, tc.hold)
+			}
+			if got := zeros(s, 0, stop); !slices.Equal(got, tc.zeros) {
+				t.Errorf("priority 0 sent at %v after the stop; want %v", got, tc.zeros)
+			}
+		})
+	}
+	// The repeat crosses the new master's first advert (lost on its way to
+	// the old master): the new master answers at once (RFC 9568 (705)),
+	// and a third router that follows it stays a backup.
+	t.Run("a repeat after the new master took over", func(t *testing.T) {
+		s := newSim(t)
+		a := s.add("192.0.2.1", func(c *Config) { c.Priority = 200; c.Interval = 100 * ms })
+		b := s.add("192.0.2.2", func(c *Config) { c.Priority = 150; c.Interval = 100 * ms })
+		c := s.add("192.0.2.3", func(c *Config) { c.Priority = 100; c.Interval = 100 * ms })
+		s.runFor(time.Second)
+		lost := 0
+		s.lose = func(w wirePacket, to int) bool {
+			if w.from == 1 && to == 0 && lost == 0 {
+				lost++
+				return true
+			}
+			return false
+		}
+		stop := s.clock.Now()
+		a.in.shutdown(stop)
+		for range 100 {
+			s.runFor(5 * ms)
+			if c.in.state == StateMaster {
+				t.Fatalf("c became MASTER %v after the stop: %+v", s.clock.Now().Sub(stop), c.in.transitions)
+			}
+		}
+		wantState(t, b, StateMaster)
+		if got := zeros(s, 0, stop); !slices.Equal(got, []time.Duration{0, 100 * ms}) {
+			t.Errorf("priority 0 sent at %v after the stop; want [0s 100ms]", got)
+		}
+		if got := a.lastTransition(); got.Reason != "shutdown: handed off to 192.0.2.2" || !b.in.since.Before(got.At) {
+			t.Errorf("old master released at %v (%q); b MASTER at %v", got.At.Sub(stop), got.Reason, b.in.since.Sub(stop))
+		}
+	})
+}
+
+// Adverts from thousands of (spoofed) sources cost a bounded number of log
+// lines, not one each.
+func TestLogFloodFromManySourcesIsBounded(t *testing.T) {
+	type kind struct {
+		name string
+		adv  func(i int) Advertisement
+	}
+	other := []netip.Addr{netip.MustParseAddr("198.51.100.1")}
+	kinds := []kind{
+		{"priority 0", func(int) Advertisement { return Advertisement{Priority: 0} }},
+		{"address list mismatch", func(int) Advertisement { return Advertisement{Priority: 200, Addrs: other} }},
+		{"lower priority", func(int) Advertisement { return Advertisement{Priority: 50} }},
+	}
+	const sources = 5000
+	for _, master := range []bool{false, true} {
+		for _, k := range kinds {
+			t.Run(fmt.Sprintf("%s master=%v", k.name, master), func(t *testing.T) {
+				s := newSim(t)
+				r := s.add("192.0.2.1", nil)
+				if master {
+					s.runFor(4 * time.Second)
+					wantState(t, r, StateMaster)
+				}
+				h := newCountingHandler()
+				r.in.log = slog.New(h)
+				var perWindow []int
+				for round := range 3 {
+					before, _ := h.total()
+					for i := range sources {
+						src := netip.AddrFrom4([4]byte{10, byte(round), byte(i >> 8), byte(i)})
+						s.inject(r, src.String(), "224.0.0.18", k.adv(i))
+						if r.in.state != StateMaster && r.in.state != StateBackup {
+							t.Fatalf("state %v", r.in.state)
+						}
+					}
+					after, _ := h.total()
+					perWindow = append(perWindow, after-before)
+					// Far enough for every limit to expire, short of any
+					// timer of the instance firing in between.
+					s.clock.Advance(11 * time.Second)
+				}
+				n, byMsg := h.total()
+				t.Logf("%d adverts from distinct sources per window: log records per window %v; by message %v", sources, perWindow, byMsg)
+				for i, got := range perWindow {
+					if got > 60 {
+						t.Errorf("window %d: %d log records for %d adverts from distinct sources; want a bounded number (at most 60)", i, got, sources)
+					}
+				}
+				// A backup reports each kind (once per source, within
+				// the budget); a master answers priority 0 without a
+				// word.
+				if n == 0 && !master {
+					t.Errorf("nothing logged at all")
+				}
+			})
+		}
 	}
 }

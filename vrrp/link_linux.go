@@ -22,14 +22,19 @@ type linkInfo struct {
 // linkWatcher follows the links and addresses of the host by netlink
 // notifications. A subscription that fails (the netlink library ends it on
 // any receive error, such as ENOBUFS after a burst of changes) is taken
-// again after a second, and the link state re-read, so that tracking never
-// silently stops.
+// again after a second, and the links and addresses re-read, so that
+// tracking never silently stops and what changed in between is not lost.
 type linkWatcher struct {
 	log *slog.Logger
 	// onLink is called for every change of a link's state, index or MAC.
 	onLink func(name string, info linkInfo)
 	// onAddrGone is called when an address is removed.
 	onAddrGone func(ifindex int, p netip.Prefix)
+	// onAddrResync is called after every address subscription, once it
+	// is in place: notifications from before it may have been lost, so
+	// it lists the addresses and reconciles. If it fails, the subscription
+	// is taken again later, and with it another listing.
+	onAddrResync func() error
 
 	mu    sync.Mutex
 	links map[string]linkInfo
@@ -52,44 +57,86 @@ const (
 // the two is lost. It returns when the initial state is known; updates flow
 // until done is closed.
 func (w *linkWatcher) start(done <-chan struct{}) error {
-	lch, err := w.subscribeLinks(done)
+	lch, lend, err := w.subscribeLinks(done)
 	if err != nil {
 		return err
 	}
-	ach, err := w.subscribeAddrs(done)
+	ach, aend, err := w.subscribeAddrs(done)
 	if err != nil {
+		lend()
+		go drain(lch)
+		return err
+	}
+	fail := func(err error) error {
+		lend()
+		aend()
+		go drain(lch)
+		go drain(ach)
 		return err
 	}
 	if err := w.relist(false); err != nil {
-		return err
+		return fail(err)
 	}
-	go w.followLinks(done, lch)
-	go w.followAddrs(done, ach)
+	if w.onAddrResync != nil {
+		if err := w.onAddrResync(); err != nil {
+			return fail(err)
+		}
+	}
+	go w.followLinks(done, lch, lend)
+	go w.followAddrs(done, ach, aend)
 	return nil
 }
 
-func (w *linkWatcher) subscribeLinks(done <-chan struct{}) (chan netlink.LinkUpdate, error) {
+// subscription is one netlink subscription. The library closes its socket
+// only when the done channel it was given closes, not when it fails, so
+// each subscription gets a done of its own, closed by end (or with the
+// watcher's): a failed one does not leave a socket behind that the kernel
+// keeps queueing into.
+type subscription struct {
+	done chan struct{} // given to the library
+	end  func()
+}
+
+func newSubscription(done <-chan struct{}) subscription {
+	s := subscription{done: make(chan struct{})}
+	ended := make(chan struct{})
+	s.end = sync.OnceFunc(func() { close(ended) })
+	go func() {
+		select {
+		case <-done:
+		case <-ended:
+		}
+		close(s.done)
+	}()
+	return s
+}
+
+func (w *linkWatcher) subscribeLinks(done <-chan struct{}) (chan netlink.LinkUpdate, func(), error) {
+	sub := newSubscription(done)
 	ch := make(chan netlink.LinkUpdate, 256)
-	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+	err := netlink.LinkSubscribeWithOptions(ch, sub.done, netlink.LinkSubscribeOptions{
 		ErrorCallback:     func(err error) { w.log.Warn("link notifications failed", "err", err) },
 		ReceiveBufferSize: netlinkRcvBuf,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("subscribing to link changes: %w", err)
+		sub.end()
+		return nil, nil, fmt.Errorf("subscribing to link changes: %w", err)
 	}
-	return ch, nil
+	return ch, sub.end, nil
 }
 
-func (w *linkWatcher) subscribeAddrs(done <-chan struct{}) (chan netlink.AddrUpdate, error) {
+func (w *linkWatcher) subscribeAddrs(done <-chan struct{}) (chan netlink.AddrUpdate, func(), error) {
+	sub := newSubscription(done)
 	ch := make(chan netlink.AddrUpdate, 256)
-	err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
+	err := netlink.AddrSubscribeWithOptions(ch, sub.done, netlink.AddrSubscribeOptions{
 		ErrorCallback:     func(err error) { w.log.Warn("address notifications failed", "err", err) },
 		ReceiveBufferSize: netlinkRcvBuf,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("subscribing to address changes: %w", err)
+		sub.end()
+		return nil, nil, fmt.Errorf("subscribing to address changes: %w", err)
 	}
-	return ch, nil
+	return ch, sub.end, nil
 }
 
 // relist reads every link and, with notify, reports what changed.
@@ -122,7 +169,7 @@ func (w *linkWatcher) relist(notify bool) error {
 	return nil
 }
 
-func (w *linkWatcher) followLinks(done <-chan struct{}, ch chan netlink.LinkUpdate) {
+func (w *linkWatcher) followLinks(done <-chan struct{}, ch chan netlink.LinkUpdate, end func()) {
 	for {
 		for u := range ch {
 			name := u.Attrs().Name
@@ -139,26 +186,32 @@ func (w *linkWatcher) followLinks(done <-chan struct{}, ch chan netlink.LinkUpda
 			}
 		}
 		// The subscription ended: stopped, or failed.
-		ch = nil
-		var err error
-		for ch == nil || err != nil {
+		end()
+		for {
 			select {
 			case <-done:
 				return
 			case <-time.After(resubscribeAfter):
 			}
-			if ch, err = w.subscribeLinks(done); err == nil {
-				err = w.relist(true)
+			nch, nend, err := w.subscribeLinks(done)
+			if err == nil {
+				if err = w.relist(true); err != nil {
+					nend()
+					go drain(nch)
+				}
 			}
 			if err != nil {
 				w.log.Warn("following links again", "err", err)
+				continue
 			}
+			ch, end = nch, nend
+			break
 		}
 		w.log.Info("following link changes again")
 	}
 }
 
-func (w *linkWatcher) followAddrs(done <-chan struct{}, ch chan netlink.AddrUpdate) {
+func (w *linkWatcher) followAddrs(done <-chan struct{}, ch chan netlink.AddrUpdate, end func()) {
 	for {
 		for u := range ch {
 			if u.NewAddr {
@@ -171,19 +224,37 @@ func (w *linkWatcher) followAddrs(done <-chan struct{}, ch chan netlink.AddrUpda
 			bits, _ := u.LinkAddress.Mask.Size()
 			w.onAddrGone(u.LinkIndex, netip.PrefixFrom(a.Unmap(), bits))
 		}
-		ch = nil
-		var err error
-		for ch == nil || err != nil {
+		end()
+		for {
 			select {
 			case <-done:
 				return
 			case <-time.After(resubscribeAfter):
 			}
-			ch, err = w.subscribeAddrs(done)
+			nch, nend, err := w.subscribeAddrs(done)
+			// Subscribed first, listed second: a removal from now on
+			// is either in the list or notified.
+			if err == nil && w.onAddrResync != nil {
+				if err = w.onAddrResync(); err != nil {
+					nend()
+					go drain(nch)
+				}
+			}
 			if err != nil {
 				w.log.Warn("following addresses again", "err", err)
+				continue
 			}
+			ch, end = nch, nend
+			break
 		}
+		w.log.Info("following address changes again")
+	}
+}
+
+// drain reads an abandoned subscription's channel until the library closes
+// it, so that its goroutine, which blocks on sending, can end.
+func drain[T any](ch chan T) {
+	for range ch {
 	}
 }
 

@@ -49,6 +49,9 @@ type Manager struct {
 	filter       *nftFilter
 	links        linkWatcher
 	lock         net.Listener
+	// peerLog bounds the log lines that received packets cause, for the
+	// socket readers and every instance together.
+	peerLog *logLimiter
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -117,10 +120,12 @@ func NewManager(o Options) *Manager {
 		pending:      map[string]Config{},
 		sockets:      map[sockKey]*socket{},
 		announcers:   map[int]*linkAnnouncer{},
+		peerLog:      newLogLimiter(logEvery, peerLogBudget),
 	}
 	m.links.log = o.Logger
 	m.links.onLink = m.onLink
 	m.links.onAddrGone = m.onAddrGone
+	m.links.onAddrResync = m.resyncAddrs
 	return m
 }
 
@@ -173,12 +178,17 @@ func addrProtoSupported() bool {
 	return major > 6 || major == 6 && minor >= 1
 }
 
+// errStopped is returned by Sync once Stop has begun.
+var errStopped = errors.New("vrrp manager is stopped")
+
 // Sync makes the running instances match cfgs. Instances that are unchanged
 // keep running untouched; changed ones are updated in place when they are
 // the same router (interface, VRID, family, version) and restarted
 // otherwise. An instance that cannot start is reported in the returned
 // error and the others are still applied; one whose interface does not
-// exist yet starts when the interface appears.
+// exist yet starts when the interface appears. Once Stop has begun, Sync
+// changes nothing and returns an error, even if it was already waiting
+// for a slot to be handed off.
 func (m *Manager) Sync(cfgs []Config) error {
 	var errs []error
 	desired := map[string]Config{}
@@ -206,7 +216,7 @@ func (m *Manager) Sync(cfgs []Config) error {
 	m.mu.Lock()
 	if m.ctx.Err() != nil {
 		m.mu.Unlock()
-		return errors.New("vrrp manager is stopped")
+		return errStopped
 	}
 	for name, mi := range m.insts {
 		if d, keep := desired[name]; keep && mi.cfg.sameRouter(&d) {
@@ -231,6 +241,12 @@ func (m *Manager) Sync(cfgs []Config) error {
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.ctx.Err() != nil {
+		// Stop began while we waited: it has closed, or is closing,
+		// what instances and sockets there were, and new ones would
+		// outlive it.
+		return errStopped
+	}
 	names := make([]string, 0, len(desired))
 	for n := range desired {
 		names = append(names, n)
@@ -286,6 +302,7 @@ func (m *Manager) startLocked(c Config) error {
 		announce: ann,
 		filter:   m.filter,
 		ifindex:  ifi.Index,
+		peerLog:  m.peerLog,
 		source: func(c *Config) (netip.Addr, error) {
 			// An owner's VIPs are its own addresses and may be its
 			// source; other routers never send from a VIP.
@@ -420,7 +437,17 @@ func (m *Manager) read(s *socket) {
 				// instance goroutine is not involved.
 				in.countDrop(reason)
 			}
-			log.Debug("dropped VRRP packet", "from", p.Src, "reason", string(reason), "err", err)
+			if log.Enabled(context.Background(), slog.LevelDebug) {
+				// Limited: the sources of a flood are whatever it
+				// says they are.
+				ok, suppressed := m.peerLog.allow(m.clock.Now(), "drop:"+string(reason)+":"+p.Src.String())
+				if suppressed > 0 {
+					logSuppressed(log, suppressed)
+				}
+				if ok {
+					log.Debug("dropped VRRP packet", "from", p.Src, "reason", string(reason), "err", err)
+				}
+			}
 			continue
 		}
 		in := s.lookup(adv.VRID)
@@ -504,13 +531,16 @@ func (m *Manager) startPendingLocked(name string) {
 // onAddrGone tells the instance that installed a VIP that someone else
 // removed it.
 func (m *Manager) onAddrGone(ifindex int, p netip.Prefix) {
-	if !m.addrs.gone(ifindex, p.Addr()) {
-		return // not ours, or removed by keepvip itself
+	if !m.addrs.gone(ifindex, p) {
+		return // not ours, removed by keepvip itself, or back already
 	}
 	m.mu.Lock()
 	var owners []*Instance
 	for _, mi := range m.insts {
-		if mi.ifindex == ifindex && slices.Contains(mi.cfg.VIPs, p) {
+		// Every instance on the interface: the one that installed p
+		// may no longer have it configured (a live change whose
+		// removal is being retried).
+		if mi.ifindex == ifindex {
 			owners = append(owners, mi.in)
 		}
 	}
@@ -518,6 +548,21 @@ func (m *Manager) onAddrGone(ifindex int, p netip.Prefix) {
 	for _, in := range owners {
 		in.do(func() { in.vipGone(m.clock.Now(), p) })
 	}
+}
+
+// resyncAddrs runs after each address subscription: the notifications of
+// the gap before it are lost, so the addresses are listed once and every
+// VIP keepvip owns but the kernel no longer has is taken as removed, as if
+// its notification had arrived.
+func (m *Manager) resyncAddrs() error {
+	missing, err := m.addrs.missing()
+	if err != nil {
+		return fmt.Errorf("listing addresses to find VIPs removed unseen: %w", err)
+	}
+	for _, k := range missing {
+		m.onAddrGone(k.ifindex, k.prefix)
+	}
+	return nil
 }
 
 // Status returns a snapshot of every running instance, by name.

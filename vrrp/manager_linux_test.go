@@ -2,8 +2,11 @@ package vrrp
 
 import (
 	"bytes"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -608,5 +611,346 @@ func TestManagerHandoffDoesNotBlock(t *testing.T) {
 	slow.HandoffHold, other.HandoffHold = false, false
 	if err := m.Sync([]Config{slow, other}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// prefixesOf returns the prefixes a has on the interface.
+func prefixesOf(t *testing.T, ifindex int, a netip.Addr) []netip.Prefix {
+	t.Helper()
+	addrs, err := listAddrs(nil, FamilyOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, e := range addrs {
+		if e.ifindex == ifindex && e.prefix.Addr() == a {
+			out = append(out, e.prefix)
+		}
+	}
+	return out
+}
+
+// waitPrefixes waits until a has exactly want on the interface.
+func waitPrefixes(t *testing.T, ifindex int, a netip.Addr, want []netip.Prefix, within time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := prefixesOf(t, ifindex, a)
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s is on the interface as %v; want %v", what, a, got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// advertise sends adverts from the peer every interval until the returned
+// function is called.
+func (p *peer) advertise(adv Advertisement, src, dst netip.Addr, every time.Duration) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			b, err := adv.Marshal(src, dst, ChecksumPseudoHeader)
+			if err == nil {
+				err = p.conn.WritePacket(b, src, dst)
+			}
+			if err != nil {
+				p.t.Errorf("peer advert: %v", err)
+				return
+			}
+			select {
+			case <-quit:
+				return
+			case <-time.After(every):
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+// Issue #9: a master's VIP changes prefix length (10.0.0.10/24 to /32).
+// The kernel's notification that the /24 went can arrive after the /32 was
+// added; it must not cost keepvip the ownership of the /32, or the /32
+// stays on this node as backup while another node is master.
+func TestManagerPrefixChangeKeepsOwnership(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, vb := vethPair(t)
+	p := newPeer(t, vb, IPv4)
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	vip := netip.MustParseAddr("192.0.2.10")
+	wide, narrow := netip.PrefixFrom(vip, 24), netip.PrefixFrom(vip, 32)
+	cfg := testConfig("vi", "va", 51, wide.String())
+	if err := m.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "vi", StateMaster)
+	waitPrefixes(t, va.Index, vip, []netip.Prefix{wide}, 2*time.Second, "master")
+	cfg.VIPs = []netip.Prefix{narrow}
+	if err := m.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	waitPrefixes(t, va.Index, vip, []netip.Prefix{narrow}, 2*time.Second, "after the live change")
+	// The watcher delivers the kernel's removal of the /24 whenever it
+	// gets to it; here it comes (again) after the /32 is in place, which
+	// is when it did harm.
+	m.onAddrGone(va.Index, wide)
+	// A higher-priority master appears: this node must let the VIP go.
+	stop := p.advertise(Advertisement{Version: 3, VRID: 51, Priority: 200, Interval: 100 * time.Millisecond, Addrs: []netip.Addr{vip}},
+		netip.MustParseAddr("192.0.2.2"), GroupIPv4, 100*time.Millisecond)
+	defer stop()
+	waitState(t, m, "vi", StateBackup)
+	waitPrefixes(t, va.Index, vip, nil, 2*time.Second, "as backup (the VIP would be held by two nodes)")
+}
+
+// Issue #9: the address watch fails (ENOBUFS: the kernel dropped
+// notifications for a slow reader) and is taken again. A VIP removed in
+// that gap is noticed by listing the addresses after resubscribing, and
+// put back.
+func TestManagerRestoresAVIPRemovedWhileTheAddressWatchWasDown(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, _ := vethPair(t)
+	netnstest.Sh(t, "ip link add vx type veth peer name vy && ip link set vx up")
+	h := newCountingHandler()
+	m := NewManager(Options{Logger: slog.New(h)})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	vip := netip.MustParsePrefix("192.0.2.81/24")
+	if err := m.Sync([]Config{testConfig("web", "va", 81, vip.String())}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "web", StateMaster)
+	waitPrefixes(t, va.Index, vip.Addr(), []netip.Prefix{vip}, 2*time.Second, "master")
+
+	// A slow reader: the watcher blocks on the first removal it passes
+	// on, the library's channel fills, then the socket, and the kernel
+	// drops what follows, the removal of the VIP among it.
+	m.addrs.mu.Lock()
+	var batch strings.Builder
+	for i := range 10000 {
+		fmt.Fprintf(&batch, "address add 198.18.%d.%d/32 dev vx\n", i>>8, i&255)
+	}
+	for i := range 10000 {
+		fmt.Fprintf(&batch, "address del 198.18.%d.%d/32 dev vx\n", i>>8, i&255)
+	}
+	cmd := exec.Command("ip", "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		m.addrs.mu.Unlock()
+		t.Fatalf("ip -batch: %v\n%s", err, out)
+	}
+	netnstest.Sh(t, "ip addr del "+vip.String()+" dev va")
+	m.addrs.mu.Unlock()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, byMsg := h.total()
+		if byMsg["address notifications failed"] > 0 && slices.Equal(prefixesOf(t, va.Index, vip.Addr()), []netip.Prefix{vip}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VIP %s not restored (on the interface as %v); log: %v", vip, prefixesOf(t, va.Index, vip.Addr()), byMsg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, byMsg := h.total()
+	t.Logf("log: %v", byMsg)
+}
+
+// Issue #9: Stop while a Sync waits for a slot that is being handed off.
+// Sync must then change nothing and say so: no socket, no instance, no VIP
+// after Stop.
+func TestManagerSyncDuringStopIsANoOp(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, _ := vethPair(t)
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParsePrefix("192.0.2.90/24")
+	c := testConfig("slot", "va", 90, vip.String())
+	c.Priority = PriorityOwner
+	c.Interval = time.Second // hold: 2 s, nobody takes over
+	if err := m.Sync([]Config{c}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "slot", StateMaster)
+	// The same slot as another router (version 2): Sync stops the
+	// first, and waits for its handoff to end before starting the second.
+	c2 := c
+	c2.Version = 2
+	synced := make(chan error, 1)
+	go func() { synced <- m.Sync([]Config{c2}) }()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		m.mu.Lock()
+		waiting := len(m.stopping) == 1
+		m.mu.Unlock()
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Sync did not start the handoff")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- m.Stop() }()
+	var syncErr error
+	select {
+	case syncErr = <-synced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Sync did not return")
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return")
+	}
+	if syncErr == nil {
+		t.Error("Sync that Stop overtook returned no error")
+	} else {
+		t.Logf("Sync: %v", syncErr)
+	}
+	m.mu.Lock()
+	insts, socks := len(m.insts), len(m.sockets)
+	m.mu.Unlock()
+	if insts != 0 || socks != 0 {
+		t.Errorf("after Stop: %d instances, %d sockets; want none", insts, socks)
+	}
+	// Whatever a late start would do, it would do within its hold.
+	time.Sleep(500 * time.Millisecond)
+	if got := prefixesOf(t, va.Index, vip.Addr()); len(got) != 0 {
+		t.Errorf("VIP on the interface after Stop: %v", got)
+	}
+	raw, err := os.ReadFile("/proc/net/raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(raw), "\n")[1:] {
+		// Column 2 is local_address HEX:PORT, the port being the protocol.
+		if f := strings.Fields(l); len(f) > 1 && strings.HasSuffix(f[1], ":0070") {
+			t.Errorf("a VRRP socket is open after Stop: %s", l)
+		}
+	}
+	// And a Sync after Stop is refused outright.
+	if err := m.Sync([]Config{c}); err == nil {
+		t.Error("Sync after Stop returned no error")
+	}
+}
+
+// ipv4Frame builds an Ethernet frame carrying payload from src to the VRRP
+// group, TTL 255, with any source address: what a spoofing flood sends.
+func ipv4Frame(from net.HardwareAddr, src netip.Addr, payload []byte) []byte {
+	f := make([]byte, 14+20+len(payload))
+	copy(f[0:6], []byte{0x01, 0x00, 0x5e, 0x00, 0x00, 0x12})
+	copy(f[6:12], from)
+	f[12], f[13] = 0x08, 0x00
+	ip := f[14:34]
+	ip[0], ip[1] = 0x45, 0xc0
+	ip[2], ip[3] = byte((20+len(payload))>>8), byte(20+len(payload))
+	ip[8], ip[9] = 255, 112
+	s4, d4 := src.As4(), GroupIPv4.As4()
+	copy(ip[12:16], s4[:])
+	copy(ip[16:20], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(ip[i])<<8 | uint32(ip[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	ip[10], ip[11] = byte(^sum>>8), byte(^sum)
+	copy(f[34:], payload)
+	return f
+}
+
+// Issue #9: a flood of adverts from thousands of spoofed sources, through
+// the real receive path (raw socket, socket reader, instance), costs a
+// bounded number of log lines, at Debug level too.
+func TestManagerLogFloodFromSpoofedSources(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	_, vb := vethPair(t)
+	// Spoofed sources have no route back: no reverse-path filter.
+	netnstest.Sh(t, "sysctl -qw net.ipv4.conf.va.rp_filter=0 net.ipv4.conf.vb.rp_filter=0")
+	h := newCountingHandler()
+	m := NewManager(Options{Logger: slog.New(h)})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	cfg := testConfig("vi", "va", 51, "192.0.2.51/24")
+	if err := m.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "vi", StateMaster)
+	conn, err := packet.Listen(vb, packet.Raw, 0x0800, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dst := &packet.Addr{HardwareAddr: net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x12}}
+	time.Sleep(200 * time.Millisecond)
+	before, _ := h.total()
+	const sources = 4000
+	other := []netip.Addr{netip.MustParseAddr("198.51.100.1")}
+	for i := range sources {
+		src := netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)})
+		// Lower priority and another address list: the instance
+		// accepts it and finds the list differs. Every other one
+		// has a bad checksum: the socket reader drops it.
+		adv := Advertisement{Version: 3, VRID: 51, Priority: 50, Interval: 100 * time.Millisecond, Addrs: other}
+		b, err := adv.Marshal(src, GroupIPv4, ChecksumPseudoHeader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			b[7] ^= 0xff
+		}
+		if _, err := conn.WriteTo(ipv4Frame(vb.HardwareAddr, src, b), dst); err != nil {
+			t.Fatal(err)
+		}
+		if i%200 == 199 {
+			// Paced so that the instance's queue keeps up: every
+			// advert reaches the code that logs.
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	var st Status
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st = waitState(t, m, "vi", StateMaster)
+		if st.Drops[string(DropChecksum)] >= sources/2-10 && st.AdvertsReceived >= sources/2-10 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	after, byMsg := h.total()
+	t.Logf("%d adverts from distinct spoofed sources (half with a bad checksum): received %d, drops %v; %d log records: %v",
+		sources, st.AdvertsReceived, st.Drops, after-before, byMsg)
+	if st.Drops[string(DropChecksum)] < sources/4 || st.AdvertsReceived < sources/4 {
+		t.Fatalf("the flood did not reach keepvip: received %d, drops %v", st.AdvertsReceived, st.Drops)
+	}
+	if n := after - before; n > 60 {
+		t.Errorf("%d log records for %d adverts from distinct sources; want at most 60", n, sources)
 	}
 }

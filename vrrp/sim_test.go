@@ -1,11 +1,14 @@
 package vrrp
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +32,9 @@ type sim struct {
 	cut map[int]bool
 	// capture records every packet put on the wire.
 	capture []wirePacket
+	// lose, if set, is asked for each copy of a packet on its way to
+	// router to; true loses that copy.
+	lose func(w wirePacket, to int) bool
 }
 
 type flight struct {
@@ -100,8 +106,12 @@ func (t tx) WritePacket(b []byte, src, dst netip.Addr) error {
 	if s.cut[t.r.index] {
 		return nil
 	}
+	w := s.capture[len(s.capture)-1]
 	for _, o := range s.routers {
 		if o == t.r || s.cut[o.index] || (!dst.IsMulticast() && dst != o.addr) {
+			continue
+		}
+		if s.lose != nil && s.lose(w, o.index) {
 			continue
 		}
 		s.flight = append(s.flight, flight{
@@ -117,6 +127,46 @@ func newSim(t *testing.T) *sim {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// countingHandler counts the records logged at Debug and above, by
+// message. Safe for concurrent use.
+type countingHandler struct {
+	mu    *sync.Mutex
+	byMsg map[string]int
+	attrs []slog.Attr
+}
+
+func newCountingHandler() *countingHandler {
+	return &countingHandler{mu: &sync.Mutex{}, byMsg: map[string]int{}}
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.byMsg[r.Message]++
+	return nil
+}
+
+func (h *countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(slices.Clone(h.attrs), as...)
+	return &c
+}
+
+func (h *countingHandler) WithGroup(string) slog.Handler { return h }
+
+// total returns the number of records and the counts by message.
+func (h *countingHandler) total() (int, map[string]int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, c := range h.byMsg {
+		n += c
+	}
+	return n, maps.Clone(h.byMsg)
+}
 
 // add creates a router from cfg at address addr; it starts at once.
 func (s *sim) add(addr string, mod func(*Config)) *simRouter {
