@@ -155,6 +155,9 @@ func (e *FieldError) Error() string {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
+// ValidName reports whether s can name an instance.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 // Parse decodes a YAML (or JSON) configuration, applies the defaults and
 // validates it. It returns every problem, each a *FieldError, joined; the
 // Config is nil when there is any.

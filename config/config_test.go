@@ -123,6 +123,8 @@ func TestParseVirtualServerErrors(t *testing.T) {
 		{"flags on rr", base + "  scheduler: rr\n  schedulerFlags: [port]\n", []string{"virtualServers[0].schedulerFlags: only sh and mh take flags"}},
 		{"bad unhealthy", base + "  unhealthy: reboot\n", []string{`virtualServers[0].unhealthy: "reboot": want drain or remove`}},
 		{"bad kernel", "kernel: {ipvs: maybe, connReuseMode: 7}\n", []string{`kernel.ipvs: "maybe": want required or optional`, "kernel.connReuseMode: 7: want 0, 1 or 2"}},
+		// The nftables drop of accept: false runs before IPVS.
+		{"served VIP without accept", "instances: [{interface: eth0, vrid: 1, accept: false, vips: [192.0.2.1/24]}]\n" + base, []string{"virtualServers[0].vip: 192.0.2.1 is a VIP of instances[0], which has accept: false"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

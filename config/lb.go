@@ -166,6 +166,26 @@ func (c *Config) Balancer() []balancer.Service {
 
 func (c *Config) validateVirtualServers() []error {
 	var errs []error
+	// accept: false drops, with an nftables rule that runs before IPVS,
+	// every packet to the instance's VIPs: their virtual servers would
+	// silently serve nothing.
+	noAccept := map[netip.Addr]string{}
+	for i, in := range c.Instances {
+		if in.Accept != nil && !*in.Accept {
+			for _, v := range in.VIPs {
+				if p, err := parseVIP(v); err == nil {
+					noAccept[p.Addr()] = fmt.Sprintf("instances[%d]", i)
+				}
+			}
+		}
+	}
+	for i, vs := range c.VirtualServers {
+		if a, err := netip.ParseAddr(vs.VIP); err == nil {
+			if in, ok := noAccept[a.Unmap()]; ok {
+				errs = append(errs, &FieldError{fmt.Sprintf("virtualServers[%d].vip", i), fmt.Sprintf("%s is a VIP of %s, which has accept: false: its traffic is dropped before IPVS sees it; set accept: true there", a.Unmap(), in)})
+			}
+		}
+	}
 	seen := map[lvs.Key]string{}
 	for i := range c.VirtualServers {
 		path := fmt.Sprintf("virtualServers[%d]", i)
