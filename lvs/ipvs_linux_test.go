@@ -72,17 +72,17 @@ func TestNetmaskWireFormat(t *testing.T) {
 		svc  Service
 		wire []byte
 	}{
-		{"IPv4 /24", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
-		{"IPv4 /16", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 16}, []byte{0xff, 0xff, 0x00, 0x00}},
-		{"IPv4 /25", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 25}, []byte{0xff, 0xff, 0xff, 0x80}},
-		{"IPv4 /1", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 1}, []byte{0x80, 0x00, 0x00, 0x00}},
-		{"IPv4 persistent, no mask: /32", Service{Key: v4, Persistence: time.Minute}, []byte{0xff, 0xff, 0xff, 0xff}},
-		{"IPv4 not persistent: /32 as ipvsadm sends", Service{Key: v4}, []byte{0xff, 0xff, 0xff, 0xff}},
-		{"IPv4 fwmark /24", Service{Key: Key{Addr: netip.IPv4Unspecified(), FWMark: 7}, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
-		{"IPv6 /64", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 64}, host(64, 0, 0, 0)},
-		{"IPv6 /48", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 48}, host(48, 0, 0, 0)},
-		{"IPv6 persistent, no mask: /128", Service{Key: v6, Persistence: time.Minute}, host(128, 0, 0, 0)},
-		{"IPv6 not persistent: /128 as ipvsadm sends", Service{Key: v6}, host(128, 0, 0, 0)},
+		{"IPv4 mask 24", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
+		{"IPv4 mask 16", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 16}, []byte{0xff, 0xff, 0x00, 0x00}},
+		{"IPv4 mask 25", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 25}, []byte{0xff, 0xff, 0xff, 0x80}},
+		{"IPv4 mask 1", Service{Key: v4, Persistence: time.Minute, PersistenceMask: 1}, []byte{0x80, 0x00, 0x00, 0x00}},
+		{"IPv4 persistent, no mask: mask 32", Service{Key: v4, Persistence: time.Minute}, []byte{0xff, 0xff, 0xff, 0xff}},
+		{"IPv4 not persistent: mask 32 as ipvsadm sends", Service{Key: v4}, []byte{0xff, 0xff, 0xff, 0xff}},
+		{"IPv4 fwmark mask 24", Service{Key: Key{Addr: netip.IPv4Unspecified(), FWMark: 7}, Persistence: time.Minute, PersistenceMask: 24}, []byte{0xff, 0xff, 0xff, 0x00}},
+		{"IPv6 mask 64", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 64}, host(64, 0, 0, 0)},
+		{"IPv6 mask 48", Service{Key: v6, Persistence: time.Minute, PersistenceMask: 48}, host(48, 0, 0, 0)},
+		{"IPv6 persistent, no mask: mask 128", Service{Key: v6, Persistence: time.Minute}, host(128, 0, 0, 0)},
+		{"IPv6 not persistent: mask 128 as ipvsadm sends", Service{Key: v6}, host(128, 0, 0, 0)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out := toIPVSService(&tt.svc)
