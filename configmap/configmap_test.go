@@ -76,28 +76,39 @@ func TestLegacyKeys(t *testing.T) {
 	}
 }
 
+// A VIP key stands alone: a bad key costs only itself; a bad value only
+// its virtual server, while its VIP is held as the key says.
 func TestLegacyKeyProblems(t *testing.T) {
 	for _, tc := range []struct {
 		key, value string
 		want       []string
+		vips       string // held by the instance of the VIP keys
 	}{
-		{"10.0.0.50", "default/nginx:PROXY", []string{`key "10.0.0.50"`, "PROXY", "not supported"}},
-		{"10.0.0.50", "default/nginx:TUN", []string{`unknown mode "TUN"`}},
-		{"10.0.0.50", "nginx", []string{"want namespace/service"}},
-		{"10.0.0.50", "Default/nginx", []string{`namespace "Default"`}},
-		{"10.0.0.50", "default/9nginx", []string{`service name "9nginx"`}},
-		{"web", "default/nginx", []string{`key "web"`, "not an IPv4 address", "config.yaml"}},
-		{"10.0.0.300", "default/nginx", []string{"not an IPv4 address"}},
+		{"10.0.0.50", "default/nginx:PROXY", []string{`key "10.0.0.50"`, "PROXY", "not supported"}, "10.0.0.50,10.0.0.99"},
+		{"10.0.0.50", "default/nginx:TUN", []string{`unknown mode "TUN"`}, "10.0.0.50,10.0.0.99"},
+		{"10.0.0.50", "nginx", []string{"want namespace/service"}, "10.0.0.50,10.0.0.99"},
+		{"10.0.0.50", "Default/nginx", []string{`namespace "Default"`}, "10.0.0.50,10.0.0.99"},
+		{"10.0.0.50", "default/9nginx", []string{`service name "9nginx"`}, "10.0.0.50,10.0.0.99"},
+		{"web", "default/nginx", []string{`key "web"`, "not an IPv4 address", "config.yaml"}, "10.0.0.99"},
+		{"10.0.0.300", "default/nginx", []string{"not an IPv4 address"}, "10.0.0.99"},
+		{"224.0.0.18", "", []string{`key "224.0.0.18"`, "not a unicast address"}, "10.0.0.99"},
+		{"127.0.0.1", "default/nginx", []string{`key "127.0.0.1"`, "not a unicast address"}, "10.0.0.99"},
+		{"0.0.0.0", "", []string{"not a unicast address"}, "10.0.0.99"},
+		{"255.255.255.255", "", []string{"not a unicast address"}, "10.0.0.99"},
+		{"10.0.0.050", "", []string{"without leading zeros", "write it as 10.0.0.50"}, "10.0.0.99"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			spec, ps := Parse(map[string]string{tc.key: tc.value, "10.0.0.99": "default/ok"}, DefaultDefaults(), nil)
 			wantProblems(t, ps, 1, tc.want...)
+			if ps[0].Key != tc.key {
+				t.Errorf("the problem names key %q, not %q", ps[0].Key, tc.key)
+			}
 			// The good entry is still there.
 			if len(spec.VirtualServers) != 1 || spec.VirtualServers[0].VIP != "10.0.0.99" {
 				t.Errorf("good entry lost: %+v", spec.VirtualServers)
 			}
-			if len(spec.Instances) != 1 || strings.Join(spec.Instances[0].VIPs, ",") != "10.0.0.99" {
-				t.Errorf("instances: %+v", spec.Instances)
+			if len(spec.Instances) != 1 || strings.Join(spec.Instances[0].VIPs, ",") != tc.vips {
+				t.Errorf("instances: %v; want VIPs %s", names(spec), tc.vips)
 			}
 		})
 	}
@@ -180,8 +191,11 @@ func TestStructuredProblems(t *testing.T) {
 		{"not yaml", "instances: [", []string{`key "config.yaml"`, "cannot read"}, 0},
 		{"unknown field", "instancez: []", []string{`unknown field "instancez"`}, 0},
 		{"bad vrid", "instances: [{vrid: 300, vips: [10.0.0.1]}, {vrid: 2, vips: [10.0.0.2]}]", []string{"instances[0].vrid", "outside 1-255"}, 1},
-		{"duplicate vrid", "instances: [{vrid: 2, vips: [10.0.0.1]}, {vrid: 2, vips: [10.0.0.2]}]", []string{"instances[1].vrid", "also used by instances[0]"}, 1},
-		{"duplicate vip", "instances: [{vrid: 2, vips: [10.0.0.1]}, {vrid: 3, vips: [10.0.0.1]}]", []string{"instances[1].vips[0]", "also a VIP of instances[0]"}, 1},
+		// Entries that clash are both refused: the ConfigMap cannot tell
+		// which came first (TestClashRunningWins has one running).
+		{"duplicate vrid", "instances: [{name: a, vrid: 2, vips: [10.0.0.1]}, {name: b, vrid: 2, vips: [10.0.0.2]}]", []string{`instance "a" (instances[0]): VRID 2 (ipv4) on the node's interface is also instance "b" (instances[1])'s`, `instance "b" (instances[1]): VRID 2`}, 0},
+		{"duplicate vip", "instances: [{vrid: 2, vips: [10.0.0.1]}, {vrid: 3, vips: [10.0.0.1]}]", []string{`instance "vrid-3" (instances[1]): VIP 10.0.0.1 is also instance "vrid-2" (instances[0])'s`}, 0},
+		{"duplicate unnamed", "instances: [{vrid: 2, vips: [10.0.0.1]}, {vrid: 2, vips: [10.0.0.2]}]", []string{"VRID 2 (ipv4)"}, 0},
 		{"priority and nodeOrder", "instances: [{vrid: 2, priority: 5, priorityFrom: nodeOrder, vips: [10.0.0.1]}]", []string{"instances[0].priority", "nodeOrder"}, 0},
 		{"bad priorityFrom", "instances: [{vrid: 2, priorityFrom: random, vips: [10.0.0.1]}]", []string{`"random": want nodeOrder`}, 0},
 		{"peers twice", "instances: [{vrid: 2, unicastPeersFrom: nodes, unicastPeers: [10.0.0.9], vips: [10.0.0.1]}]", []string{"unicastPeersFrom"}, 0},
@@ -283,15 +297,17 @@ virtualServers: [{name: web, vip: 10.0.0.1, service: default/web, scheduler: nop
 	})
 }
 
-func TestIPv6LegacyConflict(t *testing.T) {
+func TestLegacyInstanceClash(t *testing.T) {
 	// The "vips" instance made from the flags collides with a structured
-	// instance on the node's interface with the same VRID.
+	// instance on the node's interface with the same VRID: on a node that
+	// ran neither, neither runs, and both are named.
 	spec, ps := Parse(map[string]string{
 		StructuredKey: "instances: [{vrid: 50, vips: [10.0.0.1]}]",
 		"10.0.0.2":    "",
 	}, DefaultDefaults(), nil)
-	wantProblems(t, ps, 1, `key "10.0.0.2"`, "VRID 50", "also used by instances[0]")
-	if len(spec.Instances) != 1 {
-		t.Errorf("instances: %+v", spec.Instances)
+	wantProblems(t, ps, 2, `key "10.0.0.2": its instance "vips" (VRID 50 from the daemon's flags) is not applied: VRID 50 (ipv4) on the node's interface is also instance "vrid-50" (instances[0])'s`,
+		`instance "vrid-50" (instances[0]): VRID 50 (ipv4) on the node's interface is also the instance "vips" of the VIP keys's`)
+	if len(spec.Instances) != 0 {
+		t.Errorf("instances: %v", names(spec))
 	}
 }

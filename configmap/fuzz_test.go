@@ -1,6 +1,8 @@
 package configmap
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -37,6 +39,24 @@ func FuzzParse(f *testing.F) {
 			if errs := vs.check("x", false); len(errs) > 0 {
 				t.Fatalf("returned virtual server %+v does not check: %v", vs, errs)
 			}
+		}
+		// What runs is a fixed point: parsed again with itself in force,
+		// also as saved and restored across a restart, it stays.
+		data := map[string]string{key: value, StructuredKey: doc}
+		again, _ := Parse(data, DefaultDefaults(), spec)
+		if !reflect.DeepEqual(forms(again), forms(spec)) {
+			t.Fatalf("parsed again with itself in force:\n%+v\nfirst:\n%+v", forms(again), forms(spec))
+		}
+		saved, err := json.Marshal(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var restored Spec
+		if err := json.Unmarshal(saved, &restored); err != nil {
+			t.Fatalf("saved history does not read back: %v\n%s", err, saved)
+		}
+		if after, _ := Parse(data, DefaultDefaults(), &restored); !reflect.DeepEqual(forms(after), forms(spec)) {
+			t.Fatalf("after a restart:\n%+v\nbefore:\n%+v", forms(after), forms(spec))
 		}
 	})
 }

@@ -62,7 +62,7 @@ type KubeOptions struct {
 	// keys (the daemon's flags).
 	Defaults configmap.Defaults
 
-	lastGood map[string]string // read from the state directory
+	cache kubeCacheRead // read from the state directory
 }
 
 // Status is what `keepvip status` shows.
@@ -123,9 +123,8 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 	} else {
-		var lastGood map[string]string
-		cfg, lastGood, source = cachedKubeConfig(o.StateDir, o.Logger)
-		o.Kube.lastGood = lastGood
+		o.Kube.cache = cachedKubeConfig(o.StateDir, o.Logger)
+		cfg, source = o.Kube.cache.config, o.Kube.cache.source
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -156,7 +155,8 @@ func Run(ctx context.Context, o Options) error {
 		klog.SetSlogLogger(o.Logger.With("from", "client-go"))
 		d.rec = kube.New(kube.Options{
 			Client: o.Kube.Client, Namespace: o.Kube.Namespace, ConfigMap: o.Kube.ConfigMap,
-			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{}, LastGood: o.Kube.lastGood,
+			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{},
+			History: o.Kube.cache.history, LastGood: o.Kube.cache.lastGood, LastApplied: o.Kube.cache.applied,
 			Logger: o.Logger, Registerer: reg,
 		})
 		d.toApplied = prometheus.NewHistogram(prometheus.HistogramOpts{

@@ -1,18 +1,31 @@
 package kube
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
 )
 
-// Entries that clash only once resolved on a node are left out one by one
-// and reported under their own key; the rest applies. (configmap.Parse
-// catches the clashes it can see; this Spec is built by hand to get past
-// it, as a clash the parser misses would.)
+// Entries that clash only once resolved on a node are all left out and
+// reported under their own source, none winning by its place; what ran of
+// them keeps running. (configmap.Parse catches the clashes it can see;
+// this Spec is built by hand to get past it, as a clash only a node can
+// see would.)
 func TestResolveLeavesOutWhatClashes(t *testing.T) {
 	w := threeNodes()
 	mk := func(name, iface string, vrid int, vip string) configmap.Instance {
@@ -25,19 +38,38 @@ func TestResolveLeavesOutWhatClashes(t *testing.T) {
 		mk("b", "eth0", 10, "10.0.0.2"), // the same VRID on the same interface
 		mk("c", "eth0", 11, "10.0.0.3"),
 	}}
-	cfg, ps := Resolve(spec, w.cluster("node-a"), host)
-	if cfg == nil {
-		t.Fatalf("the whole configuration was rejected: %v", ps)
-	}
-	var names []string
-	for _, in := range cfg.Instances {
-		names = append(names, in.Name)
-	}
-	if strings.Join(names, ",") != "a,c" {
-		t.Errorf("instances %v; want a and c", names)
-	}
-	if len(ps) != 1 || ps[0].Source != "config.yaml instances b" || !strings.Contains(ps[0].Reason, "left out: it clashes on this node") {
-		t.Errorf("problems %v; want one for b", ps)
+	c := w.cluster("node-a")
+	for _, tc := range []struct {
+		name     string
+		previous []configmap.Instance
+		want     string
+	}{
+		{"neither ran", nil, "c"},
+		{"b ran", []configmap.Instance{spec.Instances[1]}, "c,b"},
+		{"a ran", []configmap.Instance{spec.Instances[0]}, "c,a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.Previous = &config.Config{}
+			for _, in := range tc.previous {
+				c.Previous.Instances = append(c.Previous.Instances, in.Instance)
+			}
+			cfg, ps := Resolve(spec, c, host)
+			if cfg == nil {
+				t.Fatalf("the whole configuration was rejected: %v", ps)
+			}
+			var names []string
+			for _, in := range cfg.Instances {
+				names = append(names, in.Name)
+			}
+			if strings.Join(names, ",") != tc.want {
+				t.Errorf("instances %v; want %s", names, tc.want)
+			}
+			text := fmt.Sprint(ps)
+			if len(ps) != 2 || !strings.Contains(text, "config.yaml instances a: VRID 10 (ipv4) on eth0 is also config.yaml instances b's") ||
+				!strings.Contains(text, "config.yaml instances b: VRID 10 (ipv4) on eth0 is also config.yaml instances a's") {
+				t.Errorf("problems %v; want one each for a and b", ps)
+			}
+		})
 	}
 }
 
@@ -58,7 +90,7 @@ func TestResolveKeepsAnInstanceThroughANodeGlitch(t *testing.T) {
 	if len(cfg.Instances) != 1 || cfg.Instances[0].Interface != "eth0" {
 		t.Errorf("during the glitch: %+v", cfg.Instances)
 	}
-	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "it keeps running as it was") {
+	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "it keeps running with what was found before") {
 		t.Errorf("problems during the glitch: %v", ps)
 	}
 	// Without a previous form there is nothing to keep.
@@ -139,5 +171,139 @@ routing: {bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000}]}}
 	}
 	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "not announced: node node-c has no IPv6 address") {
 		t.Errorf("problems %v", ps)
+	}
+}
+
+// This node's Node object missing (deleted and registered again) keeps
+// everything that runs, instead of applying an empty configuration
+// (issue #9, case 5).
+func TestResolveKeepsWhatRunsWithoutItsNode(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{"10.0.0.50": "default/web", configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n"}, configmap.DefaultDefaults())
+	c := w.cluster("node-a")
+	running, ps := Resolve(spec, c, host)
+	if len(ps) != 0 || len(running.Instances) != 2 || len(running.VirtualServers) != 2 {
+		t.Fatalf("running: %+v %v", running, ps)
+	}
+	c.Previous = running
+	c.Nodes = slices.DeleteFunc(slices.Clone(c.Nodes), func(n *corev1.Node) bool { return n.Name == "node-a" })
+	cfg, ps := Resolve(spec, c, host)
+	if !reflect.DeepEqual(cfg, running) {
+		t.Errorf("without its Node: %+v; want what runs", cfg)
+	}
+	if len(ps) != 1 || !strings.Contains(ps[0].Error(), "node node-a: not found in the cluster (deleted, or not registered yet): what runs here keeps running") {
+		t.Errorf("problems %v", ps)
+	}
+}
+
+// A host whose interface lookup fails at start keeps the configuration
+// saved before the restart (Options.LastApplied), and is tried again soon,
+// without waiting for a cluster event or the 5-minute resync (issue #9,
+// case 6).
+func TestHostGlitchAtStartKeepsTheSavedConfiguration(t *testing.T) {
+	w := threeNodes()
+	data := map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n"}
+	spec := parse(t, data, configmap.DefaultDefaults())
+	saved, ps := Resolve(spec, w.cluster("node-a"), host)
+	if len(ps) != 0 {
+		t.Fatal(ps)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	for _, n := range w.nodes {
+		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	}
+	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(data), metav1.CreateOptions{})
+	h := &glitchHost{}
+	h.broken.Store(true)
+	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-a",
+		Defaults: configmap.DefaultDefaults(), Host: h, Registerer: prometheus.NewRegistry(), Recorder: record.NewFakeRecorder(10),
+		History: spec, LastApplied: saved})
+	updates := make(chan Update, 10)
+	go r.Run(ctx, func(u Update) { updates <- u })
+	select {
+	case u := <-updates:
+		if len(u.Config.Instances) != 1 || u.Config.Instances[0].Interface != "eth0" {
+			t.Errorf("first update with the interface not found: %+v; want the saved instance", u.Config.Instances)
+		}
+		if !strings.Contains(strings.Join(u.Problems, " "), "it keeps running with what was found before") {
+			t.Errorf("problems %v", u.Problems)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no update")
+	}
+	h.broken.Store(false)
+	select {
+	case u := <-updates:
+		if len(u.Problems) != 0 || len(u.Config.Instances) != 1 {
+			t.Errorf("after the glitch: %+v %v", u.Config.Instances, u.Problems)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the glitch was not tried again: no update within 5 s")
+	}
+}
+
+// glitchHost finds node-a's interface, except while broken.
+type glitchHost struct{ broken atomic.Bool }
+
+func (h *glitchHost) InterfaceOf(a netip.Addr) (string, error) {
+	if h.broken.Load() {
+		return "", fmt.Errorf("no interface holds %s", a)
+	}
+	return host.InterfaceOf(a)
+}
+
+// A Node that vanishes (deleted and registered again) keeps its place
+// among the others' unicast peers and in the node order for a grace
+// period: else it would go on advertising to them while they advertise
+// to it no more, hear nobody, and become master beside one of them.
+func TestAVanishedNodeKeepsItsPlaceForAWhile(t *testing.T) {
+	w := threeNodes()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	for _, n := range w.nodes {
+		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	}
+	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, priorityFrom: nodeOrder, preempt: false, unicastPeersFrom: nodes, vips: [10.0.0.60]}\n"}), metav1.CreateOptions{})
+	const grace = 2 * time.Second
+	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-b", NodeGrace: grace,
+		Defaults: configmap.DefaultDefaults(), Host: host, Registerer: prometheus.NewRegistry(), Recorder: record.NewFakeRecorder(100)})
+	updates := make(chan Update, 10)
+	go r.Run(ctx, func(u Update) { updates <- u })
+	next := func(what string) Update {
+		t.Helper()
+		select {
+		case u := <-updates:
+			return u
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no update", what)
+		}
+		return Update{}
+	}
+	in := func(u Update) (int, string) {
+		return *u.Config.Instances[0].Priority, strings.Join(u.Config.Instances[0].UnicastPeers, ",")
+	}
+	if p, peers := in(next("start")); p != 101 || peers != "192.168.1.1,192.168.1.3" {
+		t.Fatalf("start: priority %d peers %s", p, peers)
+	}
+	deleted := time.Now()
+	if err := client.CoreV1().Nodes().Delete(ctx, "node-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u := next("node-a deleted")
+	if p, peers := in(u); p != 101 || peers != "192.168.1.1,192.168.1.3" {
+		t.Errorf("node-a gone a moment: priority %d peers %s; want them as they were", p, peers)
+	}
+	if !strings.Contains(strings.Join(u.Problems, " "), "node node-a: not in the cluster since") {
+		t.Errorf("problems %v", u.Problems)
+	}
+	u = next("grace over")
+	if p, peers := in(u); p != 100 || peers != "192.168.1.3" {
+		t.Errorf("after the grace: priority %d peers %s; want node-a gone", p, peers)
+	}
+	if took := time.Since(deleted); took < grace {
+		t.Errorf("node-a left after %v, before its grace of %v", took, grace)
 	}
 }

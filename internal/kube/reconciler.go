@@ -53,14 +53,22 @@ type Options struct {
 	ResyncEvery time.Duration
 	// Recorder sends Events; nil makes one that writes to the API server.
 	Recorder record.EventRecorder
-	// LastGood is ConfigMap data saved from Update.ConfigMapData before a
-	// restart: the entries that ran then. An entry that is bad in the
-	// live ConfigMap keeps its form from there, as it did before the
-	// restart.
+	// History is the Spec in force before a restart (Update.History,
+	// saved by the daemon): an entry that is bad in the live ConfigMap
+	// keeps its form from there, as it did before the restart.
+	History *configmap.Spec
+	// LastGood is ConfigMap data saved by versions before History was;
+	// it stands in for History when that is nil.
 	LastGood map[string]string
+	// LastApplied is the configuration applied before a restart: what an
+	// entry that cannot be resolved for a moment keeps (c.Previous).
+	LastApplied *config.Config
 	// ProbeEvery is how often the API server's /readyz is asked, to
 	// report in the status whether it can be reached. Default 5 s.
 	ProbeEvery time.Duration
+	// NodeGrace is how long a Node that vanished keeps its place among
+	// the nodes (unicast peers, node order). Default 5 minutes.
+	NodeGrace time.Duration
 }
 
 // Update is a configuration for the daemon to apply.
@@ -74,10 +82,10 @@ type Update struct {
 	// ResourceVersion is the ConfigMap's version this update was made
 	// from; "" if it does not exist.
 	ResourceVersion string
-	// ConfigMapData renders the entries in force, including the last good
-	// forms kept for bad ones. The daemon saves it and gives it back as
-	// Options.LastGood after a restart.
-	ConfigMapData map[string]string
+	// History is the Spec in force, with the last good forms kept for
+	// bad entries. The daemon saves it and gives it back as
+	// Options.History after a restart.
+	History *configmap.Spec
 }
 
 // Status is the Kubernetes side, for `keepvip status`.
@@ -132,6 +140,9 @@ func New(o Options) *Reconciler {
 	}
 	if o.ProbeEvery == 0 {
 		o.ProbeEvery = 5 * time.Second
+	}
+	if o.NodeGrace == 0 {
+		o.NodeGrace = 5 * time.Minute
 	}
 	r := &Reconciler{
 		o:      o,
@@ -377,8 +388,8 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 	defer func() { cancel(); <-probed }()
 	go func() { defer close(probed); r.probeAPI(ctx, o.ProbeEvery) }()
 
-	st := &loopState{}
-	if len(o.LastGood) > 0 {
+	st := &loopState{spec: o.History, applied: o.LastApplied}
+	if st.spec == nil && len(o.LastGood) > 0 {
 		spec, probs := configmap.Parse(o.LastGood, o.Defaults, nil)
 		st.spec = spec
 		if len(probs) > 0 {
@@ -387,8 +398,18 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 			r.log.Warn("the saved configuration has entries this version refuses; they are not kept", "problems", len(probs))
 		}
 	}
+	st.appliedAtStart = st.applied != nil
 	ticker := time.NewTicker(o.ResyncEvery)
 	defer ticker.Stop()
+	// A problem of this host (an interface not found) sends no event when
+	// it clears: it is retried, 1 s after it is seen, doubling to 30 s.
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	grace := time.NewTimer(time.Hour)
+	grace.Stop()
+	defer grace.Stop()
+	var backoff time.Duration
 	r.flag()
 	for {
 		select {
@@ -398,8 +419,30 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 		case <-ticker.C:
 			r.flag()
 			<-r.kick
+		case <-retry.C:
+			r.flag()
+			<-r.kick
+		case <-grace.C:
+			r.flag()
+			<-r.kick
 		}
-		r.reconcile(st, cmInf.Lister().ConfigMaps(o.Namespace), svcInf.Lister(), sliceIndex{epsInf.Informer()}, nodeInf.Lister(), apply)
+		again := r.reconcile(st, cmInf.Lister().ConfigMaps(o.Namespace), svcInf.Lister(), sliceIndex{epsInf.Informer()}, nodeInf.Lister(), apply)
+		// A vanished Node is let go when its grace ends.
+		grace.Stop()
+		if !st.nextGone.IsZero() {
+			grace.Reset(max(time.Until(st.nextGone), 0))
+		}
+		switch {
+		case !again:
+			backoff = 0
+			retry.Stop()
+		case backoff == 0:
+			backoff = time.Second
+			retry.Reset(backoff)
+		default:
+			backoff = min(2*backoff, 30*time.Second)
+			retry.Reset(backoff)
+		}
 	}
 }
 
@@ -411,8 +454,59 @@ type loopState struct {
 	spec         *configmap.Spec
 	parseProbs   []string
 	applied      *config.Config
+	appliedSpec  *configmap.Spec
 	appliedProbs []string
 	emitted      map[string]bool
+	// appliedAtStart: applied is the configuration saved before a
+	// restart, not yet handed to the daemon by this process.
+	appliedAtStart bool
+	// nodes are the Nodes last seen, by name; goneAt, since when one is
+	// no longer there; nextGone, when the next one's grace ends.
+	nodes    map[string]*corev1.Node
+	goneAt   map[string]time.Time
+	nextGone time.Time
+}
+
+// withVanished adds to the Nodes listed those that vanished less than
+// grace ago, as they were last seen: a Node deleted and registered again
+// (or missing from a relist for a moment) must not shrink the others'
+// unicast peers or shift their node order, which would leave it unheard,
+// and master alongside another. It returns a line for each.
+func (st *loopState) withVanished(list []*corev1.Node, now time.Time, grace time.Duration) ([]*corev1.Node, []string) {
+	if st.nodes == nil {
+		st.nodes, st.goneAt = map[string]*corev1.Node{}, map[string]time.Time{}
+	}
+	present := make(map[string]bool, len(list))
+	for _, n := range list {
+		present[n.Name] = true
+		st.nodes[n.Name] = n
+		delete(st.goneAt, n.Name)
+	}
+	st.nextGone = time.Time{}
+	var lines []string
+	for name, n := range st.nodes {
+		if present[name] {
+			continue
+		}
+		since, ok := st.goneAt[name]
+		if !ok {
+			since = now
+			st.goneAt[name] = now
+		}
+		until := since.Add(grace)
+		if !now.Before(until) {
+			delete(st.nodes, name)
+			delete(st.goneAt, name)
+			continue
+		}
+		list = append(list, n)
+		if st.nextGone.IsZero() || until.Before(st.nextGone) {
+			st.nextGone = until
+		}
+		lines = append(lines, fmt.Sprintf("node %s: not in the cluster since %s; it keeps its place (unicast peer, node order) until %s", name, since.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339)))
+	}
+	slices.Sort(lines)
+	return list, lines
 }
 
 // sliceIndex finds the EndpointSlices of a Service.
@@ -449,7 +543,9 @@ func (x sliceIndex) ForService(ns, name string) []*discoveryv1.EndpointSlice {
 	return out
 }
 
-func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespaceLister, svcs corelisters.ServiceLister, eps sliceIndex, nodes corelisters.NodeLister, apply func(Update)) {
+// reconcile resolves the cluster and hands the daemon what changed. It
+// reports whether a problem of this host asks to be tried again soon.
+func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespaceLister, svcs corelisters.ServiceLister, eps sliceIndex, nodes corelisters.NodeLister, apply func(Update)) (retry bool) {
 	r.mu.Lock()
 	since := r.pending
 	r.pending = time.Time{}
@@ -465,13 +561,23 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 			r.log.Warn("the ConfigMap does not exist: keeping the configuration in force; empty its data to remove every VIP")
 		}
 		st.cmExists, st.cmVersion, st.cmData = false, "", nil
+		st.parseProbs = []string{fmt.Sprintf("ConfigMap %s/%s not found: the configuration in force stays", r.o.Namespace, r.o.ConfigMap)}
+		if st.spec == nil && st.applied != nil {
+			// Restarted without the entries in force saved, or unable to
+			// read them: what ran before the restart stays as it is.
+			if st.appliedAtStart {
+				apply(Update{Config: st.applied, Problems: st.parseProbs, Since: since})
+				st.appliedAtStart, st.appliedProbs = false, st.parseProbs
+				r.reconciles.WithLabelValues("applied").Inc()
+			}
+			return false
+		}
 		if st.spec == nil {
 			st.spec = &configmap.Spec{}
 		}
-		st.parseProbs = []string{fmt.Sprintf("ConfigMap %s/%s not found: the configuration in force stays", r.o.Namespace, r.o.ConfigMap)}
 	case err != nil:
 		r.log.Error("reading the ConfigMap from the cache", "err", err)
-		return
+		return false
 	case !st.cmExists || cm.ResourceVersion != st.cmVersion || !maps.Equal(cm.Data, st.cmData):
 		spec, probs := configmap.Parse(cm.Data, r.o.Defaults, st.spec)
 		st.cmExists, st.cmVersion, st.cmData, st.spec = true, cm.ResourceVersion, cm.Data, spec
@@ -500,8 +606,9 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	nodeList, err := nodes.List(labels.Everything())
 	if err != nil {
 		r.log.Error("listing nodes from the cache", "err", err)
-		return
+		return false
 	}
+	nodeList, gone := st.withVanished(nodeList, time.Now(), r.o.NodeGrace)
 	c := Cluster{
 		NodeName: r.o.NodeName,
 		Nodes:    nodeList,
@@ -519,8 +626,10 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	c.Previous = st.applied
 	cfg, probs := Resolve(st.spec, c, r.o.Host)
 	all := slices.Clone(st.parseProbs)
+	all = append(all, gone...)
 	for _, p := range probs {
 		all = append(all, p.Error())
+		retry = retry || p.Retry
 	}
 	// An Event for each problem that was not there at the last
 	// reconcile: one that goes away and comes back is reported again.
@@ -544,21 +653,16 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		// A bug in the translation: keep what runs.
 		r.log.Error("the resolved configuration is invalid; keeping the one in force", "problems", all)
 		r.reconciles.WithLabelValues("invalid").Inc()
-		return
+		return retry
 	}
-	if st.applied != nil && reflect.DeepEqual(cfg, st.applied) && slices.Equal(all, st.appliedProbs) {
+	// A new Spec is handed over even when it resolves the same, so that
+	// the history the daemon saves is the one in force.
+	if st.applied != nil && !st.appliedAtStart && st.spec == st.appliedSpec && reflect.DeepEqual(cfg, st.applied) && slices.Equal(all, st.appliedProbs) {
 		r.reconciles.WithLabelValues("unchanged").Inc()
-		return
+		return retry
 	}
-	var data map[string]string
-	if st.spec != nil {
-		var err error
-		if data, err = st.spec.Data(); err != nil {
-			r.log.Error("rendering the configuration in force for the state directory", "err", err)
-		}
-	}
-	apply(Update{Config: cfg, Problems: all, Since: since, ResourceVersion: st.cmVersion, ConfigMapData: data})
-	st.applied, st.appliedProbs = cfg, all
+	apply(Update{Config: cfg, Problems: all, Since: since, ResourceVersion: st.cmVersion, History: st.spec})
+	st.applied, st.appliedProbs, st.appliedAtStart, st.appliedSpec = cfg, all, false, st.spec
 	r.reconciles.WithLabelValues("applied").Inc()
 	if !since.IsZero() {
 		r.latency.Observe(time.Since(since).Seconds())
@@ -566,6 +670,7 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	r.mu.Lock()
 	r.status.LastApplied = time.Now()
 	r.mu.Unlock()
+	return retry
 }
 
 // event sends a Warning Event on the ConfigMap. Each node reports what it

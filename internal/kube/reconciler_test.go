@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"testing"
@@ -271,33 +272,52 @@ func TestDeletedConfigMapKeepsWhatRuns(t *testing.T) {
 	}
 }
 
-// The entries that ran before a restart (Options.LastGood) keep their form
-// while the live ConfigMap has them bad.
-func TestLastGoodSeedsTheFirstParse(t *testing.T) {
+// The entries that ran before a restart (Options.History, or LastGood as
+// older versions saved it) keep their form while the live ConfigMap has
+// them bad; and what the update gives to save keeps it for the restart
+// after.
+func TestHistorySeedsTheFirstParse(t *testing.T) {
 	w := threeNodes()
 	good := map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n"}
 	bad := map[string]string{configmap.StructuredKey: "instances:\n- {name: web, vrid: 61, vips: [10.0.0.60]}\n\tbroken\n"}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	client := fake.NewClientset()
-	for _, n := range w.nodes {
-		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
-	}
-	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(bad), metav1.CreateOptions{})
-	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-a", LastGood: good,
-		Defaults: configmap.DefaultDefaults(), Host: host, Registerer: prometheus.NewRegistry(), Recorder: record.NewFakeRecorder(10)})
-	updates := make(chan Update, 10)
-	go r.Run(ctx, func(u Update) { updates <- u })
-	select {
-	case u := <-updates:
-		if len(u.Config.Instances) != 1 || len(u.Problems) != 1 {
-			t.Errorf("first update after a restart: %+v, problems %v", u.Config.Instances, u.Problems)
-		}
-		// And what it saves keeps it for the restart after.
-		if spec, ps := configmap.Parse(u.ConfigMapData, configmap.DefaultDefaults(), nil); len(ps) != 0 || len(spec.Instances) != 1 {
-			t.Errorf("ConfigMapData %v parses to %+v, %v", u.ConfigMapData, spec.Instances, ps)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no update")
+	goodSpec, _ := configmap.Parse(good, configmap.DefaultDefaults(), nil)
+	for _, tc := range []struct {
+		name string
+		o    Options
+	}{{"history", Options{History: goodSpec}}, {"last good data", Options{LastGood: good}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			client := fake.NewClientset()
+			for _, n := range w.nodes {
+				client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+			}
+			client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(bad), metav1.CreateOptions{})
+			o := tc.o
+			o.Client, o.Namespace, o.ConfigMap, o.NodeName = client, "keepvip", "vip-configmap", "node-a"
+			o.Defaults, o.Host, o.Registerer, o.Recorder = configmap.DefaultDefaults(), host, prometheus.NewRegistry(), record.NewFakeRecorder(10)
+			r := New(o)
+			updates := make(chan Update, 10)
+			go r.Run(ctx, func(u Update) { updates <- u })
+			select {
+			case u := <-updates:
+				if len(u.Config.Instances) != 1 || len(u.Problems) != 1 {
+					t.Errorf("first update after a restart: %+v, problems %v", u.Config.Instances, u.Problems)
+				}
+				saved, err := json.Marshal(u.History)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var back configmap.Spec
+				if err := json.Unmarshal(saved, &back); err != nil {
+					t.Fatal(err)
+				}
+				if spec, _ := configmap.Parse(bad, configmap.DefaultDefaults(), &back); len(spec.Instances) != 1 {
+					t.Errorf("the saved history %s does not keep the instance: %+v", saved, spec.Instances)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no update")
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,19 +50,30 @@ type Host interface {
 // node as the cluster is now: a Service that does not exist, a port it
 // does not have.
 type Problem struct {
-	// Source is where the entry was written ("key 10.0.0.5",
-	// "config.yaml virtualServers[2]").
+	// Source is where the entry was written (`key 10.0.0.5`,
+	// `config.yaml virtual server "web"`).
 	Source string
 	Reason string
+	// Retry: the cause is of this host (an interface not found) and no
+	// cluster event will say when it is gone: resolve again soon.
+	Retry bool
 }
 
 func (p Problem) Error() string { return p.Source + ": " + p.Reason }
 
 // Resolve turns the Spec into this node's configuration. Entries that
-// cannot be resolved are left out and reported; the rest apply.
+// cannot be resolved are left out and reported; the rest apply. Entries
+// that clash only once resolved (two virtual servers on one port of a
+// Service) are all left out, as configmap.Parse does, and keep what ran
+// of them (c.Previous) where it claims nothing applied.
 func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Problem) {
 	r := resolver{spec: spec, c: c, host: host, out: &config.Config{Kernel: spec.Kernel}}
 	if !r.selectNodes() {
+		if r.self == nil && c.Previous != nil {
+			// A Node deleted and registered again, or not yet seen: what
+			// runs stays until it is back.
+			return clonePrevious(c.Previous), r.problems
+		}
 		return r.out, r.problems
 	}
 	if spec.Routing != nil {
@@ -70,43 +82,35 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 	for _, in := range spec.Instances {
 		r.instance(in)
 	}
-	seen := map[lvs.Key]string{}
-	var vsSrc []string
-	for _, vs := range spec.VirtualServers {
-		for _, out := range r.virtualServer(vs) {
-			s, errs := out.Check("")
-			if len(errs) > 0 {
-				for _, e := range errs {
-					r.bad(vs.Source, "%v", e)
-				}
-				continue
-			}
-			if other, dup := seen[s.Key]; dup {
-				r.bad(vs.Source, "%s is also defined by %s", s.Key, other)
-				continue
-			}
-			seen[s.Key] = vs.Source
-			r.out.VirtualServers = append(r.out.VirtualServers, out)
-			vsSrc = append(vsSrc, vs.Source)
-		}
-	}
-	// What passed the checks one by one must pass them together: entries
-	// that clash with one before them on this node are left out.
-	if r.out.Validate() != nil {
-		r.out = r.withoutClashes(vsSrc)
-	}
-	// If it still does not validate, that is a bug here, and nothing of
-	// this version applies.
+	r.instanceClashes()
+	r.announcements()
+	r.virtualServers()
+	r.keptYield()
+	// If it does not validate, that is a bug here: the rules above are
+	// meant to leave out, one by one, whatever would make it invalid.
 	if err := r.out.Validate(); err != nil {
-		return nil, append(r.problems, Problem{Source: "resolved configuration", Reason: err.Error()})
+		r.bad("resolved configuration", "%v (a bug: please report it); left out entry by entry", err)
+		r.out = r.withoutClashes()
+		if err := r.out.Validate(); err != nil {
+			return nil, append(r.problems, Problem{Source: "resolved configuration", Reason: err.Error()})
+		}
 	}
 	return r.out, r.problems
 }
 
+// clonePrevious copies a configuration in force, so that the caller may
+// tell a new one from it.
+func clonePrevious(c *config.Config) *config.Config {
+	out := *c
+	out.Instances = slices.Clone(c.Instances)
+	out.VirtualServers = slices.Clone(c.VirtualServers)
+	return &out
+}
+
 // withoutClashes rebuilds the configuration entry by entry, leaving out
 // and reporting each one that makes it invalid; routing first, without
-// which announce blocks are dropped too.
-func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
+// which announce blocks are dropped too. Only a bug elsewhere gets here.
+func (r *resolver) withoutClashes() *config.Config {
 	out := &config.Config{Kernel: r.out.Kernel, Routing: r.out.Routing}
 	if out.Routing != nil {
 		if err := out.Validate(); err != nil {
@@ -115,8 +119,6 @@ func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
 		}
 	}
 	if out.Routing == nil {
-		// Nothing to announce with: announce blocks would make their
-		// instances invalid, and the VIPs must still run.
 		for i := range r.out.Instances {
 			r.out.Instances[i].Announce = nil
 		}
@@ -134,12 +136,255 @@ func (r *resolver) withoutClashes(vsSrc []string) *config.Config {
 		try := *out
 		try.VirtualServers = append(slices.Clone(out.VirtualServers), vs)
 		if err := try.Validate(); err != nil {
-			r.bad(vsSrc[i], "left out: it clashes on this node with an entry before it: %v", err)
+			r.bad(r.vsSrc[i], "left out: it clashes on this node with an entry before it: %v", err)
 			continue
 		}
 		*out = try
 	}
 	return out
+}
+
+// virtualServers expands every virtual server entry on this node and
+// leaves out, with all their virtual services, the entries whose virtual
+// services clash.
+func (r *resolver) virtualServers() {
+	type expanded struct {
+		src  string
+		kept bool
+		keys []lvs.Key
+		vss  []config.VirtualServer
+	}
+	var all []expanded
+	owners := map[lvs.Key][]int{}
+	for _, vs := range r.spec.VirtualServers {
+		x := expanded{src: vs.Source, kept: vs.Kept}
+		for _, out := range r.virtualServer(vs) {
+			s, errs := out.Check("")
+			if len(errs) > 0 {
+				for _, e := range errs {
+					r.bad(vs.Source, "%v", e)
+				}
+				continue
+			}
+			if slices.Contains(x.keys, s.Key) {
+				continue // one Service port listed twice: once is enough
+			}
+			x.keys = append(x.keys, s.Key)
+			x.vss = append(x.vss, out)
+			owners[s.Key] = append(owners[s.Key], len(all))
+		}
+		all = append(all, x)
+	}
+	// A last good form yields to an entry applied as written: a node
+	// without that history runs the latter. Entries as written that
+	// clash are all left out.
+	clashed := map[int][]string{}
+	for k, idx := range owners {
+		if len(idx) < 2 {
+			continue
+		}
+		for _, i := range idx {
+			for _, j := range idx {
+				if i != j && (all[i].kept || !all[j].kept) {
+					clashed[i] = append(clashed[i], fmt.Sprintf("%s is also defined by %s", k, all[j].src))
+				}
+			}
+		}
+	}
+	taken := map[lvs.Key]bool{}
+	for i, x := range all {
+		if _, bad := clashed[i]; bad {
+			continue
+		}
+		for j, k := range x.keys {
+			taken[k] = true
+			r.out.VirtualServers = append(r.out.VirtualServers, x.vss[j])
+			r.vsSrc = append(r.vsSrc, x.src)
+		}
+	}
+	// What ran at the keys of the entries left out keeps running.
+	prev := map[lvs.Key]config.VirtualServer{}
+	if r.c.Previous != nil {
+		for _, vs := range r.c.Previous.VirtualServers {
+			if s, errs := vs.Check(""); len(errs) == 0 {
+				prev[s.Key] = vs
+			}
+		}
+	}
+	// What ran at a key is kept: with the Service's endpoints as they are
+	// now when an entry left out expands to it unchanged, else as it was.
+	outcome := map[int]string{}
+	for _, exact := range []bool{true, false} {
+		for i, x := range all {
+			if _, bad := clashed[i]; !bad || x.kept {
+				continue // a last good form lost to one as written
+			}
+			for j, k := range x.keys {
+				old, ok := prev[k]
+				if !ok || taken[k] || exact != sameButReals(old, x.vss[j]) {
+					continue
+				}
+				taken[k] = true
+				if exact {
+					old = x.vss[j]
+				}
+				r.out.VirtualServers = append(r.out.VirtualServers, old)
+				r.vsSrc = append(r.vsSrc, x.src)
+				outcome[i] = "what ran of it keeps running"
+			}
+		}
+	}
+	for i, x := range all {
+		msgs, bad := clashed[i]
+		if !bad {
+			continue
+		}
+		slices.Sort(msgs)
+		o := cmp.Or(outcome[i], "it is not applied")
+		for _, m := range slices.Compact(msgs) {
+			r.bad(x.src, "%s; virtual servers that clash are left out, except where one already runs: %s", m, o)
+		}
+	}
+}
+
+// sameButReals reports whether two virtual servers differ at most in
+// their real servers (the endpoints of their Service).
+func sameButReals(a, b config.VirtualServer) bool {
+	a.RealServers, b.RealServers = nil, nil
+	return reflect.DeepEqual(a, b)
+}
+
+// instanceClashes leaves out every instance that shares a VRID on an
+// interface, a name or a VIP with another once resolved on this node,
+// keeping what ran of them. configmap.Parse refuses all such clashes it
+// can see; this is for the ones only a node can (none today), so that
+// the rule is the same: no entry wins by its place.
+func (r *resolver) instanceClashes() {
+	claims := func(in config.Instance) []string {
+		vc, errs := in.Check("")
+		if len(errs) > 0 {
+			return nil
+		}
+		out := []string{"name " + in.Name, fmt.Sprintf("VRID %d (%s) on %s", vc.VRID, vc.Family(), vc.Interface)}
+		for _, p := range vc.VIPs {
+			out = append(out, "VIP "+p.Addr().String())
+		}
+		return out
+	}
+	owners := map[string][]int{}
+	for i, in := range r.out.Instances {
+		for _, c := range claims(in) {
+			owners[c] = append(owners[c], i)
+		}
+	}
+	// A form that ran yields to an entry applied as written; entries as
+	// written that clash are all left out.
+	clashed := map[int][]string{}
+	for c, idx := range owners {
+		for _, i := range idx {
+			for _, j := range idx {
+				if i != j && (r.instKept[i] || !r.instKept[j]) {
+					clashed[i] = append(clashed[i], fmt.Sprintf("%s is also %s's", c, r.instSrc[j]))
+				}
+			}
+		}
+	}
+	if len(clashed) == 0 {
+		return
+	}
+	ins, srcs, kept := r.out.Instances, r.instSrc, r.instKept
+	r.out.Instances, r.instSrc, r.instKept = nil, nil, nil
+	taken := map[string]bool{}
+	for i, in := range ins {
+		if _, bad := clashed[i]; !bad {
+			r.addKept(in, srcs[i], kept[i])
+			for _, c := range claims(in) {
+				taken[c] = true
+			}
+		}
+	}
+	for i, in := range ins {
+		msgs, bad := clashed[i]
+		if !bad {
+			continue
+		}
+		outcome := "it is not applied"
+		if r.c.Previous != nil && !kept[i] {
+			for _, old := range r.c.Previous.Instances {
+				cs := claims(old)
+				if old.Name != in.Name || slices.ContainsFunc(cs, func(c string) bool { return taken[c] }) {
+					continue
+				}
+				for _, c := range cs {
+					taken[c] = true
+				}
+				r.addKept(old, srcs[i], true)
+				outcome = "it keeps running as it was"
+				break
+			}
+		}
+		slices.Sort(msgs)
+		for _, m := range slices.Compact(msgs) {
+			r.bad(srcs[i], "%s; instances that clash are left out, except where one already runs: %s", m, outcome)
+		}
+	}
+}
+
+// keptYield leaves out a form that ran (kept through a glitch of this
+// node) which contradicts what applies now: a virtual server on a VIP it
+// has with accept: false, an ECMP VIP or static route it has as a VIP.
+func (r *resolver) keptYield() {
+	var ins []config.Instance
+	var srcs []string
+	var kept []bool
+	for i, in := range r.out.Instances {
+		if r.instKept[i] {
+			try := config.Config{Instances: []config.Instance{in}, VirtualServers: r.out.VirtualServers, Routing: r.out.Routing}
+			if err := try.Validate(); err != nil {
+				r.bad(r.instSrc[i], "its form that ran is not kept: %v", err)
+				continue
+			}
+		}
+		ins, srcs, kept = append(ins, in), append(srcs, r.instSrc[i]), append(kept, r.instKept[i])
+	}
+	r.out.Instances, r.instSrc, r.instKept = ins, srcs, kept
+}
+
+// announcements leaves the VIPs of an instance unannounced where its
+// announce block cannot work with this node's routing (backup: worse on
+// a routing table, a backup local preference not below the master's):
+// the VIPs run; only their announcement cannot.
+func (r *resolver) announcements() {
+	rt := r.out.Routing
+	if rt != nil {
+		if err := (&config.Config{Routing: rt}).Validate(); err != nil {
+			// What ran stays, if it still can.
+			outcome := "it is left out on this node"
+			rt = nil
+			if prev := r.c.Previous; prev != nil && prev.Routing != nil && (&config.Config{Routing: prev.Routing}).Validate() == nil {
+				p := *prev.Routing
+				rt, outcome = &p, "what ran keeps running as it was"
+			}
+			r.bad("config.yaml routing", "%v: %s", err, outcome)
+			r.out.Routing = rt
+		}
+	}
+	for i := range r.out.Instances {
+		in := &r.out.Instances[i]
+		if in.Announce == nil || in.Announce.Mode == "none" {
+			continue
+		}
+		if rt == nil {
+			r.bad(r.instSrc[i], "announce: there is no routing section to announce with; the VIPs run unannounced")
+			in.Announce = nil
+			continue
+		}
+		try := config.Config{Instances: []config.Instance{*in}, Routing: rt}
+		if err := try.Validate(); err != nil {
+			r.bad(r.instSrc[i], "not announced: %v", err)
+			in.Announce = &config.Announce{Mode: "none"}
+		}
+	}
 }
 
 type resolver struct {
@@ -152,32 +397,51 @@ type resolver struct {
 	self     *corev1.Node
 	selected []*corev1.Node // sorted by name
 	instSrc  []string       // the Source of each of out.Instances
+	instKept []bool         // each of out.Instances is a form that ran
+	vsSrc    []string       // the Source of each of out.VirtualServers
 	// noNextHop6: BGP is configured and this node has no IPv6 address
 	// for the next hop of IPv6 VIPs.
 	noNextHop6 bool
 }
 
 // add appends a resolved instance.
-func (r *resolver) add(in config.Instance, src string) {
+func (r *resolver) add(in config.Instance, src string) { r.addKept(in, src, false) }
+
+// addKept appends an instance; kept marks a form that ran (a last good
+// form, or one kept through a glitch of this node), which yields to the
+// entries applied as written.
+func (r *resolver) addKept(in config.Instance, src string, kept bool) {
 	r.out.Instances = append(r.out.Instances, in)
 	r.instSrc = append(r.instSrc, src)
+	r.instKept = append(r.instKept, kept)
 }
 
-// keepOrDrop reports an instance this node cannot resolve now for a
-// reason of its own (not of the ConfigMap), and keeps the form it runs,
-// if any, so that a passing glitch does not release its VIPs.
-func (r *resolver) keepOrDrop(in configmap.Instance, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+// ran is the instance of that name that runs on this node, if any.
+func (r *resolver) ran(name string) (config.Instance, bool) {
 	if prev := r.c.Previous; prev != nil {
 		for _, old := range prev.Instances {
-			if old.Name == in.Name {
-				r.bad(in.Source, "%s; it keeps running as it was", msg)
-				r.add(old, in.Source)
-				return
+			if old.Name == name {
+				return old, true
 			}
 		}
 	}
-	r.bad(in.Source, "%s", msg)
+	return config.Instance{}, false
+}
+
+// glitch reports what this node cannot find out now for a reason of its
+// own, not of the ConfigMap (the node's address missing for a moment, its
+// interface not found), and says whether the instance can go on with
+// what it found out before: it does, in its new form, where it runs.
+// retry: the cause is of the host, which no cluster event will tell is
+// gone (a node's address comes back with a Node change, which does).
+func (r *resolver) glitch(in configmap.Instance, retry bool, format string, args ...any) (config.Instance, bool) {
+	msg := fmt.Sprintf(format, args...)
+	old, ok := r.ran(in.Name)
+	if ok {
+		msg += "; it keeps running with what was found before"
+	}
+	r.problems = append(r.problems, Problem{Source: in.Source, Reason: msg, Retry: retry})
+	return old, ok
 }
 
 func (r *resolver) bad(source, format string, args ...any) {
@@ -206,7 +470,16 @@ func (r *resolver) selectNodes() bool {
 	}
 	slices.SortFunc(r.selected, func(a, b *corev1.Node) int { return cmp.Compare(a.Name, b.Name) })
 	if r.self == nil {
-		r.bad("node "+r.c.NodeName, "not found in the cluster: no VRRP instance or virtual server runs here")
+		if r.c.Previous != nil {
+			r.bad("node "+r.c.NodeName, "not found in the cluster (deleted, or not registered yet): what runs here keeps running until it is back")
+		} else {
+			r.bad("node "+r.c.NodeName, "not found in the cluster: no VRRP instance or virtual server runs here until it is")
+		}
+		return false
+	}
+	if r.spec.NoNodes {
+		// Reported by configmap.Parse: config.yaml or its nodeSelector
+		// cannot be read, and this node has no last good one.
 		return false
 	}
 	if !slices.Contains(r.selected, r.self) {
@@ -247,15 +520,20 @@ func (r *resolver) instance(in configmap.Instance) {
 	self := nodeAddress(r.self, v6)
 	if out.Interface == "" {
 		if !self.IsValid() {
-			r.keepOrDrop(in, "node %s has no %s address to find its interface by: set interface", r.self.Name, fam)
-			return
+			old, ok := r.glitch(in, false, "node %s has no %s address to find its interface by: set interface", r.self.Name, fam)
+			if !ok {
+				return
+			}
+			out.Interface = old.Interface
+		} else if ifname, err := r.host.InterfaceOf(self); err != nil {
+			old, ok := r.glitch(in, true, "finding the interface of node address %s: %v", self, err)
+			if !ok {
+				return
+			}
+			out.Interface = old.Interface
+		} else {
+			out.Interface = ifname
 		}
-		ifname, err := r.host.InterfaceOf(self)
-		if err != nil {
-			r.keepOrDrop(in, "finding the interface of node address %s: %v", self, err)
-			return
-		}
-		out.Interface = ifname
 	}
 	switch in.PriorityFrom {
 	case configmap.PriorityNodeOrder:
@@ -265,11 +543,16 @@ func (r *resolver) instance(in configmap.Instance) {
 	if p, ok := in.NodePriorities[r.self.Name]; ok {
 		out.Priority = &p
 	}
-	if in.UnicastPeersFrom == "nodes" {
-		if !self.IsValid() {
-			r.keepOrDrop(in, "unicastPeersFrom nodes: node %s has no %s address", r.self.Name, fam)
+	if in.UnicastPeersFrom == "nodes" && !self.IsValid() {
+		old, ok := r.glitch(in, false, "unicastPeersFrom nodes: node %s has no %s address", r.self.Name, fam)
+		if !ok {
 			return
 		}
+		if out.SourceAddress == "" {
+			out.SourceAddress = old.SourceAddress
+		}
+		out.UnicastPeers = old.UnicastPeers
+	} else if in.UnicastPeersFrom == "nodes" {
 		if out.SourceAddress == "" {
 			out.SourceAddress = self.String()
 		}
@@ -299,7 +582,7 @@ func (r *resolver) instance(in configmap.Instance) {
 		r.bad(in.Source, "not announced: node %s has no IPv6 address to be the next hop (set routing.bgp.nextHop6)", r.self.Name)
 		out.Announce = &config.Announce{Mode: "none"}
 	}
-	r.add(out, in.Source)
+	r.addKept(out, in.Source, in.Kept)
 }
 
 // routing resolves the routing section for this node: the BGP router ID
@@ -385,10 +668,27 @@ func (r *resolver) routing(rt *configmap.Routing) {
 			}
 		}
 	}
-	r.out.Routing = &out
 	if out.BGP != nil && out.BGP.NextHop6 == "" {
+		// Without an IPv6 address for the next hop, IPv6 prefixes and
+		// ECMP VIPs cannot be announced from this node; the rest can.
 		r.noNextHop6 = true
+		why := fmt.Sprintf("not announced from node %s, which has no IPv6 address to be the next hop (set routing.bgp.nextHop6)", r.self.Name)
+		out.Static = slices.DeleteFunc(out.Static, func(p string) bool {
+			if pf, err := parseVIP(p); err == nil && pf.Addr().Is6() {
+				r.bad(src, "static prefix %s %s", p, why)
+				return true
+			}
+			return false
+		})
+		out.ECMP = slices.DeleteFunc(slices.Clone(out.ECMP), func(e config.ECMPVIP) bool {
+			if a, err := netip.ParseAddr(e.VIP); err == nil && a.Unmap().Is6() {
+				r.bad(src, "ECMP VIP %s %s", e.VIP, why)
+				return true
+			}
+			return false
+		})
 	}
+	r.out.Routing = &out
 }
 
 func parseVIP(s string) (netip.Prefix, error) {
@@ -421,6 +721,20 @@ func (r *resolver) virtualServer(vs configmap.VirtualServer) []config.VirtualSer
 		return nil
 	}
 	vip = vip.Unmap()
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		r.bad(vs.Source, "service %s is of type ExternalName: it has no endpoints to balance; left out", vs.Service)
+		return nil
+	}
+	if fams := svc.Spec.IPFamilies; len(fams) > 0 {
+		want := corev1.IPv4Protocol
+		if vip.Is6() {
+			want = corev1.IPv6Protocol
+		}
+		if !slices.Contains(fams, want) {
+			r.bad(vs.Source, "service %s has no %s endpoints (its families: %v) for VIP %s, which serves those of its own family: use a VIP of the Service's family, or make the Service dual-stack; left out", vs.Service, want, fams, vip)
+			return nil
+		}
+	}
 	ports, ok := r.servicePorts(vs, svc)
 	if !ok {
 		return nil

@@ -217,7 +217,7 @@ virtualServers:
 - {vip: 10.0.0.52, port: 9, service: default/web}
 - {vip: 10.0.0.52, port: 9, servicePort: "443", service: default/web}
 - {vip: 10.0.0.53, port: 80, realServers: [{address: 10.9.0.1}]}
-- {vip: 10.0.0.53, port: 80, realServers: [{address: 10.9.0.2}]}
+- {vip: 10.0.0.52, port: 80, realServers: [{address: 10.9.0.2}]}
 `}, configmap.DefaultDefaults())
 	cfg, ps := Resolve(spec, w.cluster("node-a"), host)
 	var text []string
@@ -228,8 +228,11 @@ virtualServers:
 	for _, want := range []string{
 		"key 10.0.0.50: service default/missing not found",
 		"key 10.0.0.51: service default/web port http: dr forwarding cannot send VIP port 80 to target port 8080",
-		"config.yaml virtualServers[0]: service default/web has no port 9 (it has http=80/TCP, https=443/TCP)",
-		"config.yaml virtualServers[3]: 10.0.0.53:80/tcp is also defined by config.yaml virtualServers[2]",
+		`config.yaml virtual server "10.0.0.52:9 default/web": service default/web has no port 9 (it has http=80/TCP, https=443/TCP)`,
+		// 10.0.0.52:80 is also key 10.0.0.52's (its Service's only
+		// port): both are left out, neither winning by its place.
+		`config.yaml virtual server "10.0.0.52:80/tcp": 10.0.0.52:80/tcp is also defined by key 10.0.0.52`,
+		`key 10.0.0.52: 10.0.0.52:80/tcp is also defined by config.yaml virtual server "10.0.0.52:80/tcp"`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("missing problem %q in:\n%s", want, all)
@@ -239,7 +242,7 @@ virtualServers:
 	for _, vs := range cfg.VirtualServers {
 		got[fmt.Sprintf("%s:%d", vs.VIP, vs.Port)] = reals(vs)
 	}
-	want := map[string]string{"10.0.0.52:80": "10.3.0.1:80*1", "10.0.0.52:9": "10.1.0.1:8443*1 10.1.0.2:8443*1 10.1.0.3:8443*0", "10.0.0.53:80": "10.9.0.1:0*1"}
+	want := map[string]string{"10.0.0.52:9": "10.1.0.1:8443*1 10.1.0.2:8443*1 10.1.0.3:8443*0", "10.0.0.53:80": "10.9.0.1:0*1"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("applied:\n got %v\nwant %v", got, want)
 	}
@@ -260,5 +263,35 @@ func TestResolveNodeProblems(t *testing.T) {
 	cfg, ps := Resolve(spec, w.cluster("node-c"), host)
 	if len(ps) != 1 || !strings.Contains(ps[0].Error(), "finding the interface of node address 192.168.1.3") || len(cfg.Instances) != 0 {
 		t.Errorf("no interface: %v %+v", ps, cfg)
+	}
+}
+
+// A Service that cannot have endpoints for the VIP — of type ExternalName,
+// or of the other address family — is reported, not accepted silently
+// with no real servers.
+func TestResolveServiceWithoutEndpointsForTheVIP(t *testing.T) {
+	w := threeNodes()
+	ext := service("default", "ext", port("http", 80, 80, corev1.ProtocolTCP))
+	ext.Spec.Type, ext.Spec.ExternalName = corev1.ServiceTypeExternalName, "example.com"
+	w.services["default/ext"] = ext
+	v6 := service("default", "v6", port("http", 80, 80, corev1.ProtocolTCP))
+	v6.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	w.services["default/v6"] = v6
+	dual := service("default", "dual", port("http", 80, 80, corev1.ProtocolTCP))
+	dual.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+	w.services["default/dual"] = dual
+	spec := parse(t, map[string]string{"10.0.0.50": "default/ext", "10.0.0.51": "default/v6", "10.0.0.52": "default/dual"}, configmap.DefaultDefaults())
+	cfg, ps := Resolve(spec, w.cluster("node-a"), host)
+	all := fmt.Sprint(ps)
+	for _, want := range []string{
+		"key 10.0.0.50: service default/ext is of type ExternalName: it has no endpoints to balance; left out",
+		"key 10.0.0.51: service default/v6 has no IPv4 endpoints (its families: [IPv6]) for VIP 10.0.0.51",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("problems %s; want %q", all, want)
+		}
+	}
+	if len(ps) != 2 || len(cfg.VirtualServers) != 1 || cfg.VirtualServers[0].VIP != "10.0.0.52" {
+		t.Errorf("virtual servers %+v, problems %v; want only the dual-stack one, silently", cfg.VirtualServers, ps)
 	}
 }
