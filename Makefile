@@ -55,12 +55,20 @@ test: deps vet build bin/keepvip-race lab kubebin
 # Each fuzz target for FUZZTIME (seed corpora also run in every go test).
 # Minimisation is capped: Go's fuzzer otherwise spends minutes minimising
 # each new YAML input before it counts further executions.
+# The vip-configmap's edit-sequence property runs longer here than in the
+# unit tests: PROPERTY_SEEDS sequences of PROPERTY_STEPS edits, from seed
+# 1000 on (the unit tests run seeds 1-16).
+PROPERTY_SEEDS ?= 100
+PROPERTY_STEPS ?= 500
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; name=$${t##*:}; \
 	  echo "fuzz $$name ($(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg || exit 1; \
 	done
+	@echo "property TestConfigMapEditsProperty ($(PROPERTY_SEEDS) x $(PROPERTY_STEPS) edits)"
+	@KEEPVIP_PROPERTY_SEEDS=$(PROPERTY_SEEDS) KEEPVIP_PROPERTY_STEPS=$(PROPERTY_STEPS) KEEPVIP_PROPERTY_FIRST_SEED=1000 \
+	  $(GO) test -count=1 -run '^TestConfigMapEditsProperty$$' ./internal/kube/
 
 demo: deps build lab
 	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab demo
