@@ -771,10 +771,17 @@ func (p *parser) lastGood(e *entry) *entry {
 		for _, old := range s.Instances {
 			if old.id == e.id && (old.Source == keyInstanceSource) == (e.kind == kindKeyInstance) {
 				in := s.withoutGoneKeys(old, p.data)
+				// Without the VIPs it yields, and those of keys that
+				// another instance, applied, holds now.
+				elsewhere := map[string]bool{}
+				for _, k := range p.vipKeys {
+					elsewhere[k.key] = k.holder != nil && k.holder != e && !k.holder.refused
+				}
 				in.VIPs = slices.DeleteFunc(slices.Clone(in.VIPs), func(v string) bool {
 					pf, err := parseVIP(v)
-					return err == nil && e.yields[pf.Addr()]
+					return err == nil && e.yields[pf.Addr()] || slices.Contains(in.keyVIPs, v) && elsewhere[v]
 				})
+				in.keyVIPs = slices.DeleteFunc(slices.Clone(in.keyVIPs), func(v string) bool { return elsewhere[v] })
 				if len(in.VIPs) == 0 {
 					return nil
 				}

@@ -461,7 +461,7 @@ func runEdits(t *testing.T, seed uint64, steps int) {
 				}
 				checked.keys++
 				if !holds(a.spec, k) {
-					fail(step, "key %s did not change and its VIP was held, but is not now", k)
+					fail(step, "key %s did not change and its VIP was held, but is not now: instances %v, were %v", k, instanceVIPs(a.spec), instanceVIPs(a.prevSpec))
 				}
 			}
 		}
@@ -781,4 +781,12 @@ func withoutKeys(form any, m *model) any {
 		return isKey && !badKey[v]
 	})
 	return in
+}
+
+func instanceVIPs(s *configmap.Spec) []string {
+	var out []string
+	for _, in := range s.Instances {
+		out = append(out, fmt.Sprintf("%s%v", in.ID(), in.VIPs))
+	}
+	return out
 }
