@@ -108,6 +108,33 @@ type Kernel struct {
 	// ARPInterfaces get arp_ignore=1 and arp_announce=2: for a node that
 	// is a DR real server holding the VIP without answering ARP for it.
 	ARPInterfaces []string `json:"arpInterfaces,omitempty"`
+	// SendRedirects: net.ipv4.conf.{all,IFACE}.send_redirects on the
+	// interfaces whose subnets hold NAT real servers. Unset: off when
+	// there are NAT real servers (LVS's advice for NAT): a director that
+	// forwards a real server's reply out the interface it came in on
+	// (clients and real servers on one segment) sends the real server an
+	// ICMP redirect, after which it answers clients directly, bypassing
+	// IPVS, and their connections hang. true leaves them as they are.
+	SendRedirects *bool `json:"sendRedirects,omitempty"`
+}
+
+// NATRealServers returns the addresses of the real servers that IPVS
+// reaches by NAT, for the interfaces that need send_redirects off.
+func (c *Config) NATRealServers() []netip.Addr {
+	if k := c.Kernel.SendRedirects; k != nil && *k {
+		return nil
+	}
+	seen := map[netip.Addr]bool{}
+	var out []netip.Addr
+	for _, s := range c.Balancer() {
+		for _, r := range s.Reals {
+			if r.Forward == lvs.NAT && r.Addr.Is4() && !seen[r.Addr] {
+				seen[r.Addr] = true
+				out = append(out, r.Addr)
+			}
+		}
+	}
+	return out
 }
 
 // KernelSettings converts the kernel section, with its defaults.

@@ -20,6 +20,12 @@ type Settings struct {
 	NonLocalBind            *bool // net.ipv4.ip_nonlocal_bind, net.ipv6.ip_nonlocal_bind
 	// ARPInterfaces get arp_ignore=1 and arp_announce=2 (DR real servers).
 	ARPInterfaces []string
+	// NoRedirects are interfaces that get send_redirects=0 (and so does
+	// "all", which the kernel ORs with each interface's): a NAT director
+	// that forwards a real server's reply out the interface it came in on
+	// would otherwise send the real server an ICMP redirect, and the real
+	// server would answer the client directly, bypassing IPVS.
+	NoRedirects []string
 	// ProcSys is where the settings are written: /proc/sys when empty. In
 	// a container whose /proc/sys is read-only, the host's mounted
 	// elsewhere.
@@ -76,6 +82,13 @@ func (s Settings) apply(sc sysctls) error {
 		// An interface name may hold dots (eth0.100): one path element.
 		for _, kv := range [][2]string{{"arp_ignore", "1"}, {"arp_announce", "2"}} {
 			if err := sc.write([]string{"net", "ipv4", "conf", ifname, kv[0]}, kv[1]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(s.NoRedirects) > 0 {
+		for _, ifname := range append([]string{"all"}, s.NoRedirects...) {
+			if err := sc.write([]string{"net", "ipv4", "conf", ifname, "send_redirects"}, "0"); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
 
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/healthcheck"
@@ -95,6 +97,13 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
 	ks := cfg.KernelSettings()
 	ks.ProcSys = lb.procSys
+	if reals := cfg.NATRealServers(); len(reals) > 0 {
+		ifaces, err := connectedTo(reals)
+		if err != nil {
+			lb.log.Warn("finding the interfaces of NAT real servers, to turn ICMP redirects off there", "err", err)
+		}
+		ks.NoRedirects = ifaces
+	}
 	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
 }
 
@@ -194,4 +203,41 @@ func (w slogWriter) Write(p []byte) (int, error) {
 // ipvsUnavailable explains why load balancing does not run.
 func ipvsUnavailable(err error) string {
 	return fmt.Sprintf("IPVS unavailable, load balancing off: %v", err)
+}
+
+// connectedTo returns the interfaces with an IPv4 subnet that holds one of
+// addrs: those a NAT director forwards real servers' replies out of, in
+// through the same interface when its clients are on that segment too.
+func connectedTo(addrs []netip.Addr) ([]string, error) {
+	list, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	var out []string
+	names := map[int]string{}
+	for _, a := range list {
+		ones, bits := a.Mask.Size()
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ones == bits {
+			continue // a host address (a VIP): no subnet
+		}
+		p := netip.PrefixFrom(ip.Unmap(), ones).Masked()
+		if !slices.ContainsFunc(addrs, p.Contains) {
+			continue
+		}
+		name, ok := names[a.LinkIndex]
+		if !ok {
+			l, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				continue // gone since
+			}
+			name = l.Attrs().Name
+			names[a.LinkIndex] = name
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -240,10 +240,13 @@ func TestLoadBalancing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("ipvsadm on the director:\n%s", sh(t, dir, "ipvsadm -Ln"))
-	// The kernel settings keepvip applies by default.
+	// The kernel settings keepvip applies by default; with NAT real
+	// servers on the clients' segment, no ICMP redirects (else they answer
+	// the clients directly, and connections hang now and then).
 	for key, want := range map[string]string{
 		"net.ipv4.vs.conntrack": "0", "net.ipv4.vs.expire_nodest_conn": "1",
 		"net.ipv4.vs.expire_quiescent_template": "1", "net.ipv4.ip_nonlocal_bind": "1",
+		"net.ipv4.conf.all.send_redirects": "0", "net.ipv4.conf.eth0.send_redirects": "0",
 	} {
 		if got := strings.TrimSpace(sh(t, dir, "sysctl -n "+key)); got != want {
 			t.Errorf("%s = %s; want %s", key, got, want)
@@ -256,6 +259,12 @@ func TestLoadBalancing(t *testing.T) {
 		got := c.counts(t, src, "http://192.0.2.100/", 30)
 		if got["b1"] != 10 || got["b2"] != 10 || got["b3"] != 10 {
 			t.Errorf("30 requests by rr: %v; want 10 each", got)
+		}
+		// No real server was taught to answer the client directly.
+		for _, b := range nat {
+			if r := sh(t, b.node, "ip route get 192.0.2.50"); strings.Contains(r, "redirected") || !strings.Contains(r, "via 10.0.0.1") {
+				t.Errorf("%s reaches the client by %q, not through the director", b.name, strings.TrimSpace(r))
+			}
 		}
 	})
 	t.Run("source hashing is sticky per client", func(t *testing.T) {
