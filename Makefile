@@ -83,6 +83,15 @@ bench: deps build lab
 	@CGO_ENABLED=0 $(GO) build -o bin/ipvsbench-static ./hack/ipvsbench
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static
 	@$(MAKE) --no-print-directory bench-kube
+	@$(MAKE) --no-print-directory bench-configmap
+
+# Parse and Resolve of a vip-configmap of 1,000 instances, 1,000 virtual
+# servers and 250 VIP keys: fresh, with history, config.yaml unreadable,
+# and with routing (1,000 static prefixes, an announce block each).
+.PHONY: bench-configmap
+bench-configmap:
+	@set -o pipefail; $(GO) test -run '^$$' -bench '^BenchmarkParseResolve$$' -benchtime 20x ./internal/kube/ | \
+	  awk '/^BenchmarkParseResolve\// { split($$1, a, "/"); sub(/-[0-9]+$$/, "", a[2]); printf "BENCH vip_configmap_parse_resolve_1000_%s %.1f ms\n", a[2], $$3/1e6 }'
 
 # Kubernetes mode in the VM: endpoint changes and ConfigMap edits from the
 # API call to the IPVS table (KUBE_ROUNDS of each), API server on the host.

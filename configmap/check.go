@@ -108,6 +108,9 @@ func (vs *VirtualServer) check(path string, legacy bool) []error {
 		errs = append(errs, &config.FieldError{Path: strings.TrimPrefix(path+"."+field, "."), Reason: fmt.Sprintf(format, args...)})
 	}
 	c := vs.VirtualServer
+	if !legacy && strings.HasPrefix(c.Name, "key ") {
+		bad("name", "%q: names starting with \"key \" are reserved for the virtual servers of VIP keys", c.Name)
+	}
 	if vs.Service != "" {
 		if err := checkServiceName(vs.Service); err != nil {
 			bad("service", "%q: %v", vs.Service, err)

@@ -125,8 +125,16 @@ func (s claimSet) add(cs []claim, by *entry) {
 func instanceClaims(in *Instance, withVIPs bool, yields map[netip.Addr]bool) []claim {
 	var out []claim
 	addrs := slices.DeleteFunc(in.addrs(), func(a netip.Addr) bool { return yields[a] })
-	if fam, ok := in.family(); ok && in.VRID >= 1 && in.VRID <= 255 {
-		out = append(out, claim{what: claimVRID, val: fmt.Sprintf("%s/%d", fam, in.VRID), iface: in.Interface})
+	if in.VRID >= 1 && in.VRID <= 255 {
+		// Without a VIP to tell the family (vips: []), both: a newcomer
+		// must not take the VRID of an instance that runs.
+		fams := []string{"ipv4", "ipv6"}
+		if fam, ok := in.family(); ok {
+			fams = []string{fam}
+		}
+		for _, fam := range fams {
+			out = append(out, claim{what: claimVRID, val: fmt.Sprintf("%s/%d", fam, in.VRID), iface: in.Interface})
+		}
 	}
 	if withVIPs {
 		for _, c := range vipClaims(addrs, in.Announce == nil || in.Announce.Mode != "none", in.Accept != nil && !*in.Accept) {

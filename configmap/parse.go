@@ -194,9 +194,24 @@ func (p *parser) readDocument(raw string) {
 		p.docErr = config.DecodeError(err)
 	}
 	js, err := yaml.YAMLToJSONStrict([]byte(raw))
+	var repeats map[string]string
 	if err != nil {
-		unreadable(err)
-		return
+		// A field given twice inside one entry costs that entry only.
+		top, parts, perr := repeatedFields(raw)
+		if perr != nil || top != "" || len(parts) == 0 {
+			unreadable(err)
+			return
+		}
+		if js, err = yaml.YAMLToJSON([]byte(raw)); err != nil {
+			unreadable(err)
+			return
+		}
+		repeats = parts
+	}
+	repeated := func(e *entry, path string) {
+		if why, ok := repeats[path]; ok {
+			e.errs = append(e.errs, &config.FieldError{Path: path, Reason: why})
+		}
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(js, &top); err != nil {
@@ -233,6 +248,7 @@ func (p *parser) readDocument(raw string) {
 		var sel string
 		err := strictly(v, &sel)
 		e := p.add(&entry{kind: kindSelector, id: "nodeSelector", key: StructuredKey, path: "nodeSelector", sel: sel})
+		repeated(e, "nodeSelector")
 		switch {
 		case err != nil:
 			e.errs = append(e.errs, err)
@@ -247,23 +263,25 @@ func (p *parser) readDocument(raw string) {
 	if v, ok := top["routing"]; ok && string(v) != "null" {
 		rt := &Routing{}
 		e := p.add(&entry{kind: kindRouting, id: "routing", key: StructuredKey, path: "routing", rt: rt})
+		repeated(e, "routing")
 		if err := strictly(v, rt); err != nil {
 			e.errs = append(e.errs, err)
 			_ = json.Unmarshal(v, rt) // what can be read, for its claims
-		} else {
+		} else if len(e.errs) == 0 {
 			e.errs = rt.check()
 		}
 	}
 	if v, ok := top["kernel"]; ok && string(v) != "null" {
 		k := &config.Kernel{}
 		e := p.add(&entry{kind: kindKernel, id: "kernel", key: StructuredKey, path: "kernel", kern: k})
+		repeated(e, "kernel")
 		if err := strictly(v, k); err != nil {
 			e.errs = append(e.errs, err)
-		} else if isZero(*k) {
+		} else if isZero(*k) && len(e.errs) == 0 {
 			p.entries = p.entries[:len(p.entries)-1]
 		} else {
 			kc := config.Config{Kernel: *k}
-			e.errs = kc.CheckKernel()
+			e.errs = append(e.errs, kc.CheckKernel()...)
 		}
 	}
 	for i, v := range instances {
@@ -287,6 +305,7 @@ func (p *parser) readDocument(raw string) {
 		}
 		in.Source = fmt.Sprintf("%s instance %q", StructuredKey, in.id)
 		e := p.add(&entry{kind: kindInstance, id: in.id, key: StructuredKey, path: path, inst: &in, unnamed: unnamed})
+		repeated(e, path)
 		if decodeErr != nil {
 			e.errs = append(e.errs, &config.FieldError{Path: path, Reason: decodeErr.Error()})
 		}
@@ -305,11 +324,16 @@ func (p *parser) readDocument(raw string) {
 			vs.id = defaultVSID(&vs)
 		}
 		vs.Source = fmt.Sprintf("%s virtual server %q", StructuredKey, vs.id)
+		if strings.HasPrefix(vs.id, "key ") {
+			// A reserved name (refused by check): not a VIP key's.
+			vs.id = StructuredKey + ":" + vs.id
+		}
 		e := p.add(&entry{kind: kindVirtualServer, id: vs.id, key: StructuredKey, path: path, vs: &vs, unnamed: vs.Name == ""})
+		repeated(e, path)
 		if decodeErr != nil {
 			e.errs = append(e.errs, &config.FieldError{Path: path, Reason: decodeErr.Error()})
 		} else {
-			e.errs = vs.check(path, false)
+			e.errs = append(e.errs, vs.check(path, false)...)
 		}
 	}
 }
@@ -317,7 +341,9 @@ func (p *parser) readDocument(raw string) {
 // strictly decodes one part of config.yaml (JSON by now), refusing
 // unknown fields and values of the wrong type.
 func strictly(js json.RawMessage, into any) error {
-	if err := yaml.UnmarshalStrict(js, into); err != nil {
+	d := json.NewDecoder(bytes.NewReader(js))
+	d.DisallowUnknownFields()
+	if err := d.Decode(into); err != nil {
 		return errors.New(strings.TrimPrefix(config.DecodeError(err), "cannot read the configuration: "))
 	}
 	return nil
@@ -518,26 +544,10 @@ func (p *parser) clash() {
 	p.clashPass(false)
 	p.joinKeys()
 	p.clashPass(true)
-	// A VIP that a refused instance yielded to a key whose own instance
-	// is not applied either goes back to it: where it ran there, it
-	// keeps running there.
-	for _, k := range p.vipKeys {
-		a := netip.MustParseAddr(k.key)
-		native := k.holder != nil && k.holder.kind == kindInstance && !slices.Contains(k.holder.inst.keyVIPs, k.key)
-		if k.holder == nil || !k.holder.refused || native {
-			continue // applied, or held by an instance that lists it
-		}
-		for _, e := range p.entries {
-			if e.kind == kindInstance && e.yields[a] {
-				delete(e.yields, a)
-				k.holder = e
-				break
-			}
-		}
-	}
 	// The VIP keys and their instance stand or fall together: its VIP set
 	// on the VRID is the same on every node.
-	if k := p.keyInst; k != nil {
+	k := p.keyInst
+	if k != nil {
 		var culprits []string
 		for _, e := range p.vipKeys {
 			if e.holder == k && e.refused {
@@ -548,13 +558,30 @@ func (p *parser) clash() {
 			k.refused = true
 			k.why = append(k.why, "one of its VIPs clashes ("+strings.Join(culprits, ", ")+")")
 		}
-		if k.refused {
-			why := fmt.Sprintf("its instance %q (VRID %d from the daemon's flags) is not applied: %s", LegacyInstance, p.d.VRID, strings.Join(append(errStrings(k.errs), k.why...), "; "))
-			for _, e := range p.vipKeys {
-				if e.holder == k && len(e.why) == 0 {
-					e.refused = true
-					e.why = append(e.why, why)
-				}
+	}
+	// A VIP that a refused instance yielded to a key whose own instance
+	// is not applied either goes back to it: where it ran there, it
+	// keeps running there.
+	for _, e := range p.vipKeys {
+		a := netip.MustParseAddr(e.key)
+		native := e.holder != nil && e.holder.kind == kindInstance && !slices.Contains(e.holder.inst.keyVIPs, e.key)
+		if e.holder == nil || !e.holder.refused || native {
+			continue // applied, or held by an instance that lists it
+		}
+		for _, l := range p.entries {
+			if l.kind == kindInstance && l.yields[a] {
+				delete(l.yields, a)
+				e.holder = l
+				break
+			}
+		}
+	}
+	if k != nil && k.refused {
+		why := fmt.Sprintf("its instance %q (VRID %d from the daemon's flags) is not applied: %s", LegacyInstance, p.d.VRID, strings.Join(append(errStrings(k.errs), k.why...), "; "))
+		for _, e := range p.vipKeys {
+			if e.holder == k && len(e.why) == 0 {
+				e.refused = true
+				e.why = append(e.why, why)
 			}
 		}
 	}
@@ -564,20 +591,25 @@ func (p *parser) clash() {
 // what the pass before refused (the VIP keys were placed by it).
 func (p *parser) clashPass(again bool) {
 	all := claimSet{}
-	for _, e := range p.entries {
-		all.add(e.claims(), e)
+	claims := make([][]claim, len(p.entries))
+	for i, e := range p.entries {
+		claims[i] = e.claims()
+		all.add(claims[i], e)
 	}
-	for _, e := range p.entries {
+	for i, e := range p.entries {
 		wasRefused, why := e.refused, e.why
 		e.refused, e.why = len(e.errs) > 0, nil
 		if again {
 			e.refused, e.why = e.refused || wasRefused, why
 		}
-		seen := map[*entry]bool{}
-		for _, c := range e.claims() {
+		var seen map[*entry]bool
+		for _, c := range claims[i] {
 			for _, o := range all[c.index()] {
 				if o.by == e || seen[o.by] || !o.clashes(c) {
 					continue
+				}
+				if seen == nil {
+					seen = map[*entry]bool{}
 				}
 				seen[o.by] = true
 				e.refused = true

@@ -276,12 +276,14 @@ func TestARestartChangesNothing(t *testing.T) {
 		}
 		return out
 	}
-	for seed := uint64(1); seed <= 20; seed++ {
+	// Seeds other than the property test's (1-16), fewer steps: what a
+	// restart keeps is also checked there, after every step.
+	for seed := uint64(101); seed <= 108; seed++ {
 		r := rand.New(rand.NewPCG(seed, 9))
 		m := &model{keys: map[string]string{}}
 		var spec *configmap.Spec
 		var cfg *config.Config
-		for step := 0; step < 150; step++ {
+		for step := 0; step < 120; step++ {
 			what := m.edit(r)
 			data := m.data()
 			s1, _ := configmap.Parse(data, configmap.DefaultDefaults(), spec)

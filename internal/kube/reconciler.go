@@ -552,6 +552,7 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 	r.mu.Unlock()
 
 	cm, err := cms.Get(r.o.ConfigMap)
+	var empty *configmap.Spec // resolved instead of a Spec, and not kept as one
 	switch {
 	case apierrors.IsNotFound(err):
 		// Deleted and created again (kubectl replace --force, GitOps):
@@ -573,7 +574,9 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 			return false
 		}
 		if st.spec == nil {
-			st.spec = &configmap.Spec{}
+			// Nothing to keep, and no history: the node has seen no
+			// version of the ConfigMap, and remembers none.
+			empty = &configmap.Spec{}
 		}
 	case err != nil:
 		r.log.Error("reading the ConfigMap from the cache", "err", err)
@@ -590,8 +593,12 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		}
 	}
 
+	spec := st.spec
+	if spec == nil {
+		spec = empty
+	}
 	wanted := map[string]bool{}
-	for _, vs := range st.spec.VirtualServers {
+	for _, vs := range spec.VirtualServers {
 		if vs.Service != "" {
 			wanted[vs.Service] = true
 		}
@@ -624,7 +631,7 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		},
 	}
 	c.Previous = st.applied
-	cfg, probs := Resolve(st.spec, c, r.o.Host)
+	cfg, probs := Resolve(spec, c, r.o.Host)
 	all := slices.Clone(st.parseProbs)
 	all = append(all, gone...)
 	for _, p := range probs {

@@ -220,8 +220,10 @@ func (r *resolver) virtualServers() {
 				continue // a last good form lost to one as written
 			}
 			for j, k := range x.keys {
+				// Only what this entry ran: the same name (a removed
+				// entry's stays removed, whoever clashes there now).
 				old, ok := prev[k]
-				if !ok || taken[k] || exact != sameButReals(old, x.vss[j]) {
+				if !ok || taken[k] || old.Name != x.vss[j].Name || exact != sameButReals(old, x.vss[j]) {
 					continue
 				}
 				taken[k] = true
@@ -330,24 +332,62 @@ func (r *resolver) instanceClashes() {
 	}
 }
 
-// keptYield leaves out a form that ran (kept through a glitch of this
-// node) which contradicts what applies now: a virtual server on a VIP it
-// has with accept: false, an ECMP VIP or static route it has as a VIP.
+// keptYield leaves out a form that ran (kept through a clash, or a
+// glitch) which contradicts what applies now: a VIP with accept: false
+// that a virtual server serves, or one that routing has as an ECMP VIP or
+// a static route. The sets are built once: this stays linear.
 func (r *resolver) keptYield() {
+	served := map[netip.Addr]bool{}
+	for _, vs := range r.out.VirtualServers {
+		if a, err := netip.ParseAddr(vs.VIP); err == nil {
+			served[a.Unmap()] = true
+		}
+	}
+	routed := map[netip.Prefix]string{}
+	if rt := r.out.Routing; rt != nil {
+		for _, e := range rt.ECMP {
+			if a, err := netip.ParseAddr(e.VIP); err == nil {
+				routed[netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())] = "an ECMP VIP"
+			}
+		}
+		for _, st := range rt.Static {
+			if p, err := parseVIP(st); err == nil {
+				routed[p.Masked()] = "a static route"
+			}
+		}
+	}
 	var ins []config.Instance
 	var srcs []string
 	var kept []bool
 	for i, in := range r.out.Instances {
 		if r.instKept[i] {
-			try := config.Config{Instances: []config.Instance{in}, VirtualServers: r.out.VirtualServers, Routing: r.out.Routing}
-			if err := try.Validate(); err != nil {
-				r.bad(r.instSrc[i], "its form that ran is not kept: %v", err)
+			if why := contradicts(in, served, routed); why != "" {
+				r.bad(r.instSrc[i], "its form that ran is not kept: %s", why)
 				continue
 			}
 		}
 		ins, srcs, kept = append(ins, in), append(srcs, r.instSrc[i]), append(kept, r.instKept[i])
 	}
 	r.out.Instances, r.instSrc, r.instKept = ins, srcs, kept
+}
+
+// contradicts says what of in contradicts what applies: "" if nothing.
+func contradicts(in config.Instance, served map[netip.Addr]bool, routed map[netip.Prefix]string) string {
+	noAccept := in.Accept != nil && !*in.Accept
+	for _, v := range in.VIPs {
+		p, err := parseVIP(v)
+		if err != nil {
+			continue
+		}
+		a := p.Addr()
+		if noAccept && served[a] {
+			return fmt.Sprintf("%s has accept: false, and a virtual server serves it now", a)
+		}
+		if what, ok := routed[netip.PrefixFrom(a, a.BitLen())]; ok {
+			return fmt.Sprintf("%s is %s now", a, what)
+		}
+	}
+	return ""
 }
 
 // announcements leaves the VIPs of an instance unannounced where its
@@ -358,31 +398,48 @@ func (r *resolver) announcements() {
 	rt := r.out.Routing
 	if rt != nil {
 		if err := (&config.Config{Routing: rt}).Validate(); err != nil {
-			// What ran stays, if it still can.
+			// What ran stays, if it still can with what applies now.
 			outcome := "it is left out on this node"
 			rt = nil
-			if prev := r.c.Previous; prev != nil && prev.Routing != nil && (&config.Config{Routing: prev.Routing}).Validate() == nil {
-				p := *prev.Routing
-				rt, outcome = &p, "what ran keeps running as it was"
+			if prev := r.c.Previous; prev != nil && prev.Routing != nil {
+				try := config.Config{Instances: r.out.Instances, Routing: prev.Routing}
+				for i := range try.Instances {
+					try.Instances[i].Announce = nil
+				}
+				if try.Validate() == nil {
+					p := *prev.Routing
+					rt, outcome = &p, "what ran keeps running as it was"
+				}
 			}
 			r.bad("config.yaml routing", "%v: %s", err, outcome)
 			r.out.Routing = rt
 		}
 	}
+	// Each announce block against the routing without its static routes
+	// and ECMP VIPs, which were checked above with the instances, so that
+	// this stays linear in the number of instances.
+	var bare *config.Routing
+	if rt != nil {
+		b := *rt
+		b.Static, b.ECMP = nil, nil
+		bare = &b
+	}
 	for i := range r.out.Instances {
 		in := &r.out.Instances[i]
-		if in.Announce == nil || in.Announce.Mode == "none" {
-			continue
-		}
-		if rt == nil {
+		switch {
+		case in.Announce == nil:
+		case rt == nil && in.Announce.Mode == "none":
+			in.Announce = nil // nothing to say it to
+		case rt == nil:
 			r.bad(r.instSrc[i], "announce: there is no routing section to announce with; the VIPs run unannounced")
 			in.Announce = nil
-			continue
-		}
-		try := config.Config{Instances: []config.Instance{*in}, Routing: rt}
-		if err := try.Validate(); err != nil {
-			r.bad(r.instSrc[i], "not announced: %v", err)
-			in.Announce = &config.Announce{Mode: "none"}
+		case in.Announce.Mode == "none":
+		default:
+			try := config.Config{Instances: []config.Instance{*in}, Routing: bare}
+			if err := try.Validate(); err != nil {
+				r.bad(r.instSrc[i], "not announced: %v", err)
+				in.Announce = &config.Announce{Mode: "none"}
+			}
 		}
 	}
 }
@@ -561,8 +618,12 @@ func (r *resolver) instance(in configmap.Instance) {
 			if n == r.self {
 				continue
 			}
-			if a := nodeAddress(n, v6); a.IsValid() {
-				out.UnicastPeers = append(out.UnicastPeers, a.String())
+			// One peer per address, and never this node's own: two Node
+			// objects may have one address for a while (a node
+			// registered again under another name, a vanished one kept).
+			a := nodeAddress(n, v6)
+			if p := a.String(); a.IsValid() && a != self && !slices.Contains(out.UnicastPeers, p) {
+				out.UnicastPeers = append(out.UnicastPeers, p)
 			}
 		}
 		if len(out.UnicastPeers) == 0 {
@@ -595,15 +656,18 @@ func (r *resolver) routing(rt *configmap.Routing) {
 		b := *out.BGP
 		if b.RouterID == "" {
 			a := nodeAddress(r.self, false)
-			if !a.IsValid() {
+			switch prev := r.c.Previous; {
+			case a.IsValid():
+				b.RouterID = a.String()
+			case prev != nil && prev.Routing != nil && prev.Routing.BGP != nil && prev.Routing.BGP.RouterID != "":
+				// The node's address is gone for a moment: the router ID
+				// found before stays, and the rest follows the ConfigMap.
+				b.RouterID = prev.Routing.BGP.RouterID
+				r.bad(src, "node %s has no IPv4 address to be the BGP router ID: it keeps %s, found before", r.self.Name, b.RouterID)
+			default:
 				r.bad(src, "node %s has no IPv4 address to be the BGP router ID: set routing.bgp.routerID", r.self.Name)
-				if prev := r.c.Previous; prev != nil && prev.Routing != nil {
-					p := *prev.Routing
-					r.out.Routing = &p // what ran stays
-				}
 				return
 			}
-			b.RouterID = a.String()
 		}
 		if b.NextHop6 == "" {
 			if a := nodeAddress(r.self, true); a.IsValid() {
