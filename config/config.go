@@ -5,15 +5,21 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"net/netip"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	yaml3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keepvip/keepvip/vrrp"
@@ -130,7 +136,17 @@ func (d Duration) IsZero() bool { return !d.set }
 
 func (d Duration) parse() (time.Duration, error) {
 	s := strings.TrimSpace(d.raw)
-	if f, err := strconv.ParseFloat(s, 64); err == nil {
+	if f, err := strconv.ParseFloat(s, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		// A number of seconds. NaN and the infinities parse as floats
+		// (YAML's .nan, or "NaN") but are no length of time; converted,
+		// they and numbers past time.Duration's range come out as
+		// arbitrary (huge negative) durations.
+		switch {
+		case math.IsNaN(f):
+			return 0, fmt.Errorf("%q is not a number of seconds (write e.g. 100ms, 1s, 2.5s)", d.raw)
+		case math.IsInf(f, 0) || math.Abs(f) >= float64(math.MaxInt64)/float64(time.Second):
+			return 0, fmt.Errorf("%q seconds is beyond any duration (write e.g. 100ms, 1s, 2.5s)", d.raw)
+		}
 		return time.Duration(f * float64(time.Second)).Round(time.Millisecond), nil
 	}
 	v, err := time.ParseDuration(s)
@@ -164,12 +180,61 @@ func ValidName(s string) bool { return nameRE.MatchString(s) }
 func Parse(data []byte) (*Config, error) {
 	var c Config
 	if err := yaml.UnmarshalStrict(data, &c); err != nil {
-		return nil, &FieldError{Reason: decodeError(err)}
+		return nil, decodeProblems(data, err)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// ParseFile is Parse for a configuration file (`keepvip run --config`,
+// `keepvip validate`). A file that configures nothing (empty, comments
+// only, or without any instance, virtual server, ECMP VIP or static
+// route) would release every VIP once loaded; far more often than an
+// intent, it is a file truncated or not yet written by the tool that
+// writes it. It is refused unless it says so with an explicit empty
+// list, `instances: []` ("instances:" alone is null, what a file cut
+// after that line reads as, and is not enough).
+func ParseFile(data []byte) (*Config, error) {
+	c, err := Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	if !c.configuresNothing() || explicitlyNoInstances(data) {
+		return c, nil
+	}
+	what := "the file configures no instance, virtual server, ECMP VIP or static route"
+	if js, err := yaml.YAMLToJSON(data); err == nil && string(bytes.TrimSpace(js)) == "null" {
+		what = "the file is empty"
+	}
+	return nil, &FieldError{Path: "instances", Reason: what + " (truncated, or not written yet?): " +
+		"loading it would remove every VIP; write `instances: []` if that is meant"}
+}
+
+// configuresNothing reports a Config that runs nothing.
+func (c *Config) configuresNothing() bool {
+	return len(c.Instances) == 0 && len(c.VirtualServers) == 0 &&
+		(c.Routing == nil || len(c.Routing.ECMP) == 0 && len(c.Routing.Static) == 0)
+}
+
+// explicitlyNoInstances reports whether data says `instances: []`.
+func explicitlyNoInstances(data []byte) bool {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return false
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(js, &top) != nil {
+		return false
+	}
+	for k, v := range top {
+		// The decoder matches field names regardless of case.
+		if strings.EqualFold(k, "instances") && string(bytes.TrimSpace(v)) == "[]" {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate applies the defaults to a Config built in code (the
@@ -185,6 +250,235 @@ func (c *Config) Validate() error {
 // DecodeError rewords an error of sigs.k8s.io/yaml so that it names the
 // field, for other decoders of parts of this model.
 func DecodeError(err error) string { return decodeError(err) }
+
+// decodeProblems explains why data did not decode into a Config, with
+// the full path of each problem ("instances[1].vrid"): the JSON decoder
+// stops at the first problem and names neither the index of a list item
+// nor the place of an unknown field, so the document is walked again
+// here, by the same rules, to find every one. err is the decoder's, said
+// as it is if the walk finds nothing.
+func decodeProblems(data []byte, err error) error {
+	var errs []error
+	if js, jerr := yaml.YAMLToJSONStrict(data); jerr != nil {
+		// Not convertible to JSON: a YAML syntax error, a key given
+		// twice, or a float JSON has no form for (.nan, .inf).
+		errs = yamlProblems(data)
+	} else {
+		d := json.NewDecoder(bytes.NewReader(js))
+		d.UseNumber()
+		var v any
+		if d.Decode(&v) == nil {
+			errs = typeProblems("", v, reflect.TypeFor[Config]())
+		}
+	}
+	if len(errs) == 0 {
+		return &FieldError{Reason: decodeError(err)}
+	}
+	return errors.Join(errs...)
+}
+
+// yamlProblems finds, with their paths, what keeps a YAML document from
+// being converted to JSON and that the converter reports without a path:
+// keys given twice, and NaN or infinite floats.
+func yamlProblems(data []byte) []error {
+	var doc yaml3.Node
+	if yaml3.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return nil
+	}
+	var errs []error
+	var walk func(path string, n *yaml3.Node)
+	walk = func(path string, n *yaml3.Node) {
+		switch n.Kind {
+		case yaml3.MappingNode:
+			seen := map[string]int{}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := joinPath(path, k.Value)
+				if line, dup := seen[k.Value]; dup {
+					where := fmt.Sprintf("lines %d and %d", line, k.Line)
+					if line == k.Line {
+						where = fmt.Sprintf("line %d", line)
+					}
+					errs = append(errs, &FieldError{p, "given twice (" + where + ")"})
+					continue
+				}
+				seen[k.Value] = k.Line
+				walk(p, v)
+			}
+		case yaml3.SequenceNode:
+			for i, v := range n.Content {
+				walk(fmt.Sprintf("%s[%d]", path, i), v)
+			}
+		case yaml3.ScalarNode:
+			var f float64
+			if n.ShortTag() == "!!float" && n.Decode(&f) == nil && (math.IsNaN(f) || math.IsInf(f, 0)) {
+				errs = append(errs, &FieldError{path, fmt.Sprintf("%s (line %d) is not a finite number", n.Value, n.Line)})
+			}
+		}
+	}
+	walk("", doc.Content[0])
+	return errs
+}
+
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+
+// typeProblems checks a decoded JSON value v against the Go type t as
+// encoding/json with DisallowUnknownFields does, returning every field
+// that is unknown or of the wrong type, under path.
+func typeProblems(path string, v any, t reflect.Type) []error {
+	if v == nil {
+		return nil // null leaves any field as it is
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return nil // checked where it is validated (Duration)
+	}
+	wrong := func(want string) []error {
+		return []error{&FieldError{path, fmt.Sprintf("got %s, want %s", describeJSON(v), want)}}
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return wrong("a mapping")
+		}
+		fields := jsonFields(t)
+		var errs []error
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			ft, ok := fields[k]
+			if !ok {
+				// As encoding/json: an exact match first, then any case.
+				for name, f := range fields {
+					if strings.EqualFold(name, k) {
+						ft, ok = f, true
+						break
+					}
+				}
+			}
+			if !ok {
+				errs = append(errs, &FieldError{joinPath(path, k), "unknown field"})
+				continue
+			}
+			errs = append(errs, typeProblems(joinPath(path, k), m[k], ft)...)
+		}
+		return errs
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return wrong("a mapping")
+		}
+		var errs []error
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			errs = append(errs, typeProblems(joinPath(path, k), m[k], t.Elem())...)
+		}
+		return errs
+	case reflect.Slice, reflect.Array:
+		l, ok := v.([]any)
+		if !ok {
+			return wrong("a list")
+		}
+		var errs []error
+		for i, e := range l {
+			errs = append(errs, typeProblems(fmt.Sprintf("%s[%d]", path, i), e, t.Elem())...)
+		}
+		return errs
+	case reflect.String:
+		if _, ok := v.(string); !ok {
+			return wrong("a string")
+		}
+	case reflect.Bool:
+		if _, ok := v.(bool); !ok {
+			return wrong("true or false")
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, ok := v.(json.Number)
+		if !ok {
+			return wrong("an integer")
+		}
+		if _, err := strconv.ParseInt(string(n), 10, t.Bits()); err != nil {
+			if errors.Is(err, strconv.ErrRange) {
+				return []error{&FieldError{path, fmt.Sprintf("%s is out of range", n)}}
+			}
+			return wrong("an integer")
+		}
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, ok := v.(json.Number)
+		if !ok {
+			return wrong("an integer")
+		}
+		if _, err := strconv.ParseUint(string(n), 10, t.Bits()); err != nil {
+			if errors.Is(err, strconv.ErrRange) {
+				return []error{&FieldError{path, fmt.Sprintf("%s is out of range", n)}}
+			}
+			return wrong("a non-negative integer")
+		}
+	case reflect.Float32, reflect.Float64:
+		if _, ok := v.(json.Number); !ok {
+			return wrong("a number")
+		}
+	}
+	return nil
+}
+
+// jsonFields maps the JSON names of t's fields to their types, as
+// encoding/json sees them (embedded structs flattened, "-" skipped).
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		name, _, _ := strings.Cut(tag, ",")
+		switch {
+		case name == "-" && !strings.HasPrefix(tag, "-,"):
+			continue
+		case f.Anonymous && name == "":
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				for n, et := range jsonFields(ft) {
+					if _, ok := out[n]; !ok {
+						out[n] = et
+					}
+				}
+				continue
+			}
+		case !f.IsExported():
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+// describeJSON says what a decoded JSON value is, for an error.
+func describeJSON(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("the string %q", v)
+	case json.Number:
+		return "the number " + string(v)
+	case bool:
+		return strconv.FormatBool(v)
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a mapping"
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+func joinPath(path, field string) string {
+	if path == "" {
+		return field
+	}
+	return path + "." + field
+}
 
 // decodeError rewords the decoder's errors to name the field.
 func decodeError(err error) string {

@@ -159,8 +159,34 @@ func TestParseErrors(t *testing.T) {
 		want []string // every message, in order
 	}{
 		{"not yaml", "instances: [", []string{"cannot read the configuration"}},
-		{"unknown field", base + "  prio: 100\n", []string{`unknown field "prio"`}},
-		{"wrong type", "instances:\n- interface: eth0\n  vrid: one\n", []string{"instances.vrid: got a string, want a int"}},
+		// Problems found by decoding name their full path, list indices
+		// included, and every one is reported.
+		{"unknown field", base + "  prio: 100\n", []string{`instances[0].prio: unknown field`}},
+		{"wrong type", "instances:\n- interface: eth0\n  vrid: one\n", []string{`instances[0].vrid: got the string "one", want an integer`}},
+		{"every decoding problem, with indices", base + "- {interface: eth0, vrid: two, bogus: 1, vips: 192.0.2.2}\nbogus2: x\n", []string{
+			"bogus2: unknown field",
+			"instances[1].bogus: unknown field",
+			`instances[1].vips: got the string "192.0.2.2", want a list`,
+			`instances[1].vrid: got the string "two", want an integer`}},
+		{"deep unknown field", "virtualServers:\n- {vip: 192.0.2.1, port: 80, realServers: [{address: 10.0.0.1}, {address: 10.0.0.2, wieght: 2}]}\n", []string{
+			"virtualServers[0].realServers[1].wieght: unknown field"}},
+		{"deep wrong type", "routing:\n  bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.254, asn: -1}]}\n", []string{
+			"routing.bgp.peers[0].asn: got the number -1, want a non-negative integer"}},
+		{"mapping for a list item", base + "  unicastPeers: [192.0.2.2, {a: b}]\n", []string{
+			"instances[0].unicastPeers[1]: got a mapping, want a string"}},
+		{"integer out of range", "routing:\n  bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.254, asn: 4294967296}]}\n", []string{
+			"routing.bgp.peers[0].asn: 4294967296 is out of range"}},
+		{"key given twice", base + "  vrid: 52\n", []string{"instances[0].vrid: given twice (lines 3 and 5)"}},
+		// NaN and the infinities are no durations: they used to come out
+		// as a huge negative one.
+		{"interval .nan", base + "  advertInterval: .nan\n", []string{"instances[0].advertInterval: .nan (line 5) is not a finite number"}},
+		{"interval .inf and -.Inf", base + "  advertInterval: .inf\n  preemptDelay: -.Inf\n", []string{
+			"instances[0].advertInterval: .inf (line 5) is not a finite number",
+			"instances[0].preemptDelay: -.Inf (line 6) is not a finite number"}},
+		{"interval NaN", base + "  advertInterval: NaN\n", []string{`instances[0].advertInterval: "NaN" is not a number of seconds`}},
+		{"interval 'Inf'", base + "  advertInterval: '+Inf'\n", []string{`instances[0].advertInterval: "+Inf" seconds is beyond any duration`}},
+		{"interval 1e300", base + "  advertInterval: 1e300\n", []string{`instances[0].advertInterval: "1e+300" seconds is beyond any duration`}},
+		{"garp delay NaN", base + "  garp: {masterDelay: nan}\n", []string{`instances[0].garp.masterDelay: "nan" is not a number of seconds`}},
 		{"missing interface and vrid", "instances:\n- vips: [192.0.2.1]\n", []string{
 			"instances[0].interface: is required", "instances[0].vrid: 0 is outside 1-255"}},
 		{"priority out of range", base + "  priority: 300\n", []string{"instances[0].priority: 300 is outside 1-255"}},
@@ -226,6 +252,55 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An empty configuration file is refused (on reload it would remove every
+// VIP) unless it says `instances: []`; Parse itself, which also reads the
+// vip-configmap's cached configuration, still takes it.
+func TestParseFileEmpty(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       string // "" = accepted
+	}{
+		{"zero bytes", "", "instances: the file is empty (truncated, or not written yet?): loading it would remove every VIP; write `instances: []` if that is meant"},
+		{"blank and comments", "\n# keepvip\n\n", "instances: the file is empty"},
+		{"document marker only", "---\n", "instances: the file is empty"},
+		{"cut after instances:", "instances:\n", "instances: the file configures no instance, virtual server, ECMP VIP or static route"},
+		{"kernel settings only", "kernel: {ipvs: optional}\n", "instances: the file configures no instance"},
+		{"explicitly none", "instances: []\n", ""},
+		{"explicitly none, in JSON", `{"instances": []}`, ""},
+		{"explicitly none, with kernel settings", "kernel: {ipvs: optional}\ninstances: []\n", ""},
+		{"an instance", "instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]\n", ""},
+		{"virtual servers only", "virtualServers:\n- {vip: 192.0.2.1, port: 80, realServers: [{address: 10.0.0.1}]}\n", ""},
+		{"static routes only", "routing:\n  exporter: kernel\n  kernelTable: {table: 100}\n  static: [10.0.0.0/24]\n", ""},
+		{"a bad file still says what is wrong", "instances: [{interface: eth0, vrid: 0, vips: [192.0.2.1]}]\n", "instances[0].vrid: 0 is outside 1-255"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseFile([]byte(tt.yaml))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("ParseFile(%q) = %v; want it accepted", tt.yaml, err)
+			case tt.want == "":
+				return
+			case err == nil:
+				t.Fatalf("ParseFile(%q) accepted it; want %q", tt.yaml, tt.want)
+			case c != nil:
+				t.Errorf("ParseFile(%q) returned a Config with its error", tt.yaml)
+			case !strings.HasPrefix(err.Error(), tt.want):
+				t.Errorf("ParseFile(%q) = %q; want prefix %q", tt.yaml, err, tt.want)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Errorf("ParseFile(%q): %T is not a *FieldError", tt.yaml, err)
+			}
+		})
+	}
+	for _, s := range []string{"", "instances:\n"} {
+		if _, err := Parse([]byte(s)); err != nil {
+			t.Errorf("Parse(%q) = %v; the vip-configmap's empty configuration must still parse", s, err)
+		}
 	}
 }
 

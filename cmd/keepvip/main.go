@@ -15,9 +15,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,7 +126,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cfg := fs.String("config", envOr("KEEPVIP_CONFIG", ""), "configuration file (env KEEPVIP_CONFIG)")
 	sock := fs.String("status-socket", envOr("KEEPVIP_STATUS_SOCKET", defaultSocket), "unix socket for 'keepvip status'; empty for none (env KEEPVIP_STATUS_SOCKET)")
-	metrics := fs.String("metrics-addr", envOr("KEEPVIP_METRICS_ADDR", ""), "address for /metrics, /healthz and /readyz, e.g. :9742; empty for none (env KEEPVIP_METRICS_ADDR)")
+	metrics := fs.String("metrics-addr", envOr("KEEPVIP_METRICS_ADDR", ""), "HOST:PORT for /metrics, /healthz and /readyz: loopback (127.0.0.1:9742) or the node's address (the DaemonSet gives $(HOST_IP):9742); empty for none. Never answered on a VIP: with a wildcard (:9742), connections to a VIP are closed unanswered (env KEEPVIP_METRICS_ADDR)")
 	stateDir := fs.String("state-dir", envOr("KEEPVIP_STATE_DIR", "/var/lib/keepvip"), "directory for state kept across restarts (the IPVS services keepvip created); empty for none (env KEEPVIP_STATE_DIR)")
 	procSys := fs.String("proc-sys", envOr("KEEPVIP_PROC_SYS", ""), "where to write kernel settings (ip_vs, ip_nonlocal_bind, arp_*); empty for /proc/sys. In a container, the host's /proc/sys/net mounted read-write (env KEEPVIP_PROC_SYS)")
 	level := fs.String("log-level", envOr("KEEPVIP_LOG_LEVEL", "info"), "debug, info, warn or error (env KEEPVIP_LOG_LEVEL)")
@@ -159,6 +162,10 @@ func runDaemon(args []string, stderr io.Writer) error {
 	// Before anything else can fail: what a kube-keepalived-vip flag
 	// now means may be why.
 	kkv.warn(log)
+	metricsAddr, err := listenAddr(*metrics)
+	if err != nil {
+		return usageError{"run: --metrics-addr: " + err.Error()}
+	}
 	switch {
 	case *cfg == "" && *cmName == "":
 		return usageError{"run: give --config FILE, or --configmap NAMESPACE/NAME in Kubernetes"}
@@ -201,7 +208,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	return daemon.Run(ctx, daemon.Options{
 		ConfigFile:   *cfg,
 		StatusSocket: *sock,
-		MetricsAddr:  *metrics,
+		MetricsAddr:  metricsAddr,
 		StateDir:     *stateDir,
 		ProcSys:      *procSys,
 		Version:      buildVersion(),
@@ -209,6 +216,34 @@ func runDaemon(args []string, stderr io.Writer) error {
 		Reload:       reload,
 		Kube:         kopts,
 	})
+}
+
+// listenAddr checks a HOST:PORT to listen on and returns it as net.Listen
+// takes it. An IPv6 address may come without brackets before the port
+// ("2001:db8::1:9742"): that is what "$(HOST_IP):9742" in a manifest gives
+// on an IPv6 node, and with a port required it has no other reading.
+func listenAddr(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		i := strings.LastIndexByte(s, ':')
+		if a, aerr := netip.ParseAddr(s[:max(i, 0)]); i < 0 || aerr != nil || !a.Is6() {
+			return "", fmt.Errorf("%q: want HOST:PORT, e.g. 127.0.0.1:9742 or [2001:db8::1]:9742", s)
+		}
+		host, port = s[:i], s[i+1:]
+	}
+	if strings.Contains(host, "$(") {
+		return "", fmt.Errorf("%q: %s was not expanded: define that variable in the container's env, before the one that uses it", s, host)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", fmt.Errorf("%q: port %q is not a number in 0-65535", s, port)
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Zone() == "" {
+		host = a.Unmap().String()
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // kubeClient connects with the kubeconfig given, or as the pod's
@@ -276,7 +311,7 @@ func runValidate(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if !isManifest {
-		c, err := config.Parse(data)
+		c, err := config.ParseFile(data)
 		if err != nil {
 			msgs := strings.Split(err.Error(), "\n")
 			return fmt.Errorf("%s: %d problem(s):\n  %s", path, len(msgs), strings.Join(msgs, "\n  "))

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,7 +39,10 @@ import (
 type Options struct {
 	ConfigFile   string
 	StatusSocket string // unix socket for `keepvip status`; "" for none
-	MetricsAddr  string // host:port for /metrics, /healthz, /readyz; "" for none
+	// MetricsAddr is host:port for /metrics, /healthz, /readyz; "" for
+	// none. Whatever the host (a wildcard too), connections to a VIP of
+	// the configuration are closed unanswered.
+	MetricsAddr string
 	// StateDir keeps what must survive a restart (the IPVS services
 	// keepvip created); "" for none.
 	StateDir string
@@ -106,6 +111,11 @@ type daemon struct {
 
 	rec       *kube.Reconciler // Kubernetes mode
 	toApplied prometheus.Histogram
+
+	// vips are the addresses the metrics listener never answers on:
+	// every VIP of the configuration in force (and, while it is being
+	// replaced, of the one before), held or not.
+	vips atomic.Pointer[map[netip.Addr]bool]
 }
 
 // Run runs the daemon until ctx is cancelled, then stops every instance
@@ -146,6 +156,9 @@ func Run(ctx context.Context, o Options) error {
 		}),
 	}
 	reg.MustRegister(d.reloads, d.cfgErrs)
+	// Before the metrics listener opens: the cached configuration of
+	// Kubernetes mode may hold VIPs from the start.
+	d.refuseVIPs(vipsOf(cfg))
 	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition})
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
@@ -178,7 +191,7 @@ func Run(ctx context.Context, o Options) error {
 		servers = append(servers, srv)
 	}
 	if o.MetricsAddr != "" {
-		srv, err := d.serveMetrics(o.MetricsAddr, reg)
+		srv, err := d.serveMetrics(o.MetricsAddr, reg, newHealth(d.mgr, healthTimeout))
 		if err != nil {
 			return errors.Join(err, shutdownAll(servers))
 		}
@@ -286,7 +299,7 @@ func load(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
 	}
-	c, err := config.Parse(data)
+	c, err := config.ParseFile(data)
 	if err != nil {
 		return nil, fmt.Errorf("configuration %s:\n%w", path, indent(err))
 	}
@@ -355,6 +368,10 @@ func (d *daemon) startLB(cfg *config.Config) error {
 // the errors of applying the rest.
 func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	d.reloads.WithLabelValues("ok").Inc()
+	// The VIPs that go stay refused until they are released.
+	next := vipsOf(cfg)
+	d.refuseVIPs(*d.vips.Load(), next)
+	defer d.refuseVIPs(next)
 	d.cfg = cfg
 	err := d.syncVRRP()
 	errs := slices.Clone(problems)
@@ -521,7 +538,20 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 		c.Close()
 		return nil, fmt.Errorf("status socket %s is in use: is another keepvip running?", path)
 	}
-	os.Remove(path)
+	// Only a stale socket (nobody answers on it) is removed: anything
+	// else at the path is someone's file, which a typo in --status-socket
+	// must not cost them.
+	switch fi, err := os.Lstat(path); {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	case fi.Mode().Type() != os.ModeSocket:
+		return nil, fmt.Errorf("status socket %s: a %s is there, not a socket: not removing it (remove it, or choose another --status-socket)", path, fileKind(fi.Mode()))
+	default:
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale status socket %s: %w", path, err)
+		}
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listening on status socket: %w", err)
@@ -546,24 +576,184 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 	return srv, nil
 }
 
-func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry) (*http.Server, error) {
+// fileKind names what a non-socket file is, for an error.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeSymlink != 0:
+		return "symbolic link"
+	}
+	return "file of mode " + m.Type().String()
+}
+
+// vipsOf returns every VIP of c: of its instances, virtual servers and
+// ECMP routes.
+func vipsOf(c *config.Config) map[netip.Addr]bool {
+	vips := map[netip.Addr]bool{}
+	add := func(s string) {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			vips[p.Addr().Unmap()] = true
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			vips[a.Unmap()] = true
+		}
+	}
+	if c == nil {
+		return vips
+	}
+	for _, in := range c.Instances {
+		for _, v := range in.VIPs {
+			add(v)
+		}
+	}
+	for _, vs := range c.VirtualServers {
+		add(vs.VIP)
+	}
+	if c.Routing != nil {
+		for _, e := range c.Routing.ECMP {
+			add(e.VIP)
+		}
+	}
+	return vips
+}
+
+// refuseVIPs makes the union of sets the addresses the metrics listener
+// refuses.
+func (d *daemon) refuseVIPs(sets ...map[netip.Addr]bool) {
+	vips := map[netip.Addr]bool{}
+	for _, s := range sets {
+		maps.Copy(vips, s)
+	}
+	d.vips.Store(&vips)
+}
+
+// onVIP reports whether a is a VIP the metrics listener refuses.
+func (d *daemon) onVIP(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	vips := d.vips.Load()
+	return vips != nil && (*vips)[ta.AddrPort().Addr().Unmap()]
+}
+
+// healthTimeout is how long /healthz waits for the VRRP instances:
+// under the livenessProbe's timeoutSeconds (3 in deploy/), so that the
+// probe reads the 503 and its reason.
+const healthTimeout = 2 * time.Second
+
+// instanceStatus is what /healthz asks: every instance goroutine
+// answering is the liveness signal.
+type instanceStatus interface {
+	Status() []vrrp.Status
+}
+
+// health answers /healthz with one check of the instances at a time: a
+// request that comes while a check is running waits for that one (until
+// timeout after it started) instead of starting another, so that a
+// stuck manager costs one goroutine, not one per probe.
+type health struct {
+	inst    instanceStatus
+	timeout time.Duration
+
+	mu      sync.Mutex
+	running *healthCheck // nil when no check is running
+}
+
+type healthCheck struct {
+	started time.Time
+	done    chan struct{}
+}
+
+func newHealth(inst instanceStatus, timeout time.Duration) *health {
+	return &health{inst: inst, timeout: timeout}
+}
+
+func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	c := h.running
+	if c == nil {
+		c = &healthCheck{started: time.Now(), done: make(chan struct{})}
+		h.running = c
+		// The one goroutine a stuck manager keeps; its owner is h,
+		// which starts no other until it returns.
+		go func() {
+			h.inst.Status()
+			h.mu.Lock()
+			h.running = nil
+			h.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	h.mu.Unlock()
+	wait := time.NewTimer(time.Until(c.started.Add(h.timeout)))
+	defer wait.Stop()
+	select {
+	case <-c.done:
+	case <-wait.C:
+		select {
+		case <-c.done: // answered as the time ran out
+		default:
+			http.Error(w, fmt.Sprintf("VRRP instances have not answered for %s", time.Since(c.started).Round(time.Millisecond)), http.StatusServiceUnavailable)
+			return
+		}
+	case <-r.Context().Done():
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// vipListener closes, before reading anything, the connections made to
+// a VIP: with a wildcard address, the clients of the load balancer
+// could otherwise read /metrics and probe /healthz through the VIP.
+// Closing says nothing to them, not even that keepvip listens there.
+type vipListener struct {
+	net.Listener
+	onVIP   func(net.Addr) bool
+	refused prometheus.Counter
+}
+
+func (l vipListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || !l.onVIP(c.LocalAddr()) {
+			return c, err
+		}
+		c.Close()
+		l.refused.Inc()
+	}
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr, never on a
+// VIP: a connection to one is closed at once, and a request on a kept-
+// alive connection to an address that became a VIP since is aborted.
+func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry, h *health) (*http.Server, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %q: %w", addr, err)
+	}
+	if a, err := netip.ParseAddr(host); err == nil && d.onVIP(net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))) {
+		return nil, fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", addr, a)
+	}
+	refused := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keepvip_metrics_refused_total",
+		Help: "Connections to the metrics listener made to a VIP, closed unanswered.",
+	})
+	if err := reg.Register(refused); err != nil {
+		return nil, fmt.Errorf("registering the metrics listener's counter: %w", err)
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
 	}
+	if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
+		d.log.Info("metrics listen on every address of the node; connections to a VIP are closed unanswered", "addr", l.Addr().String())
+	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		// Every instance goroutine answering is the liveness signal.
-		done := make(chan struct{})
-		go func() { d.mgr.Status(); close(done) }()
-		select {
-		case <-done:
-			fmt.Fprintln(w, "ok")
-		case <-time.After(2 * time.Second):
-			http.Error(w, "VRRP instances are not answering", http.StatusServiceUnavailable)
-		}
-	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: 4}))
+	mux.Handle("GET /healthz", h)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		d.mu.Lock()
 		ready := d.ready
@@ -574,9 +764,16 @@ func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry) (*http.Serv
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	notOnVIP := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && d.onVIP(a) {
+			refused.Inc()
+			panic(http.ErrAbortHandler) // closes the connection, unanswered and unlogged
+		}
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: notOnVIP, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(vipListener{Listener: l, onVIP: d.onVIP, refused: refused}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server", "err", err)
 		}
 	}()
