@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,6 +78,10 @@ type BGPPeer struct {
 	ASN      uint32 `json:"asn"`
 	Port     int    `json:"port,omitempty"`
 	Password string `json:"password,omitempty"`
+	// PasswordSecretKey, in the vip-configmap only, takes the password
+	// from this key of the Secret keepvip reads (--bgp-secret), so that
+	// it is neither in the ConfigMap nor saved on the nodes.
+	PasswordSecretKey string `json:"passwordSecretKey,omitempty"`
 	// HoldTime (default 90s) and KeepaliveInterval (default a third).
 	HoldTime          Duration `json:"holdTime,omitzero"`
 	KeepaliveInterval Duration `json:"keepaliveInterval,omitzero"`
@@ -180,6 +185,9 @@ func (c *Config) exporter() (*Exporter, []error) {
 		for i, p := range b.Peers {
 			path := fmt.Sprintf("bgp.peers[%d]", i)
 			bp := bgp.Peer{ASN: p.ASN, Password: p.Password, Passive: p.Passive}
+			if p.PasswordSecretKey != "" {
+				bad(path+".passwordSecretKey", "only in the vip-configmap, which takes the password from a Secret; here, give password")
+			}
 			a, err := netip.ParseAddr(p.Address)
 			if err != nil {
 				bad(path+".address", "%q is not an IP address", p.Address)
@@ -583,4 +591,19 @@ func (a *Announce) Check(path string) []error {
 		}
 	}
 	return errs
+}
+
+// WithoutPasswords returns r without the BGP passwords, for what is saved
+// or shown: r is left as it is.
+func (r *Routing) WithoutPasswords() *Routing {
+	if r == nil || r.BGP == nil {
+		return r
+	}
+	out, b := *r, *r.BGP
+	b.Peers = slices.Clone(b.Peers)
+	for i := range b.Peers {
+		b.Peers[i].Password = ""
+	}
+	out.BGP = &b
+	return &out
 }

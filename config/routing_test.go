@@ -173,3 +173,11 @@ func TestRoutingStatic(t *testing.T) {
 		t.Errorf("bad static prefixes: %v", err)
 	}
 }
+
+// passwordSecretKey is the vip-configmap's: a file gives the password.
+func TestPasswordSecretKeyOnlyInTheConfigMap(t *testing.T) {
+	_, err := Parse([]byte("routing:\n  bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000, passwordSecretKey: k}]}\n"))
+	if err == nil || !strings.Contains(err.Error(), "routing.bgp.peers[0].passwordSecretKey: only in the vip-configmap") {
+		t.Errorf("Parse = %v", err)
+	}
+}

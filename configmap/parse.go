@@ -40,8 +40,9 @@ type entry struct {
 	key  string // the data key
 	path string // where in config.yaml; "" for a VIP key
 
-	errs    []error // its own problems
-	refused bool    // not applied in the ConfigMap's own view
+	errs    []error  // its own problems
+	warns   []string // what applies, but should not be written so
+	refused bool     // not applied in the ConfigMap's own view
 	why     []string
 
 	inst *Instance
@@ -269,6 +270,7 @@ func (p *parser) readDocument(raw string) {
 			_ = json.Unmarshal(v, rt) // what can be read, for its claims
 		} else if len(e.errs) == 0 {
 			e.errs = rt.check()
+			e.warns = rt.warnings()
 		}
 	}
 	if v, ok := top["kernel"]; ok && string(v) != "null" {
@@ -853,6 +855,11 @@ func (p *parser) report() {
 		p.problems = append(p.problems, Problem{Key: StructuredKey, Reason: p.docErr, Outcome: outcome})
 	}
 	for _, e := range p.entries {
+		if !e.refused {
+			for _, w := range e.warns {
+				p.problems = append(p.problems, Problem{Key: e.key, Entry: e.entryName(), Path: e.path, Reason: w, Outcome: "it applies"})
+			}
+		}
 		for _, err := range e.errs {
 			if e.kind == kindKeyInstance {
 				continue // reported under each key

@@ -132,6 +132,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", envOr("KEEPVIP_LOG_LEVEL", "info"), "debug, info, warn or error (env KEEPVIP_LOG_LEVEL)")
 	cmName := fs.String("configmap", envOr("KEEPVIP_CONFIGMAP", ""), "Kubernetes mode: the vip-configmap as NAMESPACE/NAME (env KEEPVIP_CONFIGMAP)")
 	fs.StringVar(cmName, "services-configmap", *cmName, "kube-keepalived-vip's name for --configmap")
+	bgpSecret := fs.String("bgp-secret", envOr("KEEPVIP_BGP_SECRET", "keepvip-bgp"), "Kubernetes mode: the Secret, in the vip-configmap's namespace, that BGP passwords come from (passwordSecretKey) (env KEEPVIP_BGP_SECRET)")
 	kubeconfig := fs.String("kubeconfig", "", "Kubernetes mode: kubeconfig file; default the pod's ServiceAccount, else $KUBECONFIG (a list, as kubectl reads it) or ~/.kube/config")
 	nodeName := fs.String("node-name", envOr("NODE_NAME", ""), "Kubernetes mode: this node's name (env NODE_NAME, from the downward API)")
 	kd := configmap.DefaultDefaults()
@@ -188,7 +189,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		kopts = &daemon.KubeOptions{Client: client, Namespace: ns, ConfigMap: name, NodeName: *nodeName, Defaults: kd}
+		kopts = &daemon.KubeOptions{Client: client, Namespace: ns, ConfigMap: name, NodeName: *nodeName, Defaults: kd, BGPSecret: *bgpSecret}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

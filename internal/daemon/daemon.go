@@ -66,6 +66,9 @@ type KubeOptions struct {
 	// Defaults configure the "vips" instance of kube-keepalived-vip style
 	// keys (the daemon's flags).
 	Defaults configmap.Defaults
+	// BGPSecret names the Secret (in Namespace) that BGP passwords come
+	// from; "" for kube.DefaultBGPSecret.
+	BGPSecret string
 
 	cache kubeCacheRead // read from the state directory
 }
@@ -169,7 +172,7 @@ func Run(ctx context.Context, o Options) error {
 		d.rec = kube.New(kube.Options{
 			Client: o.Kube.Client, Namespace: o.Kube.Namespace, ConfigMap: o.Kube.ConfigMap,
 			NodeName: o.Kube.NodeName, Defaults: o.Kube.Defaults, Host: kube.LinuxHost{},
-			History: o.Kube.cache.history, LastGood: o.Kube.cache.lastGood, LastApplied: o.Kube.cache.applied,
+			History: o.Kube.cache.history, LastGood: o.Kube.cache.lastGood, LastApplied: o.Kube.cache.applied, BGPSecret: o.Kube.BGPSecret,
 			Logger: o.Logger, Registerer: reg,
 		})
 		d.toApplied = prometheus.NewHistogram(prometheus.HistogramOpts{

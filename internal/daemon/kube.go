@@ -98,6 +98,20 @@ func saveKubeConfig(stateDir string, cfg *config.Config, history *configmap.Spec
 	if stateDir == "" {
 		return nil
 	}
+	// BGP passwords are not saved: they come from the Secret again (or,
+	// written in the ConfigMap, from it) once the API server answers.
+	if cfg != nil && cfg.Routing != nil {
+		c := *cfg
+		c.Routing = cfg.Routing.WithoutPasswords()
+		cfg = &c
+	}
+	if history != nil && history.Routing != nil {
+		h := *history
+		rt := *history.Routing
+		rt.Routing = *rt.Routing.WithoutPasswords()
+		h.Routing = &rt
+		history = &h
+	}
 	data, err := json.Marshal(kubeCache{Config: cfg, History: history})
 	if err != nil {
 		return fmt.Errorf("encoding the applied configuration: %w", err)

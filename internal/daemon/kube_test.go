@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/keepvip/keepvip/config"
@@ -69,4 +70,32 @@ func mustJSON(t *testing.T, s *configmap.Spec) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// BGP passwords are never written to the state directory: neither in the
+// configuration that ran nor in the entries in force.
+func TestKubeCacheHasNoPasswords(t *testing.T) {
+	const secret = "s3cr3t-md5"
+	spec, ps := configmap.Parse(map[string]string{configmap.StructuredKey: "routing:\n  bgp: {asn: 65001, peers: [{address: 192.0.2.254, asn: 65000, password: " + secret + "}]}\n"}, configmap.DefaultDefaults(), nil)
+	if spec.Routing == nil || len(ps) != 1 {
+		t.Fatalf("routing %+v, problems %v (want the warning about the password)", spec.Routing, ps)
+	}
+	cfg, err := config.Parse([]byte("routing:\n  bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.254, asn: 65000, password: " + secret + "}]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := saveKubeConfig(dir, cfg, spec); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, kubeCacheFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), secret) {
+		t.Errorf("the password is saved: %s", data)
+	}
+	if cfg.Routing.BGP.Peers[0].Password != secret || spec.Routing.BGP.Peers[0].Password != secret {
+		t.Errorf("saving changed what runs")
+	}
 }

@@ -307,3 +307,44 @@ func TestAVanishedNodeKeepsItsPlaceForAWhile(t *testing.T) {
 		t.Errorf("node-a left after %v, before its grace of %v", took, grace)
 	}
 }
+
+// The reconciler follows the Secret of BGP passwords: a change of it is
+// a new configuration, at once.
+func TestReconcilerFollowsTheBGPSecret(t *testing.T) {
+	w := threeNodes()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	for _, n := range w.nodes {
+		client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	}
+	client.CoreV1().ConfigMaps("keepvip").Create(ctx, cmap(map[string]string{configmap.StructuredKey: "routing:\n  bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000, passwordSecretKey: tor}]}\n"}), metav1.CreateOptions{})
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "keepvip", Name: DefaultBGPSecret}, Data: map[string][]byte{"tor": []byte("one")}}
+	client.CoreV1().Secrets("keepvip").Create(ctx, sec, metav1.CreateOptions{})
+	r := New(Options{Client: client, Namespace: "keepvip", ConfigMap: "vip-configmap", NodeName: "node-a",
+		Defaults: configmap.DefaultDefaults(), Host: host, Registerer: prometheus.NewRegistry(), Recorder: record.NewFakeRecorder(100)})
+	updates := make(chan Update, 10)
+	go r.Run(ctx, func(u Update) { updates <- u })
+	password := func(what string) string {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case u := <-updates:
+				if rt := u.Config.Routing; rt != nil && rt.BGP != nil && len(rt.BGP.Peers) == 1 {
+					return rt.BGP.Peers[0].Password
+				}
+			case <-deadline:
+				t.Fatalf("%s: no update with the peer", what)
+			}
+		}
+	}
+	if got := password("start"); got != "one" {
+		t.Errorf("start: password %q", got)
+	}
+	sec.Data["tor"] = []byte("two")
+	client.CoreV1().Secrets("keepvip").Update(ctx, sec, metav1.UpdateOptions{})
+	if got := password("Secret changed"); got != "two" {
+		t.Errorf("after the change: password %q", got)
+	}
+}

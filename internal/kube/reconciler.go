@@ -69,7 +69,13 @@ type Options struct {
 	// NodeGrace is how long a Node that vanished keeps its place among
 	// the nodes (unicast peers, node order). Default 5 minutes.
 	NodeGrace time.Duration
+	// BGPSecret names the Secret, in Namespace, that BGP passwords come
+	// from (passwordSecretKey in the vip-configmap). Default keepvip-bgp.
+	BGPSecret string
 }
+
+// DefaultBGPSecret is the Secret BGP passwords come from by default.
+const DefaultBGPSecret = "keepvip-bgp"
 
 // Update is a configuration for the daemon to apply.
 type Update struct {
@@ -143,6 +149,9 @@ func New(o Options) *Reconciler {
 	}
 	if o.NodeGrace == 0 {
 		o.NodeGrace = 5 * time.Minute
+	}
+	if o.BGPSecret == "" {
+		o.BGPSecret = DefaultBGPSecret
 	}
 	r := &Reconciler{
 		o:      o,
@@ -315,6 +324,15 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 		}))
 	factory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTransform(strip))
 
+	// The one Secret BGP passwords come from: not waited for (the
+	// passwords that ran stay until it is known), so that a missing
+	// permission for it holds nothing else back.
+	secretFactory := informers.NewSharedInformerFactoryWithOptions(o.Client, 0,
+		informers.WithNamespace(o.Namespace), informers.WithTransform(strip),
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.BGPSecret).String()
+		}))
+	secretInf := secretFactory.Core().V1().Secrets()
 	cmInf := cmFactory.Core().V1().ConfigMaps()
 	svcInf := factory.Core().V1().Services()
 	epsInf := factory.Discovery().V1().EndpointSlices()
@@ -324,6 +342,7 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 		"Services":       svcInf.Informer(),
 		"EndpointSlices": epsInf.Informer(),
 		"Nodes":          nodeInf.Informer(),
+		"the Secret " + o.Namespace + "/" + o.BGPSecret + " (BGP passwords)": secretInf.Informer(),
 	} {
 		if err := inf.SetWatchErrorHandlerWithContext(r.watchError(what)); err != nil {
 			return fmt.Errorf("setting up the informer of %s: %w", what, err)
@@ -334,6 +353,7 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 		h   cache.ResourceEventHandler
 	}{
 		{cmInf.Informer(), r.handler(func(any) bool { return true })},
+		{secretInf.Informer(), r.handler(func(any) bool { return true })},
 		{svcInf.Informer(), r.handler(func(obj any) bool {
 			s, ok := obj.(*corev1.Service)
 			return ok && r.relevant(s.Namespace, s.Name)
@@ -367,8 +387,10 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	cmFactory.Start(ctx.Done())
 	factory.Start(ctx.Done())
+	secretFactory.Start(ctx.Done())
 	defer cmFactory.Shutdown()
 	defer factory.Shutdown()
+	defer secretFactory.Shutdown()
 	// Deferred last, so run first: Shutdown waits for the informers,
 	// which stop with ctx, also when Run panics.
 	defer cancel()
@@ -399,6 +421,16 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 		}
 	}
 	st.appliedAtStart = st.applied != nil
+	st.secret = func() (map[string][]byte, bool) {
+		if !secretInf.Informer().HasSynced() {
+			return nil, false
+		}
+		sec, err := secretInf.Lister().Secrets(o.Namespace).Get(o.BGPSecret)
+		if err != nil {
+			return nil, true
+		}
+		return sec.Data, true
+	}
 	ticker := time.NewTicker(o.ResyncEvery)
 	defer ticker.Stop()
 	// A problem of this host (an interface not found) sends no event when
@@ -465,6 +497,9 @@ type loopState struct {
 	nodes    map[string]*corev1.Node
 	goneAt   map[string]time.Time
 	nextGone time.Time
+	// secret reads the BGP passwords' Secret: its data (nil if it does
+	// not exist) and whether it is known.
+	secret func() (map[string][]byte, bool)
 }
 
 // withVanished adds to the Nodes listed those that vanished less than
@@ -631,6 +666,10 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		},
 	}
 	c.Previous = st.applied
+	c.BGPSecretName = r.o.Namespace + "/" + r.o.BGPSecret
+	if st.secret != nil {
+		c.BGPSecret, c.BGPSecretKnown = st.secret()
+	}
 	cfg, probs := Resolve(spec, c, r.o.Host)
 	all := slices.Clone(st.parseProbs)
 	all = append(all, gone...)

@@ -38,6 +38,12 @@ type Cluster struct {
 	// host, not of the ConfigMap (the node's address missing for a
 	// moment, its interface not found), keeps its form from there.
 	Previous *config.Config
+	// BGPSecret is the data of the Secret that BGP passwords come from
+	// (passwordSecretKey), named BGPSecretName; nil when it is not there,
+	// or not known yet (BGPSecretKnown false).
+	BGPSecret      map[string][]byte
+	BGPSecretName  string
+	BGPSecretKnown bool
 }
 
 // Host answers what Resolve must know about this machine.
@@ -674,6 +680,7 @@ func (r *resolver) routing(rt *configmap.Routing) {
 				b.NextHop6 = a.String()
 			}
 		}
+		b.Peers = r.passwords(b.Peers)
 		out.BGP = &b
 	}
 	out.Static = slices.Clone(out.Static)
@@ -753,6 +760,55 @@ func (r *resolver) routing(rt *configmap.Routing) {
 		})
 	}
 	r.out.Routing = &out
+}
+
+// passwords gives the peers whose password is in the Secret their
+// password. A peer whose key is not there (the Secret deleted and created
+// again, or not known yet) keeps the password it had, if it ran; else it
+// is left out: it could not open its session anyway.
+func (r *resolver) passwords(peers []config.BGPPeer) []config.BGPPeer {
+	const src = "config.yaml routing"
+	out := make([]config.BGPPeer, 0, len(peers))
+	for _, p := range peers {
+		key := p.PasswordSecretKey
+		if key == "" {
+			out = append(out, p)
+			continue
+		}
+		p.PasswordSecretKey = ""
+		if v, ok := r.c.BGPSecret[key]; ok {
+			p.Password = string(v)
+			out = append(out, p)
+			continue
+		}
+		why := fmt.Sprintf("the Secret %s has no key %q", r.c.BGPSecretName, key)
+		switch {
+		case !r.c.BGPSecretKnown:
+			why = fmt.Sprintf("the Secret %s is not known yet", r.c.BGPSecretName)
+		case r.c.BGPSecret == nil:
+			why = fmt.Sprintf("the Secret %s does not exist (or keepvip may not read it)", r.c.BGPSecretName)
+		}
+		if old, ok := r.ranPeer(p.Address); ok && old.Password != "" {
+			p.Password = old.Password
+			r.bad(src, "peer %s: %s: it keeps the password it had", p.Address, why)
+			out = append(out, p)
+			continue
+		}
+		r.bad(src, "peer %s: %s: left out until it is", p.Address, why)
+	}
+	return out
+}
+
+// ranPeer is the BGP peer at addr as it runs on this node.
+func (r *resolver) ranPeer(addr string) (config.BGPPeer, bool) {
+	if prev := r.c.Previous; prev != nil && prev.Routing != nil && prev.Routing.BGP != nil {
+		for _, p := range prev.Routing.BGP.Peers {
+			if p.Address == addr {
+				return p, true
+			}
+		}
+	}
+	return config.BGPPeer{}, false
 }
 
 func parseVIP(s string) (netip.Prefix, error) {

@@ -295,3 +295,64 @@ func TestResolveServiceWithoutEndpointsForTheVIP(t *testing.T) {
 		t.Errorf("virtual servers %+v, problems %v; want only the dual-stack one, silently", cfg.VirtualServers, ps)
 	}
 }
+
+// BGP passwords come from the Secret (passwordSecretKey), not from the
+// ConfigMap; a key missing for a moment keeps the password that ran, and
+// a peer without one is left out and said so.
+func TestResolveBGPPasswordsFromTheSecret(t *testing.T) {
+	w := threeNodes()
+	spec := parse(t, map[string]string{configmap.StructuredKey: `
+instances: [{name: web, vrid: 61, vips: [10.0.0.60]}]
+routing:
+  bgp:
+    asn: 65001
+    peers:
+    - {address: 192.168.1.254, asn: 65000, passwordSecretKey: tor-a}
+    - {address: 192.168.1.253, asn: 65000, passwordSecretKey: tor-b}
+`}, configmap.DefaultDefaults())
+	c := w.cluster("node-a")
+	c.BGPSecretName, c.BGPSecretKnown = "keepvip/keepvip-bgp", true
+	c.BGPSecret = map[string][]byte{"tor-a": []byte("a-secret"), "tor-b": []byte("b-secret")}
+	cfg, ps := Resolve(spec, c, host)
+	if len(ps) != 0 || cfg.Routing == nil {
+		t.Fatalf("%v %+v", ps, cfg)
+	}
+	got := map[string]string{}
+	for _, p := range cfg.Routing.BGP.Peers {
+		got[p.Address] = p.Password
+		if p.PasswordSecretKey != "" {
+			t.Errorf("peer %s keeps its key: %+v", p.Address, p)
+		}
+	}
+	if got["192.168.1.254"] != "a-secret" || got["192.168.1.253"] != "b-secret" {
+		t.Errorf("passwords %v", got)
+	}
+	// tor-b gone from the Secret: the password that ran stays.
+	c.Previous = cfg
+	c.BGPSecret = map[string][]byte{"tor-a": []byte("a-secret")}
+	cfg2, ps := Resolve(spec, c, host)
+	if len(cfg2.Routing.BGP.Peers) != 2 || cfg2.Routing.BGP.Peers[1].Password != "b-secret" || len(ps) != 1 || !strings.Contains(ps[0].Reason, `has no key "tor-b": it keeps the password it had`) {
+		t.Errorf("peers %+v, problems %v", cfg2.Routing.BGP.Peers, ps)
+	}
+	// Without a password that ran: left out.
+	c.Previous = nil
+	cfg3, ps := Resolve(spec, c, host)
+	if len(cfg3.Routing.BGP.Peers) != 1 || len(ps) != 1 || !strings.Contains(ps[0].Reason, "left out until it is") {
+		t.Errorf("peers %+v, problems %v", cfg3.Routing.BGP.Peers, ps)
+	}
+	for _, p := range ps {
+		if strings.Contains(p.Error(), "secret") && strings.Contains(p.Error(), "a-secret") {
+			t.Errorf("a problem shows a password: %v", p)
+		}
+	}
+	// In the ConfigMap both ways at once is refused; the password alone
+	// applies, with a warning.
+	_, pps := configmap.Parse(map[string]string{configmap.StructuredKey: "routing:\n  bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000, password: x, passwordSecretKey: k}]}\n"}, configmap.DefaultDefaults(), nil)
+	if len(pps) != 1 || !strings.Contains(pps[0].Reason, "password and passwordSecretKey cannot both be given") {
+		t.Errorf("both: %v", pps)
+	}
+	s, pps := configmap.Parse(map[string]string{configmap.StructuredKey: "routing:\n  bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000, password: x}]}\n"}, configmap.DefaultDefaults(), nil)
+	if s.Routing == nil || len(pps) != 1 || pps[0].Outcome != "it applies" || !strings.Contains(pps[0].Reason, "readable by whoever can read this ConfigMap") {
+		t.Errorf("password in the ConfigMap: routing %v, problems %v", s.Routing != nil, pps)
+	}
+}
