@@ -81,6 +81,9 @@ type Instance struct {
 	// Announce says how the VIPs are announced when Config.Routing is
 	// set; default: the master announces them, a backup withdraws.
 	Announce *Announce `json:"announce,omitempty"`
+	// Allow lets this instance pass guardrails on purpose: widePrefix,
+	// nodeAddress, clusterAddress, gateway (see Allow*).
+	Allow []string `json:"allow,omitempty"`
 }
 
 // GARP holds keepalived's gratuitous ARP / NA settings.
@@ -643,7 +646,13 @@ func (in *Instance) toVRRP(path string) (vrrp.Config, []error) {
 			bad(fmt.Sprintf("vips[%d]", i), "%v", err)
 			continue
 		}
+		if why := vipGuard(s, in.Allow); why != "" {
+			bad(fmt.Sprintf("vips[%d]", i), "%s", why)
+		}
 		c.VIPs = append(c.VIPs, p)
+	}
+	for _, e := range checkAllow(path, in.Allow) {
+		errs = append(errs, e)
 	}
 	c.Track = in.TrackInterfaces
 	switch strings.ToLower(in.Checksum) {

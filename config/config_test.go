@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"reflect"
@@ -382,5 +383,43 @@ func TestWrittenConfigParsesBack(t *testing.T) {
 	}
 	if !reflect.DeepEqual(back, c) {
 		t.Errorf("the written config parses back differently:\n%s", out)
+	}
+}
+
+// Guardrails on their own: a wide VIP prefix, a VIP that is its prefix's
+// network or broadcast address, a static default route; allow lets the
+// first and the last pass on purpose, and names only what it knows.
+func TestGuardrails(t *testing.T) {
+	in := func(vips, allow string) string {
+		return "instances: [{interface: eth0, vrid: 1, vips: [" + vips + "]" + allow + "}]\n"
+	}
+	rt := "routing: {exporter: kernel, kernelTable: {table: 100}, static: [%s]%s}\n"
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // "" for accepted
+	}{
+		{"a /24 VIP", in("10.0.0.10/24", ""), ""},
+		{"a /8 VIP", in("10.0.0.10/8", ""), "instances[0].vips[0]: 10.0.0.10/8: a /8 VIP adds a route to the whole prefix"},
+		{"a /8 VIP allowed", in("10.0.0.10/8", ", allow: [widePrefix]"), ""},
+		{"an IPv6 /32 VIP", in(`"2001:db8::10/32"`, ""), "a /32 VIP adds a route"},
+		{"an IPv6 /64 VIP", in(`"2001:db8::10/64"`, ""), ""},
+		{"the network address", in("10.0.0.0/24", ""), "10.0.0.0/24 is the network address of its prefix"},
+		{"the broadcast address", in("10.0.0.255/24", ""), "10.0.0.255/24 is the broadcast address of its prefix"},
+		{"a /31 end", in("10.0.0.1/31", ""), ""},
+		{"an unknown allow", in("10.0.0.10", ", allow: [everything]"), `instances[0].allow[0]: "everything": want one of widePrefix`},
+		{"a default route", fmt.Sprintf(rt, "0.0.0.0/0", ""), "routing.static[0]: 0.0.0.0/0 is a default route"},
+		{"an IPv6 default route", fmt.Sprintf(rt, `"::/0"`, ""), "routing.static[0]: ::/0 is a default route"},
+		{"a default route allowed", fmt.Sprintf(rt, "0.0.0.0/0", ", allow: [defaultRoute]"), ""},
+		{"a Service CIDR", fmt.Sprintf(rt, "10.96.0.0/12", ""), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Parse = %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("Parse = %v; want %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -36,6 +36,9 @@ type VirtualServer struct {
 	Unhealthy   string       `json:"unhealthy,omitempty"`
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 	RealServers []RealServer `json:"realServers"`
+	// Allow lets this virtual server pass guardrails on purpose:
+	// nodeAddress, clusterAddress, gateway (see Allow*).
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Persistence sends a client to the same real server for Timeout after
@@ -244,6 +247,7 @@ func (v *VirtualServer) toBalancer(path string) (balancer.Service, []error) {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, &FieldError{path + "." + field, fmt.Sprintf(format, args...)})
 	}
+	errs = append(errs, checkAllow(path, v.Allow)...)
 	var s balancer.Service
 	s.Scheduler = "wlc"
 	if v.Scheduler != "" {

@@ -34,6 +34,10 @@ type Routing struct {
 	// no address held (in Kubernetes: the cluster and external IPs of
 	// Services, which kube-proxy serves on every node).
 	Static []string `json:"static,omitempty"`
+	// Allow lets routing pass guardrails on purpose: defaultRoute (a
+	// static 0.0.0.0/0 or ::/0); nodeAddress, clusterAddress, gateway for
+	// ECMP VIPs (see Allow*).
+	Allow []string `json:"allow,omitempty"`
 }
 
 // ECMPVIP is a VIP every node announces while it can serve it: always if
@@ -548,7 +552,12 @@ func (c *Config) validateRouting() []error {
 		owner[v.Addr] = fmt.Sprintf("routing.ecmp[%d]", i)
 		vips = append(vips, announce.VIP{Master: v.Route})
 	}
+	errs = append(errs, checkAllow("routing", c.Routing.Allow)...)
 	for i, r := range static {
+		if r.Prefix.Bits() == 0 && !slices.Contains(c.Routing.Allow, AllowDefaultRoute) {
+			errs = append(errs, &FieldError{fmt.Sprintf("routing.static[%d]", i), fmt.Sprintf("%s is a default route: every router would send all its traffic to the nodes (allow: [%s] if that is meant)", r.Prefix, AllowDefaultRoute)})
+			continue
+		}
 		if other, dup := owner[r.Prefix]; dup {
 			errs = append(errs, &FieldError{fmt.Sprintf("routing.static[%d]", i), fmt.Sprintf("%s is also %s", r.Prefix, other)})
 			continue

@@ -306,6 +306,13 @@ func load(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuration %s:\n%w", path, indent(err))
 	}
+	// The guardrails this host knows of: its gateways. (A file is this
+	// node's own: its addresses are the operator's to know.)
+	if gws, err := (kube.LinuxHost{}).Gateways(); err == nil {
+		if errs := c.Guard(config.Surroundings{Gateways: gws}); len(errs) > 0 {
+			return nil, fmt.Errorf("configuration %s:\n%w", path, indent(errors.Join(errs...)))
+		}
+	}
 	return c, nil
 }
 

@@ -348,3 +348,5 @@ func TestReconcilerFollowsTheBGPSecret(t *testing.T) {
 		t.Errorf("after the change: password %q", got)
 	}
 }
+
+func (h *glitchHost) Gateways() (map[netip.Addr]string, error) { return host.Gateways() }

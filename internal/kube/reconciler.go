@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"sync"
@@ -663,6 +664,21 @@ func (r *Reconciler) reconcile(st *loopState, cms corelisters.ConfigMapNamespace
 		},
 		EndpointSlices: func(ns, name string) []*discoveryv1.EndpointSlice {
 			return eps.ForService(ns, name)
+		},
+		ClusterIPs: func() map[netip.Addr]string {
+			all, err := svcs.List(labels.Everything())
+			if err != nil {
+				return nil
+			}
+			out := make(map[netip.Addr]string, len(all))
+			for _, s := range all {
+				for _, ip := range s.Spec.ClusterIPs {
+					if a, err := netip.ParseAddr(ip); err == nil {
+						out[a.Unmap()] = "the ClusterIP of Service " + s.Namespace + "/" + s.Name
+					}
+				}
+			}
+			return out
 		},
 	}
 	c.Previous = st.applied

@@ -33,6 +33,9 @@ type Cluster struct {
 	Service func(namespace, name string) *corev1.Service
 	// EndpointSlices returns the slices of a Service.
 	EndpointSlices func(namespace, name string) []*discoveryv1.EndpointSlice
+	// ClusterIPs returns the ClusterIPs of every Service, each with its
+	// Service, for the guardrails; nil for none.
+	ClusterIPs func() map[netip.Addr]string
 	// Previous is the configuration running on this node, or nil. An
 	// instance that cannot be resolved for a reason of the node or the
 	// host, not of the ConfigMap (the node's address missing for a
@@ -50,6 +53,9 @@ type Cluster struct {
 type Host interface {
 	// InterfaceOf returns the interface that holds addr.
 	InterfaceOf(addr netip.Addr) (string, error)
+	// Gateways returns the next hops of this host's routes, each with
+	// what it is, for a problem.
+	Gateways() (map[netip.Addr]string, error)
 }
 
 // Problem is something in the ConfigMap that cannot be applied on this
@@ -82,6 +88,7 @@ func Resolve(spec *configmap.Spec, c Cluster, host Host) (*config.Config, []Prob
 		}
 		return r.out, r.problems
 	}
+	r.surroundings()
 	if spec.Routing != nil {
 		r.routing(spec.Routing)
 	}
@@ -459,9 +466,10 @@ type resolver struct {
 
 	self     *corev1.Node
 	selected []*corev1.Node // sorted by name
-	instSrc  []string       // the Source of each of out.Instances
-	instKept []bool         // each of out.Instances is a form that ran
-	vsSrc    []string       // the Source of each of out.VirtualServers
+	around   config.Surroundings
+	instSrc  []string // the Source of each of out.Instances
+	instKept []bool   // each of out.Instances is a form that ran
+	vsSrc    []string // the Source of each of out.VirtualServers
 	// noNextHop6: BGP is configured and this node has no IPv6 address
 	// for the next hop of IPv6 VIPs.
 	noNextHop6 bool
@@ -649,7 +657,40 @@ func (r *resolver) instance(in configmap.Instance) {
 		r.bad(in.Source, "not announced: node %s has no IPv6 address to be the next hop (set routing.bgp.nextHop6)", r.self.Name)
 		out.Announce = &config.Announce{Mode: "none"}
 	}
+	for _, v := range out.VIPs {
+		if p, err := parseVIP(v); err == nil {
+			if why := r.around.GuardVIP(p.Addr(), out.Allow); why != "" {
+				r.bad(in.Source, "vip %s; it is not applied", why)
+				return
+			}
+		}
+	}
 	r.addKept(out, in.Source, in.Kept)
+}
+
+// surroundings gathers what the guardrails need: every node's addresses
+// and Pod CIDRs, the Services' ClusterIPs, this host's gateways.
+func (r *resolver) surroundings() {
+	g := config.Surroundings{NodeAddresses: map[netip.Addr]string{}, PodCIDRs: map[netip.Prefix]string{}}
+	for _, n := range r.c.Nodes {
+		for _, na := range n.Status.Addresses {
+			if a, err := netip.ParseAddr(na.Address); err == nil && (na.Type == corev1.NodeInternalIP || na.Type == corev1.NodeExternalIP) {
+				g.NodeAddresses[a.Unmap()] = fmt.Sprintf("node %s's %s", n.Name, na.Type)
+			}
+		}
+		for _, c := range n.Spec.PodCIDRs {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				g.PodCIDRs[p.Masked()] = fmt.Sprintf("node %s's Pod CIDR %s", n.Name, p)
+			}
+		}
+	}
+	if r.c.ClusterIPs != nil {
+		g.ClusterIPs = r.c.ClusterIPs()
+	}
+	if gws, err := r.host.Gateways(); err == nil {
+		g.Gateways = gws
+	}
+	r.around = g
 }
 
 // routing resolves the routing section for this node: the BGP router ID
@@ -684,6 +725,17 @@ func (r *resolver) routing(rt *configmap.Routing) {
 		out.BGP = &b
 	}
 	out.Static = slices.Clone(out.Static)
+	out.ECMP = slices.DeleteFunc(slices.Clone(out.ECMP), func(e config.ECMPVIP) bool {
+		a, err := netip.ParseAddr(e.VIP)
+		if err != nil {
+			return false
+		}
+		if why := r.around.GuardVIP(a, out.Allow); why != "" {
+			r.bad(src, "ECMP vip %s; it is not applied", why)
+			return true
+		}
+		return false
+	})
 	if rt.AdvertiseClusterIPs || rt.AdvertiseExternalIPs {
 		// What is announced already, as prefixes ("10.96.0.10" and
 		// "10.96.0.10/32" are one): the static list and every VIP, which
@@ -826,6 +878,12 @@ func parseVIP(s string) (netip.Prefix, error) {
 // itself, or one per matching port of its Service with the Service's
 // endpoints as real servers.
 func (r *resolver) virtualServer(vs configmap.VirtualServer) []config.VirtualServer {
+	if a, err := netip.ParseAddr(vs.VIP); err == nil {
+		if why := r.around.GuardVIP(a, vs.Allow); why != "" {
+			r.bad(vs.Source, "vip %s; it is not applied", why)
+			return nil
+		}
+	}
 	if vs.Service == "" {
 		return []config.VirtualServer{vs.VirtualServer}
 	}

@@ -17,6 +17,11 @@ import (
 
 type fakeHost map[netip.Addr]string
 
+// Gateways: 192.168.1.254, the gateway of the nodes' segment.
+func (h fakeHost) Gateways() (map[netip.Addr]string, error) {
+	return map[netip.Addr]string{netip.MustParseAddr("192.168.1.254"): "the gateway of this node's route to everywhere (default)"}, nil
+}
+
 func (h fakeHost) InterfaceOf(a netip.Addr) (string, error) {
 	if n, ok := h[a]; ok {
 		return n, nil
@@ -70,6 +75,17 @@ func (w *world) cluster(self string) Cluster {
 		Nodes:          w.nodes,
 		Service:        func(ns, name string) *corev1.Service { return w.services[ns+"/"+name] },
 		EndpointSlices: func(ns, name string) []*discoveryv1.EndpointSlice { return w.slices[ns+"/"+name] },
+		ClusterIPs: func() map[netip.Addr]string {
+			out := map[netip.Addr]string{}
+			for k, s := range w.services {
+				for _, ip := range s.Spec.ClusterIPs {
+					if a, err := netip.ParseAddr(ip); err == nil {
+						out[a] = "the ClusterIP of Service " + k
+					}
+				}
+			}
+			return out
+		},
 	}
 }
 
@@ -354,5 +370,59 @@ routing:
 	s, pps := configmap.Parse(map[string]string{configmap.StructuredKey: "routing:\n  bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000, password: x}]}\n"}, configmap.DefaultDefaults(), nil)
 	if s.Routing == nil || len(pps) != 1 || pps[0].Outcome != "it applies" || !strings.Contains(pps[0].Reason, "readable by whoever can read this ConfigMap") {
 		t.Errorf("password in the ConfigMap: routing %v, problems %v", s.Routing != nil, pps)
+	}
+}
+
+// Guardrails that need the cluster and the host: a VIP (of an instance, a
+// virtual server, an ECMP route) that is a node's address, inside a Pod
+// CIDR, a Service's ClusterIP or this host's gateway is refused and named
+// (the entry is not applied, the rest is); allow lets it pass on purpose.
+func TestResolveGuardrails(t *testing.T) {
+	w := threeNodes()
+	w.nodes[0].Spec.PodCIDRs = []string{"10.244.1.0/24"}
+	w.services["default/web"].Spec.ClusterIPs = []string{"10.96.0.10"}
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{"node address", "instances: [{name: bad, vrid: 62, vips: [192.168.1.2]}]", `config.yaml instance "bad": vip 192.168.1.2 is node node-b's InternalIP`},
+		{"node address allowed", "instances: [{name: bad, vrid: 62, allow: [nodeAddress], vips: [192.168.1.2]}]", ""},
+		{"pod CIDR", "instances: [{name: bad, vrid: 62, vips: [10.244.1.7]}]", "10.244.1.7 is inside node node-b's Pod CIDR 10.244.1.0/24"},
+		{"ClusterIP", "instances: [{name: bad, vrid: 62, vips: [10.96.0.10]}]", "10.96.0.10 is the ClusterIP of Service default/web"},
+		{"ClusterIP allowed", "instances: [{name: bad, vrid: 62, allow: [clusterAddress], vips: [10.96.0.10]}]", ""},
+		{"gateway", "instances: [{name: bad, vrid: 62, vips: [192.168.1.254]}]", "192.168.1.254 is the gateway of this node's route to everywhere (default)"},
+		{"virtual server on a node address", "virtualServers: [{name: kubelet, vip: 192.168.1.1, port: 10250, realServers: [{address: 10.9.0.1}]}]", `config.yaml virtual server "kubelet": vip 192.168.1.1 is node node-a's InternalIP`},
+		{"ECMP on a ClusterIP", "routing: {exporter: kernel, kernelTable: {table: 100}, ecmp: [{vip: 10.96.0.10}]}", "ECMP vip 10.96.0.10 is the ClusterIP of Service default/web"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := "instances: [{name: good, vrid: 61, vips: [10.0.0.60]}]\n"
+			if strings.HasPrefix(tc.doc, "instances:") {
+				doc = strings.Replace(tc.doc, "[{name: bad", "[{name: good, vrid: 61, vips: [10.0.0.60]}, {name: bad", 1) + "\n"
+			} else {
+				doc += tc.doc + "\n"
+			}
+			spec := parse(t, map[string]string{configmap.StructuredKey: doc}, configmap.DefaultDefaults())
+			cfg, ps := Resolve(spec, w.cluster("node-b"), host)
+			all := fmt.Sprint(ps)
+			if tc.want == "" {
+				if len(ps) != 0 {
+					t.Errorf("problems %v", ps)
+				}
+				return
+			}
+			if !strings.Contains(all, tc.want) {
+				t.Errorf("problems %s; want %q", all, tc.want)
+			}
+			if len(cfg.Instances) == 0 || cfg.Instances[0].Name != "good" {
+				t.Errorf("the good entry does not apply: %+v", cfg.Instances)
+			}
+			for _, in := range cfg.Instances {
+				if in.Name == "bad" {
+					t.Errorf("the refused instance applies")
+				}
+			}
+			if len(cfg.VirtualServers) != 0 || cfg.Routing != nil && len(cfg.Routing.ECMP) != 0 {
+				t.Errorf("refused virtual servers or ECMP apply: %+v %+v", cfg.VirtualServers, cfg.Routing)
+			}
+		})
 	}
 }
