@@ -38,6 +38,17 @@ type announcer interface {
 	Announce(addrs []netip.Addr) (int, error)
 }
 
+// backlogger tells an instance whether adverts that have reached the host
+// are still on their way to it: queued in the kernel's socket buffer, or
+// read and not yet handed over by the socket reader (which may have been
+// stalled too).
+type backlogger interface {
+	// backlog returns nil if everything received before the call has
+	// been handed over (to deliver) or dropped, and otherwise a channel
+	// closed once it has.
+	backlog() <-chan struct{}
+}
+
 // instanceIO is what an instance does to the world, behind seams that tests
 // replace.
 type instanceIO struct {
@@ -48,6 +59,9 @@ type instanceIO struct {
 	// source returns the address to send from when Config.Source is unset.
 	source  func(*Config) (netip.Addr, error)
 	ifindex int
+	// backlog, if set, is asked before an expired timer is acted on; nil:
+	// the sender, if it is also the receiving socket (rawConn).
+	backlog backlogger
 	// peerLog limits the lines that received packets cause (nil: the
 	// instance has its own). A Manager shares one among all its instances
 	// and socket readers, so that its budget bounds the whole process.
@@ -98,6 +112,14 @@ const (
 	handoffGrace = 20 * time.Millisecond
 	// errorLogEvery collapses repeats of the same failure in the log.
 	errorLogEvery = 10 * time.Second
+	// minBacklogWait and maxBacklogWait bound how long an expired timer
+	// waits for the socket reader to hand over the adverts that were
+	// queued when it expired (Master_Adver_Interval, within these
+	// bounds). The reader needs microseconds per packet, and a socket
+	// buffer holds a few hundred; the bound is there for a reader that
+	// cannot run at all.
+	minBacklogWait = 20 * time.Millisecond
+	maxBacklogWait = time.Second
 )
 
 // Instance is one virtual router. All its state is owned by the goroutine
@@ -137,6 +159,10 @@ type Instance struct {
 	stopping            bool // shutdown requested while master: handing off
 	handedTo            netip.Addr
 	stopped             bool
+
+	// wait is set while an expired timer waits for the adverts that were
+	// queued when it expired (see onTimer).
+	wait backlogWait
 
 	sent, received uint64
 	drops          dropCounts
@@ -186,6 +212,15 @@ func (d *dropCounts) snapshot() map[string]uint64 {
 	return out
 }
 
+// backlogWait is an expired timer waiting for the socket reader.
+type backlogWait struct {
+	done    <-chan struct{} // closed when the reader has caught up; nil: not waiting
+	since   time.Time       // when the wait began
+	until   time.Time       // act anyway then
+	expired time.Time       // the timer's deadline
+	state   State           // the state it expired in
+}
+
 // garpSchedule tracks the announcement bursts of a master.
 type garpSchedule struct {
 	rounds  int       // rounds left in the current burst
@@ -212,6 +247,11 @@ func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m
 	}
 	if in.peerLog == nil {
 		in.peerLog = newLogLimiter(logEvery, peerLogBudget)
+	}
+	if in.io.backlog == nil {
+		if b, ok := io.tx.(backlogger); ok {
+			in.io.backlog = b
+		}
 	}
 	in.setLinks(links)
 	in.m.state.WithLabelValues(in.labels()...).Set(float64(StateInit))
@@ -248,10 +288,145 @@ func (in *Instance) run(ctx context.Context) {
 		case f := <-in.ctl:
 			f()
 		case <-timer.C():
-			in.handleTimers(in.clock.Now())
+			in.onTimer(in.clock.Now())
+		case <-in.wait.done: // nil unless waiting
+			in.onTimer(in.clock.Now())
 		}
 	}
 	timer.Stop()
+}
+
+// onTimer runs when a timer has expired, or when an expired timer was
+// waiting for the socket reader and it has caught up.
+//
+// A timer that expires means that something did not happen in time; but
+// when the process was stopped, starved of CPU or paused for garbage
+// collection, it may well have happened and be waiting to be read: adverts
+// queued in the socket, or read and queued for this goroutine. Timers are
+// then late, and the one that should have been reset by those adverts
+// fires as soon as the process runs again, ahead of them: a backup took
+// over from a live master, sent its GARPs and stepped back a few
+// milliseconds later. So before acting, the instance takes in what has
+// arrived:
+//   - the adverts already handed over (rx), at once;
+//   - for timers whose action is decided by what the peers said
+//     (Master_Down_Timer, and a stopping master's hold and priority 0
+//     repeats), also those still in the socket or in the reader's hands
+//     when the timer was found expired: it waits for the reader to hand
+//     them over, at most Master_Adver_Interval (within minBacklogWait and
+//     maxBacklogWait), handling everything else meanwhile.
+//
+// A master's Adver_Timer is not held back: after a stall it advertises at
+// once, since its adverts are what keep the backups from taking over.
+func (in *Instance) onTimer(now time.Time) {
+	expired, due := in.awaitedTimer(), in.awaitedDue(now)
+	in.drainRx(now)
+	switch {
+	case in.awaitedDue(now):
+		if !in.caughtUp(now) {
+			return
+		}
+	case in.wait.done != nil:
+		// The adverts came while waiting.
+		in.endWait(now)
+	case due:
+		in.logQueued(now, expired, now)
+	}
+	in.handleTimers(now)
+}
+
+// awaitedTimer returns the earliest timer whose action depends on adverts
+// that may still be queued, zero if none is set.
+func (in *Instance) awaitedTimer() time.Time {
+	switch in.state {
+	case StateBackup:
+		return in.masterDownAt
+	case StateMaster:
+		if in.stopping {
+			if in.zeroAt.IsZero() || in.holdUntil.Before(in.zeroAt) {
+				return in.holdUntil
+			}
+			return in.zeroAt
+		}
+	}
+	return time.Time{}
+}
+
+// awaitedDue reports whether a timer has expired whose action depends on
+// adverts that may still be queued.
+func (in *Instance) awaitedDue(now time.Time) bool {
+	t := in.awaitedTimer()
+	return !t.IsZero() && !now.Before(t)
+}
+
+// drainRx handles the adverts the socket reader has handed over, without
+// waiting for more, and returns how many there were.
+func (in *Instance) drainRx(now time.Time) int {
+	for n := range cap(in.rx) {
+		select {
+		case r := <-in.rx:
+			in.handlePacket(now, r.pkt, r.adv)
+		default:
+			return n
+		}
+	}
+	return cap(in.rx)
+}
+
+// caughtUp reports whether every advert that had reached the socket when
+// the expired timer was first looked at has been handled. If not, it
+// starts or continues the wait.
+func (in *Instance) caughtUp(now time.Time) bool {
+	if in.wait.done == nil {
+		if in.io.backlog == nil {
+			return true
+		}
+		expired := in.awaitedTimer()
+		done := in.io.backlog.backlog()
+		// What the reader handed over before it answered.
+		in.drainRx(now)
+		if !in.awaitedDue(now) {
+			in.logQueued(now, expired, now)
+			return true
+		}
+		if done == nil {
+			return true
+		}
+		in.wait = backlogWait{done: done, since: now, until: now.Add(in.backlogWaitMax()), expired: expired, state: in.state}
+		return false
+	}
+	select {
+	case <-in.wait.done:
+	default:
+		if now.Before(in.wait.until) {
+			return false
+		}
+		in.fail("backlog", fmt.Errorf("the socket reader did not hand over the queued adverts within %v; acting on the expired timer", in.wait.until.Sub(in.wait.since)))
+	}
+	in.drainRx(now)
+	in.endWait(now)
+	return true
+}
+
+// endWait ends a wait for queued adverts.
+func (in *Instance) endWait(now time.Time) {
+	w := in.wait
+	in.wait = backlogWait{}
+	if in.state == w.state && !in.awaitedDue(now) {
+		in.logQueued(now, w.expired, w.since)
+	}
+}
+
+// logQueued logs that adverts which were queued when a timer expired (at
+// expired; noticed at since) reset it.
+func (in *Instance) logQueued(now, expired, since time.Time) {
+	in.logLimited(now, "queued", "a timer expired while adverts were queued; they reset it",
+		"state", in.state.String(), "late", since.Sub(expired), "waited", now.Sub(since))
+}
+
+// backlogWaitMax is how long an expired timer waits for the socket reader.
+func (in *Instance) backlogWaitMax() time.Duration {
+	return min(max(in.masterAdverInterval, minBacklogWait), maxBacklogWait)
 }
 
 // do runs f on the instance goroutine and waits for it. It reports false if
@@ -492,13 +667,26 @@ func (in *Instance) becomeBackup(now time.Time, p Packet, adv Advertisement, rea
 	}
 	in.adverAt = time.Time{}
 	in.garp = garpSchedule{}
+	// Master_Down_Timer runs from now, not from when the advert came: a
+	// master that yields to an advert that waited in its socket gives
+	// the new master a whole Master_Down_Interval to be heard.
 	in.follow(now, p, adv)
 	took := in.releaseVIPs(now)
 	in.setState(now, StateBackup, reason, took)
 }
 
-// follow takes the advert of the current master: learn its interval and
-// restart Master_Down_Timer (RFC 9568 §6.4.2 (440)-(460)).
+// arrival returns when p came: its kernel receive time, or now if it has
+// none (or one after now).
+func arrival(now time.Time, p Packet) time.Time {
+	if p.At.IsZero() || p.At.After(now) {
+		return now
+	}
+	return p.At
+}
+
+// follow takes the advert of the current master, which came at now: learn
+// its interval and restart Master_Down_Timer (RFC 9568 §6.4.2
+// (440)-(460)).
 func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 	if in.cfg.Version == 3 && adv.Interval != in.masterAdverInterval {
 		if in.masterAdverInterval != 0 {
@@ -698,13 +886,20 @@ func (in *Instance) nextDeadline() (time.Time, bool) {
 			next = t
 		}
 	}
+	// While an expired timer waits for the socket reader, the timers
+	// that wait with it are looked at again when the wait ends.
+	awaited := consider
+	if in.wait.done != nil {
+		consider(in.wait.until)
+		awaited = func(time.Time) {}
+	}
 	switch in.state {
 	case StateBackup:
-		consider(in.masterDownAt)
+		awaited(in.masterDownAt)
 	case StateMaster:
 		if in.stopping {
-			consider(in.holdUntil)
-			consider(in.zeroAt)
+			awaited(in.holdUntil)
+			awaited(in.zeroAt)
 			break
 		}
 		consider(in.adverAt)
@@ -777,23 +972,27 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	}
 	switch in.state {
 	case StateBackup:
+		// A backup's timers run from when each advert came, which is
+		// when it was read unless the process or its socket reader was
+		// stalled meanwhile (see onTimer).
+		came := arrival(now, p)
 		if adv.Priority == PriorityStop {
 			// (430) the master is leaving: take over after Skew_Time.
 			// A stopping master repeats its priority 0 in case one is
 			// lost; a repeat, or another leaving router, never
 			// postpones a takeover already due earlier (RFC 9568 would
 			// restart the timer; keepvip keeps the earlier one).
-			if at := now.Add(in.skew()); in.masterLeft.IsZero() || at.Before(in.masterDownAt) {
+			if at := came.Add(in.skew()); in.masterLeft.IsZero() || at.Before(in.masterDownAt) {
 				in.masterDownAt = at
 			}
 			if in.masterLeft.IsZero() {
-				in.masterLeft = now
+				in.masterLeft = came
 			}
 			in.logLimited(now, "prio0:"+p.Src.String(), "master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
 		}
-		if !in.preemptAllowed(now) || adv.Priority >= in.cfg.Priority {
-			in.follow(now, p, adv)
+		if !in.preemptAllowed(came) || adv.Priority >= in.cfg.Priority {
+			in.follow(came, p, adv)
 			return
 		}
 		// (470) a lower-priority master: discard and let
@@ -1078,6 +1277,9 @@ func (in *Instance) runBurst(now time.Time) {
 func (in *Instance) setState(now time.Time, to State, reason string, took time.Duration) {
 	from := in.state
 	in.state = to
+	// A wait for queued adverts belongs to the timer of the state it
+	// began in.
+	in.wait = backlogWait{}
 	in.since = now
 	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: Duration(took)}
 	in.transitions = append(in.transitions, tr)

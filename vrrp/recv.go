@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Packet is one VRRP message as received, with the IP header fields the
@@ -14,6 +15,11 @@ type Packet struct {
 	Dst     netip.Addr
 	// TTL is the IPv4 TTL or IPv6 Hop Limit.
 	TTL int
+	// At is when the kernel received the packet, on the monotonic clock;
+	// zero if unknown. It can be well before the packet is handled: while
+	// the process was stopped or starved of CPU, adverts wait in the
+	// socket, and the state machine judges each by when it came.
+	At time.Time
 }
 
 // DropReason names why a received packet was not used. The reasons are the
