@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/vishvananda/netlink/nl"
@@ -24,7 +25,9 @@ const AddrProto = 0x6b
 const ifaProto = 11
 
 // netlinkAddrs adds and removes VIPs. It deletes only what it added, or
-// what carries AddrProto; an address that was already there is left alone.
+// what carries AddrProto; an address that was already there is left alone,
+// and so are the other addresses of a VIP's subnet when the VIP goes (see
+// keepSecondaries).
 type netlinkAddrs struct {
 	log *slog.Logger
 	mu  sync.Mutex
@@ -37,6 +40,11 @@ type netlinkAddrs struct {
 	// sock is one netlink socket kept open for every request (nil: a new
 	// socket per request), so that adding a VIP costs one round trip.
 	sock map[int]*nl.SocketHandle
+	// promoteOn holds the interfaces where promote_secondaries was last
+	// seen on; turnedOn those where this keepvip turned it on, which
+	// restorePromote turns off again.
+	promoteOn map[int]bool
+	turnedOn  map[int]bool
 }
 
 type addrKey struct {
@@ -45,7 +53,7 @@ type addrKey struct {
 }
 
 func newNetlinkAddrs(log *slog.Logger) *netlinkAddrs {
-	a := &netlinkAddrs{log: log, owned: map[addrKey]bool{}}
+	a := &netlinkAddrs{log: log, owned: map[addrKey]bool{}, promoteOn: map[int]bool{}, turnedOn: map[int]bool{}}
 	if s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE); err == nil {
 		tv := unix.Timeval{Sec: 5}
 		if s.SetSendTimeout(&tv) == nil && s.SetReceiveTimeout(&tv) == nil {
@@ -86,6 +94,14 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	key := addrKey{ifindex, p}
+	if sharesSubnet(p) {
+		// Usually done when the instance started (prepare): then this
+		// costs nothing. Failing here does not stop the VIP; removing it
+		// checks again and refuses to take other addresses with it.
+		if err := a.keepSecondaries(ifindex, false); err != nil {
+			a.log.Warn("adding a VIP whose removal could remove other addresses of its subnet", "vip", p, "ifindex", ifindex, "err", err)
+		}
+	}
 	err := addrRequest(a.sock, unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ifindex, p)
 	if err == nil {
 		a.owned[key] = true
@@ -115,7 +131,7 @@ func (a *netlinkAddrs) AddVIP(ifindex int, p netip.Prefix) error {
 		other = &existing[i]
 	}
 	if other != nil && (a.owned[addrKey{ifindex, other.prefix}] || other.proto == AddrProto) {
-		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, other.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := a.delAddr(ifindex, other.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("adding VIP %s to interface %d: removing it as %s first: %w", p, ifindex, other.prefix, err)
 		}
 		delete(a.owned, addrKey{ifindex, other.prefix})
@@ -142,7 +158,7 @@ func (a *netlinkAddrs) DeleteVIP(ifindex int, p netip.Prefix) error {
 	if !a.owned[key] {
 		return nil
 	}
-	if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, p); err != nil &&
+	if err := a.delAddr(ifindex, p); err != nil &&
 		!errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing VIP %s from interface %d: %w", p, ifindex, err)
 	}
@@ -221,7 +237,7 @@ func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
 			if a.owned[addrKey{e.ifindex, e.prefix}] {
 				continue
 			}
-			if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			if err := a.delAddr(e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				errs = append(errs, fmt.Errorf("removing stale VIP %s: %w", e.prefix, err))
 				continue
 			}
@@ -237,12 +253,206 @@ func (a *netlinkAddrs) releaseAll() error {
 	defer a.mu.Unlock()
 	var errs []error
 	for key := range a.owned {
-		if err := addrRequest(a.sock, unix.RTM_DELADDR, 0, key.ifindex, key.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+		if err := a.delAddr(key.ifindex, key.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("removing VIP %s: %w", key.prefix, err))
 		}
 		delete(a.owned, key)
 	}
 	return errors.Join(errs...)
+}
+
+// ipv4DevconfPromoteSecondaries is IPV4_DEVCONF_PROMOTE_SECONDARIES
+// (include/uapi/linux/ip.h): the index of promote_secondaries among an
+// interface's IPv4 settings (IFLA_INET_CONF holds setting i at i-1).
+const ipv4DevconfPromoteSecondaries = 20
+
+// sharesSubnet reports whether removing p can remove other addresses with
+// it: an IPv4 address shorter than /32 may be the primary of its subnet.
+func sharesSubnet(p netip.Prefix) bool {
+	return p.Addr().Is4() && p.Bits() < 32
+}
+
+// keepSecondaries turns promote_secondaries on for ifindex unless it is on
+// already, so that removing an address there never removes the other
+// addresses of its subnet. With check, it reads the setting even when it
+// was on before: an operator may have turned it off since.
+//
+// Releasing a VIP must never lose an address that is not keepvip's. IPv4
+// makes that a question of how the VIP is added. The first address of a
+// subnet (same prefix length, same network) on an interface is its
+// primary; the addresses of that subnet added later are its secondaries.
+// Removing the primary removes every secondary with it unless the
+// interface's promote_secondaries is on, and it is off by default: a VIP
+// added as 198.51.100.100/24 before an operator's 198.51.100.200/24, or
+// before another instance's 198.51.100.101/24, would take that address
+// with it when released (stop, failover, fault, start-up cleanup), and the
+// kernel would not put it back.
+//
+// A VIP written without a prefix length is /32 (/128): the config model
+// makes it so, and such a VIP is alone in its subnet and never a primary
+// with secondaries. A prefix length the user wrote is kept (it gives the
+// subnet route and the broadcast address they asked for), so for those
+// keepvip turns promote_secondaries on for the interface: the kernel then
+// makes the next address of the subnet primary instead of removing it. It
+// is turned on when an instance with such a VIP starts, and checked again
+// before each such address is removed, since an operator may have turned
+// it off meanwhile; keepvip refuses to remove the address if it cannot
+// turn it on. No address flag does this (IFA_F_* has none), and a VIP
+// that is a secondary needs nothing: removing a secondary removes only
+// itself. IPv6 has no primaries: its addresses are removed one by one.
+//
+// The setting is written by netlink (RTM_SETLINK with IFLA_AF_SPEC /
+// AF_INET / IFLA_INET_CONF), not through /proc/sys, which is read-only in
+// a container (the daemon's --proc-sys root is not the vrrp package's to
+// know): it takes the network namespace and the CAP_NET_ADMIN that adding
+// the VIP takes. Stop turns it off again where this keepvip turned it on
+// (restorePromote); a keepvip that crashed leaves it on, as the systemd
+// defaults of many distributions (sysctl.d/50-default.conf) set it anyway.
+func (a *netlinkAddrs) keepSecondaries(ifindex int, check bool) error {
+	if a.promoteOn[ifindex] && !check {
+		return nil
+	}
+	on, err := promoteSecondaries(a.sock, ifindex)
+	if err != nil {
+		return err
+	}
+	if !on {
+		if err := setPromoteSecondaries(a.sock, ifindex, true); err != nil {
+			return err
+		}
+		if a.promoteOn[ifindex] {
+			a.log.Warn("promote_secondaries was turned off on the interface; keepvip turned it on again, so that removing a VIP does not remove the other addresses of its subnet", "interface", ifName(ifindex))
+		} else {
+			a.log.Info("turned promote_secondaries on, so that removing a VIP never removes the other addresses of its subnet", "interface", ifName(ifindex))
+		}
+		a.turnedOn[ifindex] = true
+	}
+	a.promoteOn[ifindex] = true
+	return nil
+}
+
+// delAddr removes p from ifindex, an IPv4 address that may be the primary
+// of its subnet only once promote_secondaries is on there. An interface
+// that is gone is left to the removal to report.
+func (a *netlinkAddrs) delAddr(ifindex int, p netip.Prefix) error {
+	if sharesSubnet(p) {
+		if err := a.keepSecondaries(ifindex, true); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("keeping the other addresses of its subnet: %w", err)
+		}
+	}
+	return addrRequest(a.sock, unix.RTM_DELADDR, 0, ifindex, p)
+}
+
+// prepare gets ifindex ready for vips before the router can become master,
+// so that taking them over costs no more than adding them.
+func (a *netlinkAddrs) prepare(ifindex int, vips []netip.Prefix) {
+	if !slices.ContainsFunc(vips, sharesSubnet) {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.keepSecondaries(ifindex, false); err != nil {
+		a.log.Warn("VIPs with a prefix length: their removal could remove other addresses of their subnet, and is refused until this works", "interface", ifName(ifindex), "err", err)
+	}
+}
+
+// restorePromote turns promote_secondaries off again where keepvip turned
+// it on and it is still on. Call it once no VIP of keepvip's is left.
+func (a *netlinkAddrs) restorePromote() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	for ifindex := range a.turnedOn {
+		delete(a.turnedOn, ifindex)
+		delete(a.promoteOn, ifindex)
+		on, err := promoteSecondaries(a.sock, ifindex)
+		if errors.Is(err, unix.ENODEV) || err == nil && !on {
+			continue
+		}
+		if err == nil {
+			err = setPromoteSecondaries(a.sock, ifindex, false)
+		}
+		if err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("restoring promote_secondaries: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// promoteSecondaries reads promote_secondaries of one interface.
+func promoteSecondaries(sock map[int]*nl.SocketHandle, ifindex int) (bool, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, 0)
+	req.Sockets = sock
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(ifindex)
+	req.AddData(msg)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return false, fmt.Errorf("reading promote_secondaries of interface %d: %w", ifindex, err)
+	}
+	for _, m := range msgs {
+		if len(m) < unix.SizeofIfInfomsg {
+			continue
+		}
+		if v, ok := inetConf(m[unix.SizeofIfInfomsg:], ipv4DevconfPromoteSecondaries); ok {
+			return v != 0, nil
+		}
+	}
+	return false, fmt.Errorf("reading promote_secondaries of interface %d: the kernel reported no IPv4 settings", ifindex)
+}
+
+// inetConf finds IPv4 setting id in the attributes of an RTM_NEWLINK:
+// IFLA_AF_SPEC, then AF_INET, then IFLA_INET_CONF, an array of u32.
+func inetConf(b []byte, id int) (uint32, bool) {
+	path := []uint16{unix.IFLA_AF_SPEC, unix.AF_INET, unix.IFLA_INET_CONF}
+	for _, want := range path {
+		attrs, err := nl.ParseRouteAttr(b)
+		if err != nil {
+			return 0, false
+		}
+		found := false
+		for _, at := range attrs {
+			if at.Attr.Type&nl.NLA_TYPE_MASK == want {
+				b, found = at.Value, true
+				break
+			}
+		}
+		if !found {
+			return 0, false
+		}
+	}
+	if len(b) < id*4 {
+		return 0, false
+	}
+	return nl.NativeEndian().Uint32(b[(id-1)*4:]), true
+}
+
+// setPromoteSecondaries writes promote_secondaries of one interface.
+func setPromoteSecondaries(sock map[int]*nl.SocketHandle, ifindex int, on bool) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.Sockets = sock
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(ifindex)
+	req.AddData(msg)
+	v := uint32(0)
+	if on {
+		v = 1
+	}
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(unix.IFLA_INET_CONF, nil).AddRtAttr(ipv4DevconfPromoteSecondaries, nl.Uint32Attr(v))
+	req.AddData(spec)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("setting promote_secondaries of interface %d to %d: %w", ifindex, v, err)
+	}
+	return nil
+}
+
+// ifName names an interface in log lines, or gives its index.
+func ifName(ifindex int) string {
+	if ifi, err := net.InterfaceByIndex(ifindex); err == nil {
+		return ifi.Name
+	}
+	return strconv.Itoa(ifindex)
 }
 
 // addrRequest adds or deletes one address. Added addresses carry
@@ -371,6 +581,18 @@ func HoldAddrs(ifname string, proto uint8, want []netip.Prefix) error {
 	for _, a := range have {
 		if a.proto != proto || slices.ContainsFunc(want, func(w netip.Prefix) bool { return w.Addr() == a.prefix.Addr() }) {
 			continue
+		}
+		if sharesSubnet(a.prefix) {
+			// As for the VRRP VIPs (keepSecondaries): never remove
+			// the primary of a subnet with its secondaries. Left on.
+			on, err := promoteSecondaries(nil, ifi.Index)
+			if err == nil && !on {
+				err = setPromoteSecondaries(nil, ifi.Index, true)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("removing %s from %s: keeping the other addresses of its subnet: %w", a.prefix, ifname, err))
+				continue
+			}
 		}
 		if err := addrRequestProto(nil, unix.RTM_DELADDR, 0, ifi.Index, a.prefix, proto); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			errs = append(errs, fmt.Errorf("removing %s from %s: %w", a.prefix, ifname, err))

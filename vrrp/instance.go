@@ -248,11 +248,6 @@ func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m
 	if in.peerLog == nil {
 		in.peerLog = newLogLimiter(logEvery, peerLogBudget)
 	}
-	if in.io.backlog == nil {
-		if b, ok := io.tx.(backlogger); ok {
-			in.io.backlog = b
-		}
-	}
 	in.setLinks(links)
 	in.m.state.WithLabelValues(in.labels()...).Set(float64(StateInit))
 	return in

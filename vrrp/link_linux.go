@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -267,4 +268,27 @@ func (w *linkWatcher) snapshot(names []string) map[string]bool {
 		out[n] = w.links[n].up
 	}
 	return out
+}
+
+// kernelRemoved tells why the kernel itself removed the addresses of
+// ifindex, or "" when it did not. An interface set administratively down
+// loses its IPv6 addresses (unless keep_addr_on_down is set; IPv4 ones
+// stay) and one deleted loses all, each with its own notification: no
+// other program removed them. The kernel sends the link's change before the
+// removals, but on the link subscription, which is read by another
+// goroutine than the address one: the watcher may not have seen it yet, so
+// the link is read now. A link that went down and up again before this
+// runs reads up: its removals then look like anyone's.
+func kernelRemoved(ifindex int) string {
+	l, err := netlink.LinkByIndex(ifindex)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound) || errors.Is(err, unix.ENODEV):
+		return "its interface was deleted"
+	case err != nil:
+		return ""
+	case l.Attrs().Flags&net.FlagUp == 0:
+		return "interface " + l.Attrs().Name + " was set down, which removes its IPv6 addresses"
+	}
+	return ""
 }

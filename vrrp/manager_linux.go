@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,12 +35,281 @@ type Options struct {
 	// change: it must not block (post to a channel and return). Routes
 	// that follow VRRP state are driven by it.
 	OnTransition func(instance string, t Transition)
+	// LockDir holds the lock that makes a Manager the only one in its
+	// network namespace (see netnsLock): a directory of root's, created
+	// 0700 if missing, which only root may write to (one that others may
+	// write to is made so, unless it is sticky: then it is refused). ""
+	// is DefaultLockDir.
+	LockDir string
 }
 
-// lockName is the abstract unix socket that makes a Manager the only one in
-// its network namespace: two would prune each other's VIPs. Abstract
-// sockets belong to the network namespace and vanish with the process.
+// DefaultLockDir is where Managers lock their network namespaces: the
+// directory of keepvip's status socket, writable wherever keepvip runs
+// (in deploy/, a volume of the pod's own).
+const DefaultLockDir = "/run/keepvip"
+
+// netnsLock is a Manager's hold on its network namespace.
+//
+// Two keepvips in one network namespace would prune each other's VIPs, so
+// a Manager holds a lock on its network namespace while it runs: a
+// flock(2) on a file named after the namespace (its nsfs inode) in
+// LockDir. The directory must be root's and writable by no one else (see
+// rootOnlyDir) and the file is created 0600, so a process that is not root
+// cannot open the file, let alone hold the lock; the lock goes with the
+// process however it ends. keepvip used to bind the abstract unix socket lockName instead,
+// which any local user can bind first, and so keep keepvip from starting.
+//
+// A file excludes only the keepvips that see the same directory: two in
+// one network namespace with different LockDirs (two pods of the DaemonSet
+// on a node, each with its own /run/keepvip; one in a pod, one on the
+// host) would not meet. The abstract socket belongs to the network
+// namespace, so a Manager still binds it, but as a second opinion only: if
+// it is taken, its holder's credentials (SO_PEERCRED) decide. Root is
+// taken for another keepvip (an older one among them) and refuses this
+// one; anyone else is a squatter, logged and ignored.
+type netnsLock struct {
+	f      *os.File
+	path   string
+	l      net.Listener  // the abstract socket; nil if another process holds it
+	served chan struct{} // closed when l's accept loop has ended
+}
+
+// lockName is the abstract unix socket every keepvip binds (see netnsLock).
 const lockName = "@keepvip-vrrp"
+
+// lockNetns takes the lock of the caller's network namespace in dir.
+func lockNetns(dir string, log *slog.Logger) (*netnsLock, error) {
+	ns, err := netnsInode()
+	if err != nil {
+		return nil, fmt.Errorf("locking the network namespace: %w", err)
+	}
+	if err := rootOnlyDir(dir, log); err != nil {
+		return nil, fmt.Errorf("locking the network namespace: %w", err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("vrrp-netns-%d.lock", ns))
+	f, err := flockFile(path)
+	if err != nil {
+		return nil, err
+	}
+	lk := &netnsLock{f: f, path: path}
+	if err := lk.bindAbstract(log); err != nil {
+		lk.release()
+		return nil, err
+	}
+	pruneLockFiles(dir, path)
+	return lk, nil
+}
+
+// pruneLockFiles removes the lock files that no keepvip holds, left by
+// keepvips that were killed (with them the files of namespaces long gone
+// would pile up on a host that runs many). Each is removed while locked,
+// as release does, so that no keepvip can be holding it meanwhile. It is
+// tidying only: what cannot be done is left for the next start.
+func pruneLockFiles(dir, own string) {
+	stale, _ := filepath.Glob(filepath.Join(dir, "vrrp-netns-*.lock"))
+	for _, path := range stale {
+		if path == own {
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			fi, err1 := f.Stat()
+			now, err2 := os.Lstat(path)
+			if err1 == nil && err2 == nil && os.SameFile(fi, now) {
+				os.Remove(path)
+			}
+		}
+		f.Close()
+	}
+}
+
+// netnsInode identifies the network namespace of the calling thread, to
+// which the sockets it opens belong.
+func netnsInode() (uint64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("identifying the network namespace: %w", err)
+	}
+	return st.Ino, nil
+}
+
+// rootOnlyDir makes sure dir exists and only root can create files in it:
+// whoever can could make the lock file theirs and hold it. A directory of
+// root's that others may write to is made writable by root only: in
+// deploy/, /run/keepvip is an emptyDir volume, which Kubernetes creates
+// 0777 (no one outside the pod can reach it, but the lock must not depend
+// on that). A sticky one is a shared directory such as /tmp, not keepvip's
+// to change, and one of another owner is not keepvip's either: both are
+// refused. dir's parents are taken to be root's: whoever can write to one
+// could replace dir.
+func rootOnlyDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the lock directory: %w", err)
+	}
+	// Checked and changed through one descriptor, so that what is
+	// checked is what is changed.
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("lock directory %s is a symbolic link: name the directory itself", dir)
+		}
+		return fmt.Errorf("lock directory %s is not a directory", dir)
+	case err != nil:
+		return fmt.Errorf("opening the lock directory: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("checking the lock directory: %w", err)
+	}
+	perm := os.FileMode(st.Mode & 0o777)
+	switch {
+	case st.Uid != 0:
+		return fmt.Errorf("lock directory %s is not owned by root (uid %d): its owner could hold keepvip's lock", dir, st.Uid)
+	case perm&0o022 == 0:
+		return nil
+	case st.Mode&unix.S_ISVTX != 0:
+		return fmt.Errorf("lock directory %s is a shared directory (mode %v, sticky): others could hold keepvip's lock; use a directory of its own", dir, perm)
+	}
+	if err := unix.Fchmod(fd, uint32(perm&^0o022)); err != nil {
+		return fmt.Errorf("making lock directory %s writable by root only: %w", dir, err)
+	}
+	log.Info("the lock directory was writable by group or others; made it writable by root only", "dir", dir, "from", perm, "to", perm&^0o022)
+	return nil
+}
+
+// flockFile opens path, creating it 0600, and locks it for good. A lock
+// held for a moment only is waited for: another keepvip's pruneLockFiles
+// takes it to see whether the file is stale.
+func flockFile(path string) (*os.File, error) {
+	busyUntil := time.Now().Add(200 * time.Millisecond)
+	for range 50 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+		if errors.Is(err, unix.ELOOP) {
+			// A symbolic link: not keepvip's doing. Replaced below.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("replacing lock file %s, a symbolic link: %w", path, err)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("opening lock file: %w", err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("checking lock file: %w", err)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !fi.Mode().IsRegular() || !ok || st.Uid != 0 || fi.Mode().Perm()&0o077 != 0 {
+			// keepvip makes it a regular file, root's, 0600. This one
+			// others may be able to open and hold; only root can have
+			// put it in the root-only directory, and no keepvip holds
+			// it: make a new one.
+			f.Close()
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("replacing lock file %s, which others could open: %w", path, err)
+			}
+			continue
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if !errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("locking %s: %w", path, err)
+			}
+			if time.Now().After(busyUntil) {
+				return nil, fmt.Errorf("another keepvip is running in this network namespace (it holds %s)", path)
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		// A stopping keepvip removes the file while it still holds it.
+		// If that happened between the open and the flock, this is a
+		// lock on a file that no one else will open: try again.
+		if now, err := os.Lstat(path); err == nil && os.SameFile(fi, now) {
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, fmt.Errorf("locking %s: the file keeps being replaced", path)
+}
+
+// bindAbstract binds lockName, or finds out who holds it.
+func (lk *netnsLock) bindAbstract(log *slog.Logger) error {
+	l, err := net.Listen("unix", lockName)
+	if err == nil {
+		lk.l, lk.served = l, make(chan struct{})
+		go func() {
+			// Connections only ask who holds the socket: each one
+			// is closed at once, so that they cannot fill the
+			// backlog and make this keepvip look absent.
+			defer close(lk.served)
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		return nil
+	}
+	if !errors.Is(err, unix.EADDRINUSE) {
+		return fmt.Errorf("binding %s: %w", lockName, err)
+	}
+	cred, err := abstractHolder()
+	if err == nil && cred.Uid == 0 {
+		return fmt.Errorf("another keepvip is running in this network namespace (pid %d holds %s, but not %s: does it use another lock directory?)", cred.Pid, lockName, lk.path)
+	}
+	args := []any{"socket", lockName, "lock", lk.path}
+	if err != nil {
+		args = append(args, "holder", err.Error())
+	} else {
+		args = append(args, "pid", cred.Pid, "uid", cred.Uid)
+	}
+	log.Warn("a process that is not root holds the socket keepvip binds; going on, since keepvip holds its lock file, but a keepvip with another lock directory in this network namespace cannot be detected meanwhile", args...)
+	return nil
+}
+
+// abstractHolder returns the credentials of the process that holds
+// lockName, as the kernel recorded them when it listened.
+func abstractHolder() (*unix.Ucred, error) {
+	c, err := net.DialTimeout("unix", lockName, time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("unknown: %w", err)
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// release gives the lock up.
+func (lk *netnsLock) release() {
+	if lk.l != nil {
+		lk.l.Close()
+		<-lk.served
+	}
+	// Removed while held, so that no one else takes a lock on it
+	// meanwhile (see flockFile); a keepvip that dies leaves it behind,
+	// unlocked, for the next one.
+	os.Remove(lk.path)
+	lk.f.Close()
+}
 
 // Manager runs the virtual routers of this host. Sync takes the full desired
 // set and starts, updates or stops instances to match; the sockets, the
@@ -48,7 +322,8 @@ type Manager struct {
 	addrs        *netlinkAddrs
 	filter       *nftFilter
 	links        linkWatcher
-	lock         net.Listener
+	lockDir      string
+	lock         *netnsLock
 	// peerLog bounds the log lines that received packets cause, for the
 	// socket readers and every instance together.
 	peerLog *logLimiter
@@ -105,12 +380,16 @@ func NewManager(o Options) *Manager {
 	if o.Clock == nil {
 		o.Clock = clock.Precise{}
 	}
+	if o.LockDir == "" {
+		o.LockDir = DefaultLockDir
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		log:          o.Logger,
 		clock:        o.Clock,
 		metrics:      NewMetrics(o.Registerer),
 		onTransition: o.OnTransition,
+		lockDir:      o.LockDir,
 		addrs:        newNetlinkAddrs(o.Logger),
 		filter:       newNFTFilter(),
 		ctx:          ctx,
@@ -129,16 +408,17 @@ func NewManager(o Options) *Manager {
 	return m
 }
 
-// Start makes sure no other keepvip runs in this network namespace,
-// follows links and addresses, and removes VIPs that a previous keepvip
-// left behind (marked with AddrProto): no instance holds a VIP before it
-// has been elected.
+// Start makes sure no other keepvip runs in this network namespace (it
+// takes the namespace's lock in Options.LockDir; see netnsLock), follows
+// links and addresses, and removes VIPs that a previous keepvip left behind
+// (marked with AddrProto): no instance holds a VIP before it has been
+// elected.
 func (m *Manager) Start() error {
-	l, err := net.Listen("unix", lockName)
+	lock, err := lockNetns(m.lockDir, m.log)
 	if err != nil {
-		return fmt.Errorf("another keepvip is running in this network namespace (%s: %w)", lockName, err)
+		return err
 	}
-	m.lock = l
+	m.lock = lock
 	if !addrProtoSupported() {
 		m.log.Warn("this kernel does not keep address marks (IFA_PROTO needs Linux 6.1): VIPs left by a crashed keepvip are not recognised at start; remove them by hand")
 	}
@@ -256,6 +536,7 @@ func (m *Manager) Sync(cfgs []Config) error {
 		c := desired[name]
 		if mi, ok := m.insts[name]; ok {
 			if !reflect.DeepEqual(mi.cfg, c) {
+				m.addrs.prepare(mi.ifindex, c.VIPs)
 				links := m.links.snapshot(c.tracked())
 				mi.in.do(func() { mi.in.reconfigure(m.clock.Now(), c, links) })
 				mi.cfg = c
@@ -296,8 +577,10 @@ func (m *Manager) startLocked(c Config) error {
 	if err != nil {
 		return err
 	}
+	m.addrs.prepare(ifi.Index, c.VIPs)
 	io := instanceIO{
 		tx:       sock.conn,
+		backlog:  sock.conn,
 		addrs:    m.addrs,
 		announce: ann,
 		filter:   m.filter,
@@ -530,9 +813,24 @@ func (m *Manager) startPendingLocked(name string) {
 
 // onAddrGone tells the instance that installed a VIP that someone else
 // removed it.
+//
+// The kernel removes a link's IPv6 addresses, VIPs included, when the link
+// is set down. That is no one else's doing, and putting the VIPs back on a
+// down link (and announcing them there) is no use: the instance is told
+// nothing, and its link state does the rest. Its own interface is always
+// tracked, so the link change puts it in Fault, whose release of the VIPs
+// finds them gone (not an error: keepvip no longer owns them), and when the
+// link is up again it starts over as backup and adds them, once, if it
+// becomes master. Until the link change reaches it, a master keeps
+// counting the VIPs as installed, so that nothing retries adding them.
 func (m *Manager) onAddrGone(ifindex int, p netip.Prefix) {
 	if !m.addrs.gone(ifindex, p) {
 		return // not ours, removed by keepvip itself, or back already
+	}
+	if why := kernelRemoved(ifindex); why != "" {
+		m.log.Info("VIP removed by the kernel: "+why+"; it is added again when the router is master on an up link",
+			"vip", p, "interface", ifName(ifindex))
+		return
 	}
 	m.mu.Lock()
 	var owners []*Instance
@@ -599,10 +897,16 @@ func (m *Manager) Stop() error {
 		delete(m.insts, name)
 	}
 	m.closeIdleLocked()
-	err := errors.Join(m.addrs.releaseAll(), m.filter.Close())
+	err := m.addrs.releaseAll()
+	if err == nil {
+		// No VIP of keepvip's is left whose removal it could matter to.
+		err = m.addrs.restorePromote()
+	}
+	err = errors.Join(err, m.filter.Close())
 	m.addrs.close()
 	if m.lock != nil {
-		m.lock.Close()
+		m.lock.release()
+		m.lock = nil
 	}
 	return err
 }

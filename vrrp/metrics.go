@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"instance"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepvip_vrrp_errors_total",
-			Help: "Failed operations: send, vip-add, vip-delete, announce.",
+			Help: "Failed operations: send, vip-add, vip-delete, announce; backlog: an expired timer acted on before the socket reader handed over adverts it had.",
 		}, []string{"instance", "op"}),
 		takeover: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keepvip_vrrp_become_master_seconds",

@@ -125,7 +125,7 @@ func startStallRouter(t *testing.T, mod func(*Config)) *stallRouter {
 	}
 	r := &stallRouter{t: t, clock: clk, sock: newStallSocket(clk), ann: &fakeAnnouncer{clock: clk}}
 	io := instanceIO{
-		tx: r.sock, addrs: &fakeAddrs{on: map[netip.Prefix]bool{}}, announce: r.ann, ifindex: 2,
+		tx: r.sock, backlog: r.sock, addrs: &fakeAddrs{on: map[netip.Prefix]bool{}}, announce: r.ann, ifindex: 2,
 		source: func(*Config) (netip.Addr, error) { return netip.MustParseAddr("192.0.2.1"), nil },
 	}
 	r.in = newInstance(cfg, io, clk, discard(), NewMetrics(nil), map[string]bool{"eth0": true})

@@ -162,7 +162,15 @@ func Run(ctx context.Context, o Options) error {
 	// Before the metrics listener opens: the cached configuration of
 	// Kubernetes mode may hold VIPs from the start.
 	d.refuseVIPs(vipsOf(cfg))
-	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition})
+	// The one-keepvip-per-network-namespace lock lives in the state
+	// directory when there is one: on a node it outlives a pod (deploy/
+	// mounts it from the host), so that two pods on one node are one too
+	// many, as two processes are.
+	lockDir := o.StateDir
+	if lockDir == "" {
+		lockDir = vrrp.DefaultLockDir
+	}
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDir})
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
 	var kubeUpdates chan kube.Update
