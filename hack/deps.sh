@@ -8,7 +8,7 @@ declare -A need=(
   [ip]=iproute2 [bridge]=iproute2 [unshare]=util-linux [sysctl]=procps
   [keepalived]=keepalived [tshark]=tshark [ping]=iputils-ping
   [qemu-system-x86_64]=qemu-system-x86 [busybox]=busybox-static [ipvsadm]=ipvsadm [xz]=xz-utils
-  [etcd]=etcd-server [vtysh]=frr [bird]=bird2
+  [etcd]=etcd-server [vtysh]=frr [bird]=bird2 [nft]=nftables
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -77,3 +77,40 @@ func TestDaemonSetMetricsOnNodeAddress(t *testing.T) {
 		t.Errorf("liveness probe timeoutSeconds = %d; want at least 3, above /healthz's 2 s", p.TimeoutSeconds)
 	}
 }
+
+// deploy/cleanup runs `keepvip cleanup --wait` on every node, with the
+// state directory of deploy/ and what the cleanup needs, and is Ready
+// when `keepvip cleanup --done` says so: the flags it uses exist.
+func TestCleanupDaemonSet(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/cleanup/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.UnmarshalStrict(b, &ds); err != nil {
+		t.Fatalf("deploy/cleanup/daemonset.yaml: %v", err)
+	}
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork || len(spec.Containers) != 1 {
+		t.Fatalf("want one container on the host network: %+v", spec)
+	}
+	c := spec.Containers[0]
+	if strings.Join(c.Args, " ") != "cleanup --state-dir=/var/lib/keepvip --wait" {
+		t.Errorf("args %v", c.Args)
+	}
+	if p := c.ReadinessProbe; p == nil || p.Exec == nil || strings.Join(p.Exec.Command, " ") != "keepvip cleanup --done" {
+		t.Errorf("readiness probe %+v", c.ReadinessProbe)
+	}
+	_, main := readDaemonSet(t)
+	if i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "state" }); i < 0 || spec.Volumes[i].HostPath == nil || spec.Volumes[i].HostPath.Path != "/var/lib/keepvip" {
+		t.Errorf("the state directory is not deploy/'s: %+v", spec.Volumes)
+	}
+	if !slices.Contains(main.Args, "--state-dir=/var/lib/keepvip") {
+		t.Errorf("deploy/'s state directory moved: %v", main.Args)
+	}
+	// The flags exist: --done without a marker says not done, exit 1.
+	var out, errb strings.Builder
+	if code := run([]string{"cleanup", "--done", "--marker", t.TempDir() + "/none"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "cleanup not done yet") {
+		t.Errorf("cleanup --done = %d: %s", code, errb.String())
+	}
+}

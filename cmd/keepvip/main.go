@@ -56,6 +56,7 @@ Usage:
               (kube-keepalived-vip's flags are taken too, each logged with what replaces it)
   keepvip status [--socket PATH] [-o table|json|yaml]
   keepvip validate FILE
+  keepvip cleanup [--state-dir DIR] [--wait]    removes what keepvip owns on this node (uninstall)
   keepvip version
 
 Run 'keepvip COMMAND -h' for the flags of a command.
@@ -75,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runStatus(args[1:], stdout)
 	case "validate":
 		err = runValidate(args[1:], stdout)
+	case "cleanup":
+		err = runCleanup(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "keepvip", buildVersion())
 	case "-h", "--help", "help":

@@ -238,3 +238,31 @@ func (t *Table) Close() error {
 	t.h.Close()
 	return err
 }
+
+// RemoveAll deletes every route marked protocol (keepvip's: Protocol, or
+// the one a configuration chose) in every table: what a routing-table
+// exporter leaves when keepvip dies. Routes of other protocols are never
+// touched. It returns how many it deleted.
+func RemoveAll(protocol int) (int, error) {
+	if protocol == 0 {
+		protocol = Protocol
+	}
+	filter := &netlink.Route{Table: syscall.RT_TABLE_UNSPEC, Protocol: netlink.RouteProtocol(protocol)}
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return 0, fmt.Errorf("listing routes of protocol %d: %w", protocol, err)
+	}
+	n := 0
+	var errs []error
+	for i := range rs {
+		if int(rs[i].Protocol) != protocol {
+			continue // a kernel that ignores the filter
+		}
+		if err := netlink.RouteDel(&rs[i]); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("deleting the route %s (table %d): %w", rs[i].Dst, rs[i].Table, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}

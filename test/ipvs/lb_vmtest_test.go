@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -411,4 +413,63 @@ func TestLoadBalancing(t *testing.T) {
 			t.Errorf("the connection did not survive: %s then %s, sockets %q", first, second, local)
 		}
 	})
+}
+
+// keepvip cleanup after a crash removes the IPVS services keepvip created
+// (its state file says which) and its state, and leaves another's service
+// on the same host as it is.
+func TestCleanupRemovesOwnedServices(t *testing.T) {
+	lab.Require(t)
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	dir, err := l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(l.Dir(), "state")
+	k, err := dir.StartKeepvip(`
+instances:
+- {name: vi, interface: eth0, vrid: 51, priority: 200, advertInterval: 100ms, vips: [192.0.2.100]}
+virtualServers:
+- {vip: 192.0.2.100, port: 80, scheduler: rr, realServers: [{address: 10.0.0.11, port: 8080}, {address: 10.0.0.12, port: 8080}]}
+- {vip: 192.0.2.100, port: 443, realServers: [{address: 10.0.0.11, port: 8443}]}
+`, "--state-dir", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := k.WaitState(ctx, "vi", vrrp.StateMaster); err != nil {
+		t.Fatal(err)
+	}
+	// Someone else's service, on another VIP.
+	sh(t, dir, "ipvsadm -A -t 192.0.2.99:80 -s wlc && ipvsadm -a -t 192.0.2.99:80 -r 10.0.0.13:80 -m")
+	if got := sh(t, dir, "ipvsadm -Ln"); !strings.Contains(got, "192.0.2.100:443") || !strings.Contains(got, "192.0.2.99:80") {
+		t.Fatalf("before: %s", got)
+	}
+	if err := k.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := lab.KeepvipBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := dir.Exec(ctx, bin, "cleanup", "--state-dir", state)
+	if err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	t.Logf("cleanup:\n%s", out)
+	got := sh(t, dir, "ipvsadm -Ln")
+	if strings.Contains(got, "192.0.2.100") || !strings.Contains(got, "192.0.2.99:80") || !strings.Contains(got, "10.0.0.13:80") {
+		t.Errorf("after cleanup:\n%s", got)
+	}
+	if !strings.Contains(string(out), "removed IPVS service 192.0.2.100:80/tcp") || !strings.Contains(string(out), "ipvs.json") {
+		t.Errorf("cleanup said:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(state, "ipvs.json")); !os.IsNotExist(err) {
+		t.Errorf("the state file is left: %v", err)
+	}
 }

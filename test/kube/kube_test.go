@@ -148,6 +148,14 @@ func TestKubernetesMode(t *testing.T) {
 
 	// The install is `kubectl apply -k deploy/`. No kubelet runs the
 	// DaemonSet: the nodes below stand in for its pods.
+	// The uninstall's objects are valid too (no kubelet runs them here,
+	// and no namespace controller finishes a delete: do not wait for it).
+	for _, args := range [][]string{{"apply"}, {"delete", "--wait=false"}} {
+		args = append(args, "-k", filepath.Join(repoRoot(), "deploy", "cleanup"))
+		if out, err := cl.Kubectl(ctx, args...); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
 	if out, err := cl.Kubectl(ctx, "apply", "-k", filepath.Join(repoRoot(), "deploy")); err != nil {
 		t.Fatalf("kubectl apply -k deploy/: %v\n%s", err, out)
 	}
