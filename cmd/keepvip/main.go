@@ -303,9 +303,9 @@ func runValidate(args []string, stdout io.Writer) error {
 	var data []byte
 	var err error
 	if path == "-" {
-		data, err = io.ReadAll(os.Stdin)
+		data, err = config.ReadLimited(os.Stdin, "from standard input")
 	} else {
-		data, err = os.ReadFile(path)
+		data, err = config.ReadFile(path)
 	}
 	if err != nil {
 		return err

@@ -306,9 +306,9 @@ func Run(ctx context.Context, o Options) error {
 }
 
 func load(path string) (*config.Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := config.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading configuration: %w", err)
+		return nil, err
 	}
 	c, err := config.ParseFile(data)
 	if err != nil {
