@@ -121,17 +121,30 @@ type Kernel struct {
 	SendRedirects *bool `json:"sendRedirects,omitempty"`
 }
 
-// NATRealServers returns the addresses of the real servers that IPVS
-// reaches by NAT, for the interfaces that need send_redirects off.
+// NATRealServers returns the IPv4 addresses of the real servers that
+// IPVS reaches by NAT, for the interfaces that need send_redirects off
+// (none if kernel.sendRedirects is true).
 func (c *Config) NATRealServers() []netip.Addr {
-	if k := c.Kernel.SendRedirects; k != nil && *k {
+	if c.RedirectsKept() {
 		return nil
 	}
+	return c.NATReals(false)
+}
+
+// RedirectsKept reports kernel.sendRedirects: true.
+func (c *Config) RedirectsKept() bool {
+	k := c.Kernel.SendRedirects
+	return k != nil && *k
+}
+
+// NATReals returns the IPv4 (v6 false) or IPv6 addresses of the real
+// servers that IPVS reaches by NAT.
+func (c *Config) NATReals(v6 bool) []netip.Addr {
 	seen := map[netip.Addr]bool{}
 	var out []netip.Addr
 	for _, s := range c.Balancer() {
 		for _, r := range s.Reals {
-			if r.Forward == lvs.NAT && r.Addr.Is4() && !seen[r.Addr] {
+			if r.Forward == lvs.NAT && r.Addr.Is6() == v6 && !seen[r.Addr] {
 				seen[r.Addr] = true
 				out = append(out, r.Addr)
 			}

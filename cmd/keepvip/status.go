@@ -116,6 +116,9 @@ func printVirtualServers(w io.Writer, s *daemon.Status, now time.Time) {
 		return
 	}
 	fmt.Fprintf(w, "\nIPVS: %s\n", s.IPVS)
+	for _, warn := range s.IPVSWarnings {
+		fmt.Fprintf(w, "  warning: %s\n", warn)
+	}
 	for _, vs := range s.VirtualServers {
 		extra := ""
 		if vs.Persistence != "" {

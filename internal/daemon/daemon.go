@@ -83,6 +83,9 @@ type Status struct {
 	// IPVS is "ok", "not used" or why load balancing is off.
 	IPVS           string                `json:"ipvs"`
 	VirtualServers []VirtualServerStatus `json:"virtualServers,omitempty"`
+	// IPVSWarnings name topologies that break load balancing (NAT real
+	// servers that the node may redirect past IPVS).
+	IPVSWarnings []string `json:"ipvsWarnings,omitempty"`
 	// Kubernetes is the vip-configmap side (Kubernetes mode only).
 	Kubernetes *kube.Status `json:"kubernetes,omitempty"`
 	// Routing is what is announced to routers, if routing is configured.
@@ -543,6 +546,7 @@ func (d *daemon) status() Status {
 			s.IPVS = "error reading IPVS: " + err.Error()
 		}
 		s.VirtualServers = vs
+		s.IPVSWarnings = lb.Warnings()
 	}
 	return s
 }

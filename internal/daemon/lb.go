@@ -64,6 +64,9 @@ type loadBalancer struct {
 
 	procSys string // where kernel settings are written
 
+	mu       sync.Mutex
+	warnings []string // see natWarnings
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -98,13 +101,53 @@ func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
 	ks := cfg.KernelSettings()
 	ks.ProcSys = lb.procSys
 	if reals := cfg.NATRealServers(); len(reals) > 0 {
-		ifaces, err := connectedTo(reals)
+		ifaces, err := connectedTo(reals, false)
 		if err != nil {
 			lb.log.Warn("finding the interfaces of NAT real servers, to turn ICMP redirects off there", "err", err)
 		}
 		ks.NoRedirects = ifaces
 	}
+	lb.setWarnings(natWarnings(cfg, connectedTo))
 	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
+}
+
+// natWarnings says where NAT real servers share a segment with this node
+// and nothing keeps the node from redirecting them past IPVS: IPv4 with
+// kernel.sendRedirects: true, and IPv6, which has no such switch. If the
+// clients are on that segment too, the real servers learn from an ICMP
+// redirect to answer them directly, and their connections hang.
+func natWarnings(cfg *config.Config, connected func([]netip.Addr, bool) ([]string, error)) []string {
+	var out []string
+	if cfg.RedirectsKept() {
+		if ifaces, _ := connected(cfg.NATReals(false), false); len(ifaces) > 0 {
+			out = append(out, fmt.Sprintf("kernel.sendRedirects is true and IPv4 NAT real servers are on the segment of %s: "+
+				"clients on that segment too get answers that bypass IPVS and their connections hang (leave sendRedirects unset, or use DR)", strings.Join(ifaces, ", ")))
+		}
+	}
+	if ifaces, _ := connected(cfg.NATReals(true), true); len(ifaces) > 0 {
+		out = append(out, fmt.Sprintf("IPv6 NAT real servers are on the segment of %s, and IPv6 has no switch for ICMP redirects: "+
+			"clients on that segment too get answers that bypass IPVS and their connections hang (put clients and real servers on different segments, or use DR)", strings.Join(ifaces, ", ")))
+	}
+	return out
+}
+
+// setWarnings keeps the topology warnings for status, logging each new one.
+func (lb *loadBalancer) setWarnings(w []string) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	for _, s := range w {
+		if !slices.Contains(lb.warnings, s) {
+			lb.log.Warn(s)
+		}
+	}
+	lb.warnings = w
+}
+
+// Warnings returns the topology warnings of the configuration in force.
+func (lb *loadBalancer) Warnings() []string {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return slices.Clone(lb.warnings)
 }
 
 // resync reads the IPVS table again now and then and repairs it. It
@@ -208,8 +251,15 @@ func ipvsUnavailable(err error) string {
 // connectedTo returns the interfaces with an IPv4 subnet that holds one of
 // addrs: those a NAT director forwards real servers' replies out of, in
 // through the same interface when its clients are on that segment too.
-func connectedTo(addrs []netip.Addr) ([]string, error) {
-	list, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+func connectedTo(addrs []netip.Addr, v6 bool) ([]string, error) {
+	if len(addrs) == 0 {
+		return nil, nil
+	}
+	fam := netlink.FAMILY_V4
+	if v6 {
+		fam = netlink.FAMILY_V6
+	}
+	list, err := netlink.AddrList(nil, fam)
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
