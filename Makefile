@@ -84,6 +84,17 @@ bench: deps build lab
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static
 	@$(MAKE) --no-print-directory bench-kube
 	@$(MAKE) --no-print-directory bench-configmap
+	@$(MAKE) --no-print-directory bench-fault
+
+# The fault suite (test/e2e TestFault*, the paused backups next to
+# keepalived) in its long form: floods of 10,000 frames/s for 20 s, 20
+# brief and 10 long pauses of the master, 10 crashes, 390 bad reloads, 20
+# pauses of each length of the backup. The release binary, as deployed.
+.PHONY: bench-fault
+bench-fault: deps build lab
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 KEEPVIP_BIN=$(abspath bin/keepvip) KEEPVIP_FAULT_LONG=1 KEEPVIP_STALL_ROUNDS=20 \
+	  $(GO) test -count=1 -p 1 -timeout 20m -run '^(TestFault|TestStalledBackup)' -v ./test/e2e/ 2>&1); rc=$$?; \
+	  grep '^BENCH ' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | grep -v '^=== ' | tail -80; exit $$rc; fi
 
 # Parse and Resolve of a vip-configmap of 1,000 instances, 1,000 virtual
 # servers and 250 VIP keys: fresh, with history, config.yaml unreadable,

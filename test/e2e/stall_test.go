@@ -150,8 +150,9 @@ func stallRun(t *testing.T, b *lab.Node, client *lab.Node, impl string, backup s
 					i, len(r.transitions), r.transitions, r.adverts, r.firstSend.Round(100*time.Microsecond), r.garps))
 			}
 		}
-		t.Logf("figure: %s backup paused %v (Master_Down_Interval %v) %d times while the master advertised every %v: %d spurious takeovers",
+		t.Logf("%s backup paused %v (Master_Down_Interval %v) %d times while the master advertised every %v: %d spurious takeovers",
 			impl, pause, clMDI(100), total, clAdv, spurious)
+		faultBench(t, fmt.Sprintf("fault_paused_backup_%dms_spurious_takeovers_%s", pause.Milliseconds(), impl), float64(spurious), fmt.Sprintf("of-%d-pauses", total))
 		for _, d := range details {
 			t.Logf("  %s", d)
 		}
