@@ -24,27 +24,36 @@ func LockNamespace(dir string, log *slog.Logger) (func(), error) {
 }
 
 // RemoveLeftovers removes what keepvip leaves in this network namespace
-// when it dies: every address marked AddrProto (VIPs, ECMP addresses)
-// and the nftables table FilterTable. It touches nothing else. Call it
-// holding the lock (LockNamespace), so that no keepvip runs meanwhile.
+// when it dies: every address marked AddrProto (VIPs) or HeldAddrProto
+// (ECMP addresses) and the nftables table FilterTable. It touches nothing
+// else. Call it holding the lock (LockNamespace), so that no keepvip runs
+// meanwhile. A failure does not stop the rest: every one is returned.
+//
+// Removing a VIP with a prefix length may need promote_secondaries on, so
+// that the other addresses of its subnet stay (see keepSecondaries): where
+// RemoveLeftovers turns it on, it turns it off again once done, leaving
+// the interface as it found it. (Where a keepvip that died turned it on,
+// it stays on: nothing tells that apart from an operator's choice.)
 func RemoveLeftovers(log *slog.Logger) ([]netip.Prefix, error) {
+	var errs []error
 	if err := pruneFilter(); err != nil {
-		return nil, err
+		errs = append(errs, err)
+	}
+	if !addrProtoSupported() {
+		log.Warn("this kernel does not keep address marks (IFA_PROTO needs Linux 6.1): VIPs left by a keepvip that died are not recognised; remove them by hand")
 	}
 	a := newNetlinkAddrs(log)
 	defer a.close()
 	removed, err := a.pruneStale()
 	if err != nil {
-		return removed, fmt.Errorf("removing keepvip's addresses: %w", err)
+		errs = append(errs, fmt.Errorf("removing keepvip's addresses: %w", err))
 	}
 	// And the ECMP addresses, which HoldAddrs marks HeldAddrProto.
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	var errs []error
 	for _, fam := range []Family{IPv4, IPv6} {
 		addrs, err := listAddrs(a.sock, fam)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("removing keepvip's held addresses: %w", err))
 			continue
 		}
 		for _, e := range addrs {
@@ -57,6 +66,10 @@ func RemoveLeftovers(log *slog.Logger) ([]netip.Prefix, error) {
 			}
 			removed = append(removed, e.prefix)
 		}
+	}
+	a.mu.Unlock()
+	if err := a.restorePromote(); err != nil {
+		errs = append(errs, err)
 	}
 	return removed, errors.Join(errs...)
 }

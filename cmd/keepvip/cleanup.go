@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,6 +39,14 @@ func runCleanup(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("cleanup not done yet: %w", err)
 		}
 		return nil
+	}
+	if *wait {
+		// Ready only once this run is done: a marker from an earlier
+		// run of the pod's container (the emptyDir outlives it) or of
+		// the node must not make it so before, nor after a failure.
+		if err := os.Remove(*marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cleanup: removing the old %s: %w", *marker, err)
+		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	rep, err := daemon.Cleanup(context.Background(), daemon.CleanupOptions{StateDir: *stateDir, RouteProtocol: *proto, Logger: log})

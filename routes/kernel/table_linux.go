@@ -63,10 +63,19 @@ func (o Options) Validate() error {
 	case o.Table == 255:
 		errs = append(errs, errors.New("table: 255 is the kernel's local table"))
 	}
-	if o.Protocol != 0 && (o.Protocol <= 4 || o.Protocol > 255) {
-		errs = append(errs, fmt.Errorf("protocol: %d is not 5-255 (0-4 are the kernel's)", o.Protocol))
+	if err := CheckProtocol(o.Protocol); err != nil {
+		errs = append(errs, fmt.Errorf("protocol: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// CheckProtocol reports whether p can mark keepvip's routes: 0 (for
+// Protocol) or 5-255; 1-4 are the kernel's.
+func CheckProtocol(p int) error {
+	if p != 0 && (p <= 4 || p > 255) {
+		return fmt.Errorf("%d is not 5-255 (0-4 are the kernel's)", p)
+	}
+	return nil
 }
 
 // New opens a netlink socket for the table.
@@ -243,7 +252,15 @@ func (t *Table) Close() error {
 // the one a configuration chose) in every table: what a routing-table
 // exporter leaves when keepvip dies. Routes of other protocols are never
 // touched. It returns how many it deleted.
+//
+// A protocol of the kernel's own (1-4: redirect, kernel, boot, static) or
+// outside 0-255 is refused: keepvip never marks its routes so (see
+// Options.Validate), and those mark the routes of every address, of ip
+// route add, of other daemons.
 func RemoveAll(protocol int) (int, error) {
+	if err := CheckProtocol(protocol); err != nil {
+		return 0, err
+	}
 	if protocol == 0 {
 		protocol = Protocol
 	}

@@ -473,3 +473,97 @@ virtualServers:
 		t.Errorf("the state file is left: %v", err)
 	}
 }
+
+// keepvip cleanup leaves every IPVS service that is not keepvip's: one
+// kube-proxy (here ipvsadm) had at a VIP:port keepvip's configuration
+// also wanted (keepvip refused it, so its state file does not list it),
+// and those a state file from before a reboot names. A damaged state file
+// makes it fail, naming the file and keeping it, and remove nothing.
+func TestCleanupKeepsOthersServices(t *testing.T) {
+	lab.Require(t)
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	dir, err := l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(l.Dir(), "state")
+	sh(t, dir, "ipvsadm -A -t 192.0.2.100:8080 -s wlc && ipvsadm -a -t 192.0.2.100:8080 -r 10.0.0.13:80 -m")
+	k, err := dir.StartKeepvip(`
+instances:
+- {name: vi, interface: eth0, vrid: 51, priority: 200, advertInterval: 100ms, vips: [192.0.2.100]}
+virtualServers:
+- {vip: 192.0.2.100, port: 80, realServers: [{address: 10.0.0.11, port: 8080}]}
+- {vip: 192.0.2.100, port: 8080, realServers: [{address: 10.0.0.11, port: 8080}]}
+`, "--state-dir", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := k.WaitState(ctx, "vi", vrrp.StateMaster); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(sh(t, dir, "ipvsadm -Ln"), "192.0.2.100:80 "); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("keepvip's service is not there:\n%s\n%s", sh(t, dir, "ipvsadm -Ln"), k.Log())
+		}
+	}
+	if err := k.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := lab.KeepvipBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipvsJSON := filepath.Join(state, "ipvs.json")
+	good, err := os.ReadFile(ipvsJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damaged: nothing removed, the file kept, a failure naming it.
+	damaged := good[:len(good)/2]
+	if err := os.WriteFile(ipvsJSON, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := dir.Exec(ctx, bin, "cleanup", "--state-dir", state)
+	if err == nil || !strings.Contains(string(out), "damaged") {
+		t.Errorf("cleanup with a damaged state file = %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(ipvsJSON); string(b) != string(damaged) {
+		t.Errorf("the damaged state file was changed: %q", b)
+	}
+	if got := sh(t, dir, "ipvsadm -Ln"); !strings.Contains(got, "192.0.2.100:80 ") || !strings.Contains(got, "192.0.2.100:8080") {
+		t.Errorf("after a failed cleanup:\n%s", got)
+	}
+	// From before a reboot: the services it names are not keepvip's.
+	old := strings.Replace(string(good), `"bootID": "`, `"bootID": "0`, 1)
+	if err := os.WriteFile(ipvsJSON, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := dir.Exec(ctx, bin, "cleanup", "--state-dir", state); err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	if got := sh(t, dir, "ipvsadm -Ln"); !strings.Contains(got, "192.0.2.100:80 ") {
+		t.Errorf("cleanup with a state file from before a reboot removed the service it names:\n%s", got)
+	}
+	// The real one: keepvip's goes, kube-proxy's at the same VIP stays.
+	if err := os.WriteFile(ipvsJSON, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = dir.Exec(ctx, bin, "cleanup", "--state-dir", state)
+	if err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	t.Logf("cleanup:\n%s", out)
+	got := sh(t, dir, "ipvsadm -Ln")
+	if strings.Contains(got, "192.0.2.100:80 ") || !strings.Contains(got, "192.0.2.100:8080") || !strings.Contains(got, "10.0.0.13:80") {
+		t.Errorf("after cleanup:\n%s", got)
+	}
+	if strings.Contains(string(out), "8080") {
+		t.Errorf("cleanup reports removing a service that is not keepvip's:\n%s", out)
+	}
+}
