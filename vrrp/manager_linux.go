@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keepvip/keepvip/internal/clock"
+	"github.com/keepvip/keepvip/internal/rootonly"
 )
 
 // Options configures a Manager.
@@ -148,40 +149,7 @@ func netnsInode() (uint64, error) {
 // refused. dir's parents are taken to be root's: whoever can write to one
 // could replace dir.
 func rootOnlyDir(dir string, log *slog.Logger) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating the lock directory: %w", err)
-	}
-	// Checked and changed through one descriptor, so that what is
-	// checked is what is changed.
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	switch {
-	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
-		if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("lock directory %s is a symbolic link: name the directory itself", dir)
-		}
-		return fmt.Errorf("lock directory %s is not a directory", dir)
-	case err != nil:
-		return fmt.Errorf("opening the lock directory: %w", err)
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("checking the lock directory: %w", err)
-	}
-	perm := os.FileMode(st.Mode & 0o777)
-	switch {
-	case st.Uid != 0:
-		return fmt.Errorf("lock directory %s is not owned by root (uid %d): its owner could hold keepvip's lock", dir, st.Uid)
-	case perm&0o022 == 0:
-		return nil
-	case st.Mode&unix.S_ISVTX != 0:
-		return fmt.Errorf("lock directory %s is a shared directory (mode %v, sticky): others could hold keepvip's lock; use a directory of its own", dir, perm)
-	}
-	if err := unix.Fchmod(fd, uint32(perm&^0o022)); err != nil {
-		return fmt.Errorf("making lock directory %s writable by root only: %w", dir, err)
-	}
-	log.Info("the lock directory was writable by group or others; made it writable by root only", "dir", dir, "from", perm, "to", perm&^0o022)
-	return nil
+	return rootonly.Dir(dir, "lock directory", "hold keepvip's lock", log)
 }
 
 // flockFile opens path, creating it 0600, and locks it for good. A lock
@@ -279,23 +247,11 @@ func (lk *netnsLock) bindAbstract(log *slog.Logger) error {
 // abstractHolder returns the credentials of the process that holds
 // lockName, as the kernel recorded them when it listened.
 func abstractHolder() (*unix.Ucred, error) {
-	c, err := net.DialTimeout("unix", lockName, time.Second)
-	if err != nil {
+	cred, err := rootonly.Peer(lockName)
+	if errors.Is(err, rootonly.ErrNoListener) {
 		return nil, fmt.Errorf("unknown: %w", err)
 	}
-	defer c.Close()
-	raw, err := c.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
+	return cred, err
 }
 
 // release gives the lock up.

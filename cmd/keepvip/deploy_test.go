@@ -8,7 +8,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -47,7 +46,7 @@ func TestDaemonSetSeccomp(t *testing.T) {
 
 // The DaemonSet serves metrics on the node's address (the downward API's
 // status.hostIP), not on every address of the host network with the VIPs
-// among them, and probes it there.
+// among them.
 func TestDaemonSetMetricsOnNodeAddress(t *testing.T) {
 	_, c := readDaemonSet(t)
 	for _, a := range c.Args {
@@ -65,16 +64,51 @@ func TestDaemonSetMetricsOnNodeAddress(t *testing.T) {
 	case metrics < hostIP:
 		t.Fatalf("KEEPVIP_METRICS_ADDR comes before HOST_IP: the kubelet would not expand $(HOST_IP)")
 	}
-	// hostNetwork: the pod's IP, which the kubelet probes when the probe
-	// names no host, is the node's, where keepvip listens.
-	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "" || p.HTTPGet.Port != intstr.FromInt32(9742) {
-			t.Errorf("%s probe = %+v; want an httpGet of port 9742 on the pod's (the node's) IP", name, p)
+}
+
+// The DaemonSet's probes ask keepvip on its status socket (`keepvip
+// health`), which only root can use, not on the metrics port, which any
+// local user can take first and answer in keepvip's place. The command
+// they run exists, names the socket the daemon listens on, and waits
+// for keepvip's answer longer than keepvip takes to say its VRRP
+// instances do not answer (2 s), and the probe longer still.
+func TestDaemonSetProbesOnStatusSocket(t *testing.T) {
+	_, c := readDaemonSet(t)
+	sock := ""
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--status-socket="); ok {
+			sock = v
 		}
 	}
-	// /healthz answers 503 after 2 s: the probe waits longer than that.
-	if p := c.LivenessProbe; p == nil || p.TimeoutSeconds < 3 {
-		t.Errorf("liveness probe timeoutSeconds = %d; want at least 3, above /healthz's 2 s", p.TimeoutSeconds)
+	if sock == "" {
+		t.Fatalf("args %v do not set --status-socket", c.Args)
+	}
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+		want  []string
+	}{
+		{"liveness", c.LivenessProbe, []string{"keepvip", "health", "--socket=" + sock}},
+		{"readiness", c.ReadinessProbe, []string{"keepvip", "health", "--ready", "--socket=" + sock}},
+	} {
+		if p.probe == nil || p.probe.Exec == nil || p.probe.HTTPGet != nil || p.probe.TCPSocket != nil {
+			t.Errorf("%s probe = %+v; want an exec of `keepvip health` on the status socket", p.name, p.probe)
+			continue
+		}
+		if !slices.Equal(p.probe.Exec.Command, p.want) {
+			t.Errorf("%s probe runs %q; want %q", p.name, p.probe.Exec.Command, p.want)
+		}
+		// The flags exist and the command says why it fails: here,
+		// no keepvip on the socket.
+		args := append(slices.Clone(p.probe.Exec.Command[1:len(p.probe.Exec.Command)-1]), "--socket="+t.TempDir()+"/none.sock")
+		var out, errb strings.Builder
+		if code := run(args, &out, &errb); code != 1 || !strings.Contains(errb.String(), "asking keepvip on") {
+			t.Errorf("%s probe's command with no keepvip = exit %d, %q; want 1 and why", p.name, code, errb.String())
+		}
+		// `keepvip health` waits 4 s, above the 2 s of the health check.
+		if p.probe.TimeoutSeconds <= 4 {
+			t.Errorf("%s probe timeoutSeconds = %d; want above the 4 s `keepvip health` waits", p.name, p.probe.TimeoutSeconds)
+		}
 	}
 }
 

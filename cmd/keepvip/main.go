@@ -2,6 +2,7 @@
 //
 //	keepvip run --config FILE        run the daemon
 //	keepvip status [-o table|json|yaml]
+//	keepvip health [--ready]         the probes: healthy (ready)? exit 0 or 1
 //	keepvip validate FILE            check a configuration and exit
 //	keepvip version
 package main
@@ -55,6 +56,7 @@ Usage:
   keepvip run --configmap NAMESPACE/NAME --node-name NODE [--kubeconfig FILE] [--vrid N] [--interface IF] [--use-unicast] ...
               (kube-keepalived-vip's flags are taken too, each logged with what replaces it)
   keepvip status [--socket PATH] [-o table|json|yaml]
+  keepvip health [--socket PATH] [--ready]      asks keepvip on its status socket: exit 0 if healthy (ready), 1 if not
   keepvip validate FILE
   keepvip cleanup [--state-dir DIR] [--wait]    removes what keepvip owns on this node (uninstall)
   keepvip version
@@ -74,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDaemon(args[1:], stderr)
 	case "status":
 		err = runStatus(args[1:], stdout)
+	case "health":
+		err = runHealth(args[1:], stdout)
 	case "validate":
 		err = runValidate(args[1:], stdout)
 	case "cleanup":
@@ -128,7 +132,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("keepvip run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := fs.String("config", envOr("KEEPVIP_CONFIG", ""), "configuration file (env KEEPVIP_CONFIG)")
-	sock := fs.String("status-socket", envOr("KEEPVIP_STATUS_SOCKET", defaultSocket), "unix socket for 'keepvip status'; empty for none (env KEEPVIP_STATUS_SOCKET)")
+	sock := fs.String("status-socket", envOr("KEEPVIP_STATUS_SOCKET", defaultSocket), "unix socket for 'keepvip status' and 'keepvip health', in a directory only root may write to (made so if it is root's; a shared one such as /tmp is refused); empty for none (env KEEPVIP_STATUS_SOCKET)")
 	metrics := fs.String("metrics-addr", envOr("KEEPVIP_METRICS_ADDR", ""), "HOST:PORT for /metrics, /healthz and /readyz: loopback (127.0.0.1:9742) or the node's address (the DaemonSet gives $(HOST_IP):9742); empty for none. Never answered on a VIP: with a wildcard (:9742), connections to a VIP are closed unanswered (env KEEPVIP_METRICS_ADDR)")
 	stateDir := fs.String("state-dir", envOr("KEEPVIP_STATE_DIR", "/var/lib/keepvip"), "directory for state kept across restarts (the IPVS services keepvip created); empty for none (env KEEPVIP_STATE_DIR)")
 	procSys := fs.String("proc-sys", envOr("KEEPVIP_PROC_SYS", ""), "where to write kernel settings (ip_vs, ip_nonlocal_bind, arp_*); empty for /proc/sys. In a container, the host's /proc/sys/net mounted read-write (env KEEPVIP_PROC_SYS)")

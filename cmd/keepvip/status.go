@@ -48,6 +48,17 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 			fmt.Fprintf(w, "last watch error (%s ago, retried): %s\n", ago(now, k.WatchErrorAt), k.WatchError)
 		}
 	}
+	if m := s.Metrics; m != nil && !m.Serving {
+		held := ""
+		if len(m.Holders) > 0 {
+			uids := make([]string, len(m.Holders))
+			for i, u := range m.Holders {
+				uids[i] = fmt.Sprintf("uid %d", u)
+			}
+			held = "; the port is held by a socket of " + strings.Join(uids, ", ")
+		}
+		fmt.Fprintf(w, "\nmetrics: not serving on %s for %s, retrying (attempt %d): %s%s\n", m.Addr, ago(now, m.Since), m.Attempts, m.Error, held)
+	}
 	if len(s.ConfigErrors) > 0 {
 		if s.Kubernetes != nil {
 			fmt.Fprintln(w, "\nCONFIGURATION ERRORS (these entries are not applied; the others are):")

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -20,11 +21,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
@@ -32,16 +34,22 @@ import (
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
 	"github.com/keepvip/keepvip/internal/kube"
+	"github.com/keepvip/keepvip/internal/rootonly"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
 // Options configures the daemon.
 type Options struct {
-	ConfigFile   string
-	StatusSocket string // unix socket for `keepvip status`; "" for none
+	ConfigFile string
+	// StatusSocket is the unix socket for `keepvip status` and `keepvip
+	// health`; "" for none. Its directory must be writable by root only:
+	// it is made so if it is root's, and refused otherwise.
+	StatusSocket string
 	// MetricsAddr is host:port for /metrics, /healthz, /readyz; "" for
 	// none. Whatever the host (a wildcard too), connections to a VIP of
-	// the configuration are closed unanswered.
+	// the configuration are closed unanswered. An address that cannot be
+	// listened on (its port taken by another process) does not stop Run:
+	// it is tried again every few seconds, and the status says why.
 	MetricsAddr string
 	// StateDir keeps what must survive a restart (the IPVS services
 	// keepvip created); "" for none.
@@ -90,6 +98,8 @@ type Status struct {
 	Kubernetes *kube.Status `json:"kubernetes,omitempty"`
 	// Routing is what is announced to routers, if routing is configured.
 	Routing *RoutingStatus `json:"routing,omitempty"`
+	// Metrics is the metrics listener, if there is one.
+	Metrics *MetricsStatus `json:"metrics,omitempty"`
 }
 
 type daemon struct {
@@ -112,11 +122,15 @@ type daemon struct {
 	ready    bool
 	lb       *loadBalancer // nil until there are virtual servers
 	ipvs     string
+	metrics  *metricsServer // nil without one (or until it is made)
 	// source says where the configuration in force came from.
 	source string
 
 	rec       *kube.Reconciler // Kubernetes mode
 	toApplied prometheus.Histogram
+
+	// health answers /healthz and the status socket's /v1/health.
+	health *health
 
 	// vips are the addresses the metrics listener never answers on:
 	// every VIP of the configuration in force (and, while it is being
@@ -174,6 +188,7 @@ func Run(ctx context.Context, o Options) error {
 		lockDir = vrrp.DefaultLockDir
 	}
 	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDir})
+	d.health = newHealth(d.mgr, healthTimeout)
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
 	var kubeUpdates chan kube.Update
@@ -196,7 +211,7 @@ func Run(ctx context.Context, o Options) error {
 		kubeDone = make(chan error, 1)
 	}
 
-	var servers []*http.Server
+	var servers []shutdowner
 	if o.StatusSocket != "" {
 		srv, err := d.serveStatus(o.StatusSocket)
 		if err != nil {
@@ -205,11 +220,16 @@ func Run(ctx context.Context, o Options) error {
 		servers = append(servers, srv)
 	}
 	if o.MetricsAddr != "" {
-		srv, err := d.serveMetrics(o.MetricsAddr, reg, newHealth(d.mgr, healthTimeout))
+		// Only a VIP as the address is an error here: an address that
+		// cannot be listened on yet is retried in the background.
+		m, err := d.serveMetrics(o.MetricsAddr, reg, d.health)
 		if err != nil {
 			return errors.Join(err, shutdownAll(servers))
 		}
-		servers = append(servers, srv)
+		d.mu.Lock()
+		d.metrics = m
+		d.mu.Unlock()
+		servers = append(servers, m)
 	}
 	if err := d.mgr.Start(); err != nil {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
@@ -528,8 +548,11 @@ func (d *daemon) syncVRRP() error {
 func (d *daemon) status() Status {
 	d.mu.Lock()
 	s := Status{Version: d.opts.Version, ConfigFile: d.source, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
-	lb := d.lb
+	lb, metrics := d.lb, d.metrics
 	d.mu.Unlock()
+	if metrics != nil {
+		s.Metrics = metrics.status()
+	}
 	if d.rec != nil {
 		ks := d.rec.Status()
 		s.Kubernetes = &ks
@@ -551,18 +574,30 @@ func (d *daemon) status() Status {
 	return s
 }
 
-// serveStatus listens on a unix socket only root can use.
+// serveStatus listens on a unix socket only root can use, in a directory
+// only root can write to: whoever could would replace the socket with one
+// of their own, and `keepvip status` and `keepvip health` (the
+// DaemonSet's probes) would read their answers. The directory is made so
+// if it is root's (an emptyDir volume is made 0777), and refused if it is
+// shared (sticky, as /tmp) or someone else's.
 func (d *daemon) serveStatus(path string) (*http.Server, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating status socket directory: %w", err)
+	dir := filepath.Dir(path)
+	if err := rootonly.Dir(dir, "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", d.log); err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("status socket %s is in use: is another keepvip running?", path)
+	switch cred, err := socketHolder(path); {
+	case err != nil:
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	case cred != nil && cred.Uid == 0:
+		return nil, fmt.Errorf("status socket %s is in use (by pid %d): is another keepvip running?", path, cred.Pid)
+	case cred != nil:
+		// Put there while the directory was open to others: not
+		// keepvip's, and no longer possible now.
+		d.log.Warn("a process that is not root was listening on the status socket's path; replaced", "path", path, "uid", cred.Uid, "pid", cred.Pid)
 	}
-	// Only a stale socket (nobody answers on it) is removed: anything
-	// else at the path is someone's file, which a typo in --status-socket
-	// must not cost them.
+	// Only a stale socket (nobody answers on it, or someone who is not
+	// root) is removed: anything else at the path is someone's file,
+	// which a typo in --status-socket must not cost them.
 	switch fi, err := os.Lstat(path); {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
@@ -574,13 +609,9 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 			return nil, fmt.Errorf("removing the stale status socket %s: %w", path, err)
 		}
 	}
-	l, err := net.Listen("unix", path)
+	l, err := listenUnixPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("listening on status socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("restricting status socket: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
@@ -589,6 +620,11 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	// What /healthz and /readyz say, for `keepvip health`: probes that
+	// no other user of the node can answer in keepvip's place, as they
+	// can on a port they took first.
+	mux.HandleFunc("GET /v1/health", d.health.ServeHTTP)
+	mux.HandleFunc("GET /v1/ready", d.serveReady)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -596,6 +632,61 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// socketHolder returns the credentials of the process listening on the
+// unix socket path (as it were when it listened), or nil if none is.
+func socketHolder(path string) (*unix.Ucred, error) {
+	cred, err := rootonly.Peer(path)
+	if errors.Is(err, rootonly.ErrNoListener) {
+		return nil, nil // nothing there, or nobody listening: stale
+	}
+	return cred, err
+}
+
+// listenUnixPrivate listens on the unix socket path, created with mode
+// 0600 (see bindUnix). Kernels that would not honour that get a Chmod,
+// which leaves a moment to connect.
+func listenUnixPrivate(path string) (net.Listener, error) {
+	l, err := bindUnix(path, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		if err := os.Chmod(path, 0o600); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("restricting status socket: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// bindUnix listens on the unix socket path, whose file is created with
+// mode perm (less the umask): set on the socket before it is bound, as
+// the kernel creates the file with the socket's mode, so that there is no
+// moment when others could connect. (A Chmod after the bind would leave
+// one, and a connection made then stays.)
+func bindUnix(path string, perm os.FileMode) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = unix.Fchmod(int(fd), uint32(perm.Perm())) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	return lc.Listen(context.Background(), "unix", path)
+}
+
+// serveReady answers /readyz: ready once the configuration runs.
+func (d *daemon) serveReady(w http.ResponseWriter, _ *http.Request) {
+	d.mu.Lock()
+	ready := d.ready
+	d.mu.Unlock()
+	if !ready {
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // fileKind names what a non-socket file is, for an error.
@@ -748,61 +839,12 @@ func (l vipListener) Accept() (net.Conn, error) {
 	}
 }
 
-// serveMetrics serves /metrics, /healthz and /readyz on addr, never on a
-// VIP: a connection to one is closed at once, and a request on a kept-
-// alive connection to an address that became a VIP since is aborted.
-func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry, h *health) (*http.Server, error) {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics address %q: %w", addr, err)
-	}
-	if a, err := netip.ParseAddr(host); err == nil && d.onVIP(net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))) {
-		return nil, fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", addr, a)
-	}
-	refused := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "keepvip_metrics_refused_total",
-		Help: "Connections to the metrics listener made to a VIP, closed unanswered.",
-	})
-	if err := reg.Register(refused); err != nil {
-		return nil, fmt.Errorf("registering the metrics listener's counter: %w", err)
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
-	}
-	if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
-		d.log.Info("metrics listen on every address of the node; connections to a VIP are closed unanswered", "addr", l.Addr().String())
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: 4}))
-	mux.Handle("GET /healthz", h)
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		d.mu.Lock()
-		ready := d.ready
-		d.mu.Unlock()
-		if !ready {
-			http.Error(w, "starting", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	notOnVIP := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && d.onVIP(a) {
-			refused.Inc()
-			panic(http.ErrAbortHandler) // closes the connection, unanswered and unlogged
-		}
-		mux.ServeHTTP(w, r)
-	})
-	srv := &http.Server{Handler: notOnVIP, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
-	go func() {
-		if err := srv.Serve(vipListener{Listener: l, onVIP: d.onVIP, refused: refused}); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics server", "err", err)
-		}
-	}()
-	return srv, nil
+// shutdowner is a server that Run stops as it returns.
+type shutdowner interface {
+	Shutdown(context.Context) error
 }
 
-func shutdownAll(servers []*http.Server) error {
+func shutdownAll(servers []shutdowner) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var errs []error
@@ -815,20 +857,9 @@ func shutdownAll(servers []*http.Server) error {
 // GetStatus asks the daemon on socket for its status. Each call uses one
 // connection and closes it.
 func GetStatus(ctx context.Context, socket string) (*Status, error) {
-	client := &http.Client{Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://keepvip/v1/status", nil)
+	resp, err := get(ctx, socket, "/v1/status")
 	if err != nil {
 		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("asking keepvip on %s: %w", socket, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -839,4 +870,59 @@ func GetStatus(ctx context.Context, socket string) (*Status, error) {
 		return nil, fmt.Errorf("decoding status from %s: %w", socket, err)
 	}
 	return &s, nil
+}
+
+// ErrNotHealthy and ErrNotReady are returned by GetHealth, wrapped with
+// the daemon's reason, when it answers that it is not healthy or not
+// ready.
+var (
+	ErrNotHealthy = errors.New("not healthy")
+	ErrNotReady   = errors.New("not ready")
+)
+
+// GetHealth asks the daemon on socket whether it is healthy (its VRRP
+// instances answer, as /healthz says) or, with ready, ready (as /readyz
+// says). It returns nil if so; otherwise ErrNotHealthy or ErrNotReady
+// with the daemon's reason, or why it could not be asked.
+func GetHealth(ctx context.Context, socket string, ready bool) error {
+	path, not := "/v1/health", ErrNotHealthy
+	if ready {
+		path, not = "/v1/ready", ErrNotReady
+	}
+	resp, err := get(ctx, socket, path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	switch {
+	case err != nil:
+		return fmt.Errorf("reading keepvip's answer on %s: %w", socket, err)
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return fmt.Errorf("%w: %s", not, strings.TrimSpace(string(body)))
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("keepvip on %s answered %s", socket, resp.Status)
+	}
+	return nil
+}
+
+// get makes one GET request to the daemon on socket, on a connection of
+// its own.
+func get(ctx context.Context, socket, path string) (*http.Response, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://keepvip"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking keepvip on %s: %w", socket, err)
+	}
+	return resp, nil
 }

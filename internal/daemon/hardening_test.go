@@ -56,13 +56,15 @@ func TestMetricsNeverOnAVIP(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	waitFor(t, "both instances master", func() bool {
+	waitFor(t, "both instances master, their VIPs on eth0", func() bool {
 		s, err := GetStatus(context.Background(), sock)
 		if err != nil || len(s.Instances) != 2 {
 			return false
 		}
 		for _, in := range s.Instances {
-			if in.State != vrrp.StateMaster {
+			// A VIP not on eth0 yet would not be local: a connection
+			// to it would time out, not reach the listener.
+			if in.State != vrrp.StateMaster || !in.VIPsInstalled {
 				return false
 			}
 		}
