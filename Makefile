@@ -8,9 +8,9 @@ RUNS ?= 10
 
 # Packages whose tests run with the race detector in parallel; the lab-based
 # suites run one package at a time because they measure timing.
-LAB_PKGS := ./test/e2e/ ./internal/lab/ ./test/kube/
+LAB_PKGS := ./test/e2e/ ./test/framework/lab/ ./test/kube/
 # test/vm boots the VM and runs the IPVS tests there: see test-vm.
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /internal/lab$$ -e /test/vm -e /test/kube)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/framework/lab$$ -e /test/vm -e /test/kube)
 FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse
 
 .PHONY: all build lab deps kubebin test vet fuzz demo bench clean
@@ -34,7 +34,7 @@ lab:
 # hack/kubebin (pinned Kubernetes) into ~/.cache/keepvip-kube: several
 # minutes the first time, a hash and two stats after.
 kubebin:
-	@$(GO) run ./internal/kubetest/cmd/kubebin >/dev/null
+	@$(GO) run ./test/framework/kubetest/cmd/kubebin >/dev/null
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -117,7 +117,7 @@ clean:
 	rm -rf bin
 
 # Tests that need IPVS, which the host kernel lacks, in a qemu machine
-# (internal/vm): Debian's kernel under TCG, cached in ~/.cache/keepvip-vm.
+# (test/framework/vm): Debian's kernel under TCG, cached in ~/.cache/keepvip-vm.
 # Every package of KEEPVIP_VM_PKGS (default: test/vm/guest, lvs,
 # healthcheck, test/ipvs where they exist) runs there in one boot, each
 # guest test reported as a subtest of TestVM.

@@ -1,7 +1,7 @@
 //go:build vmtest
 
 // These tests need a kernel with IPVS; the host's has none. `make test-vm`
-// builds them with -tags vmtest and runs them in a VM (internal/vm).
+// builds them with -tags vmtest and runs them in a VM (test/framework/vm).
 
 package lvs
 

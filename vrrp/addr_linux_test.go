@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // Ownership follows the full prefix: the same address with two prefix

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // promote_secondaries as keepvip reads and writes it by netlink is the

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 func TestHoldAddrs(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // Issue #10: setting a link down makes the kernel remove its IPv6

@@ -16,7 +16,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/packet"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // These tests run the Manager against the real kernel in a fresh network

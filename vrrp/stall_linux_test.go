@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // TestRawConnBacklog checks, on real sockets, what an instance whose timer

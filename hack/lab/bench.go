@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 )
 
 // The benchmark runs two routers of one implementation, both priority 100

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/lab"
 	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/routes/bgp"
+	"github.com/keepvip/keepvip/test/framework/lab"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -1,4 +1,4 @@
-// Command vm runs programs in keepvip's IPVS test machine (internal/vm):
+// Command vm runs programs in keepvip's IPVS test machine (test/framework/vm):
 //
 //	go run ./hack/vm prepare
 //	go run ./hack/vm [flags] run -- PROGRAM [ARGS...]
@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/vm"
+	"github.com/keepvip/keepvip/test/framework/vm"
 )
 
 func main() {

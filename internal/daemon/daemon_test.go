@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
 	"github.com/keepvip/keepvip/lvs"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // A configuration file whose VIP is a gateway of this host's routes is

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/keepvip/keepvip/config"
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

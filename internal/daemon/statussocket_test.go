@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // The status socket's directory is one only root can write to: whoever

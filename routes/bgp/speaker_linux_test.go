@@ -15,10 +15,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keepvip/keepvip/internal/lab"
-	"github.com/keepvip/keepvip/internal/netnstest"
 	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/routes/bgp"
+	"github.com/keepvip/keepvip/test/framework/lab"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // A speaker test runs in a fresh network namespace (netnstest.Enter), which

@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
 	"github.com/keepvip/keepvip/routes"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 func show(t *testing.T, args string) string {

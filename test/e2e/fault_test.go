@@ -28,7 +28,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 )
 
 // TestECMPFollowsHealth: two directors announce an ECMP VIP to BIRD while

@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -1,5 +1,5 @@
 // Package kube_test runs keepvip in Kubernetes mode against a real
-// kube-apiserver (internal/kubetest): deploy/ applied with kubectl, keepvip
+// kube-apiserver (test/framework/kubetest): deploy/ applied with kubectl, keepvip
 // nodes in network namespaces running with exactly the ServiceAccount's
 // RBAC, the ConfigMap edited, the API server stopped. The IPVS half of the
 // data plane is tested in the VM (test/kubevm); here it is VRRP and VIPs.
@@ -25,8 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keepvip/keepvip/internal/daemon"
-	"github.com/keepvip/keepvip/internal/kubetest"
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/kubetest"
+	"github.com/keepvip/keepvip/test/framework/lab"
 	"github.com/keepvip/keepvip/vrrp"
 )
 

@@ -1,5 +1,5 @@
 // Package vm_test runs the tests that need IPVS in a qemu machine
-// (internal/vm): the host kernel has none. TestVM builds each package's
+// (test/framework/vm): the host kernel has none. TestVM builds each package's
 // test binary statically, runs them all in one boot and reports every
 // guest test as a subtest of its own.
 //
@@ -27,9 +27,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/kubetest"
-	"github.com/keepvip/keepvip/internal/netnstest"
-	"github.com/keepvip/keepvip/internal/vm"
+	"github.com/keepvip/keepvip/test/framework/kubetest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
+	"github.com/keepvip/keepvip/test/framework/vm"
 )
 
 const (

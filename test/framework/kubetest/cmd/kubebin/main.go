@@ -3,7 +3,7 @@
 // `make test` runs it first so that the build, several minutes when cold,
 // is not charged to a test's timeout:
 //
-//	go run ./internal/kubetest/cmd/kubebin
+//	go run ./test/framework/kubetest/cmd/kubebin
 package main
 
 import (
@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/kubetest"
+	"github.com/keepvip/keepvip/test/framework/kubetest"
 )
 
 func main() {

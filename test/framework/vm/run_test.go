@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // requireHost skips or fails (KEEPVIP_PRIVILEGED=1) a test that boots a

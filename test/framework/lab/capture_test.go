@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 )
 
 // TestCaptureMissesNothing checks that a capture holds every packet sent

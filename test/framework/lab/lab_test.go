@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/keepvip/keepvip/internal/lab"
+	"github.com/keepvip/keepvip/test/framework/lab"
 )
 
 var (

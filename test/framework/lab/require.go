@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // EnvNoInstall, when "1", stops EnsureTools from installing anything.

@@ -18,8 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/keepvip/keepvip/internal/kubetest"
-	"github.com/keepvip/keepvip/internal/netnstest"
+	"github.com/keepvip/keepvip/test/framework/kubetest"
+	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // rbacManifest gives ServiceAccount kvtest/reader get on one ConfigMap,
