@@ -10,11 +10,12 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/keepvip/keepvip/internal/durable"
 )
 
 // kernel is what the Director needs of IPVS. Deleting a service or a real
@@ -642,41 +643,9 @@ func (d *Director) saveState() error {
 	if err != nil {
 		return fmt.Errorf("writing IPVS state: %w", err)
 	}
-	if err := writeFileSync(d.state, b); err != nil {
-		return fmt.Errorf("writing IPVS state %s: %w", d.state, err)
+	if err := durable.WriteFile(d.state, b, 0o600); err != nil {
+		return fmt.Errorf("saving the IPVS state: %w", err)
 	}
 	d.dirty = false
 	return nil
-}
-
-func writeFileSync(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	df, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer df.Close()
-	return df.Sync()
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
+	"github.com/keepvip/keepvip/internal/durable"
 	"github.com/keepvip/keepvip/internal/kube"
 )
 
@@ -116,27 +117,7 @@ func saveKubeConfig(stateDir string, cfg *config.Config, history *configmap.Spec
 	if err != nil {
 		return fmt.Errorf("encoding the applied configuration: %w", err)
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("saving the applied configuration: %w", err)
-	}
-	path := filepath.Join(stateDir, kubeCacheFile)
-	tmp, err := os.CreateTemp(stateDir, kubeCacheFile+".*")
-	if err != nil {
-		return fmt.Errorf("saving the applied configuration: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("saving the applied configuration: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("saving the applied configuration: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("saving the applied configuration: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := durable.WriteFile(filepath.Join(stateDir, kubeCacheFile), data, 0o600); err != nil {
 		return fmt.Errorf("saving the applied configuration: %w", err)
 	}
 	return nil
