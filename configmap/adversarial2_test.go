@@ -1,8 +1,8 @@
 package configmap
 
 // Sequences a second adversarial review of the vip-configmap rules tried
-// at the Parse level: each broke a promise of the README's "The
-// vip-configmap" before it was fixed; and odd input never panics.
+// at the Parse level: each broke a promise of docs/vip-configmap.md
+// before it was fixed; and odd input never panics.
 
 import (
 	"encoding/json"

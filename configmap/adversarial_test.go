@@ -1,7 +1,7 @@
 package configmap
 
 // Sequences an adversarial review of the vip-configmap rules tried (each
-// broke a promise of the README's "The vip-configmap" before it was
+// broke a promise of docs/vip-configmap.md before it was
 // fixed).
 
 import (

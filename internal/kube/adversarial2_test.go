@@ -1,9 +1,9 @@
 package kube
 
 // Sequences a second adversarial review tried at the Resolve and
-// Reconciler level: each broke a promise of the README's "The
-// vip-configmap" (or Resolve's own: never the "(a bug: please report it)"
-// path) before it was fixed. The sizes it measured are in bench_test.go.
+// Reconciler level: each broke a promise of docs/vip-configmap.md (or
+// Resolve's own: never the "(a bug: please report it)" path) before it
+// was fixed. The sizes it measured are in bench_test.go.
 
 import (
 	"context"
@@ -71,7 +71,7 @@ func TestAnnounceNoneWithoutRouting(t *testing.T) {
 // withVanished; or a stale Node whose IP a new machine got) make the
 // peer list hold it twice; vrrp refuses "listed twice", and the
 // instance is dropped on every other node: not kept from what ran, and
-// the problem blames the ConfigMap entry. README: "A Node object that
+// the problem blames the ConfigMap entry. docs/vip-configmap.md: "A Node object that
 // vanishes (deleted and registered again) keeps its place among the
 // others' unicast peers ... for 5 minutes; the node itself keeps
 // everything it runs".
@@ -147,7 +147,7 @@ func TestRoutingThroughANodeGlitchFollowsTheInstances(t *testing.T) {
 // VIP:port with two Services (a clash only a node can see). The node
 // that ran a goes on serving a's Service, frozen with a's endpoints, and
 // says of b that "what ran of it keeps running" though b never ran; a
-// fresh node serves nothing there. README: "Virtual servers whose Service
+// fresh node serves nothing there. docs/vip-configmap.md: "Virtual servers whose Service
 // ports clash once resolved are all left out, except where one already
 // runs" (b and c never ran; a is gone).
 func TestARemovedVirtualServerStaysRemovedThroughAClash(t *testing.T) {
@@ -172,7 +172,7 @@ func TestARemovedVirtualServerStaysRemovedThroughAClash(t *testing.T) {
 	}
 }
 
-// README: "A node that has no history (new, or its state directory lost)
+// docs/vip-configmap.md: "A node that has no history (new, or its state directory lost)
 // does not know its nodeSelector then, and takes part in nothing until
 // it can be read; the same for a bad nodeSelector." A fresh node that
 // starts before the ConfigMap exists (the DaemonSet installed first, a
@@ -419,7 +419,7 @@ func TestRoutingEditsNeverTakeTheBugPath(t *testing.T) {
 					}
 				}
 			}
-			// Where both run the VRID, they run the same VIPs (README rule 3).
+			// Where both run the VRID, they run the same VIPs (docs/vip-configmap.md, rule 3).
 			for slot, v := range slots["B after A"] {
 				if f, ok := slots["B fresh"][slot]; ok && f != v {
 					diverge["VIP sets differ on one VRID between a node with history and a fresh one"]++

@@ -2,7 +2,7 @@ package kube
 
 // Review reproductions (adversarial operator sequences) at the Resolve and
 // Reconciler level. TestReviewBug* fail on the change as reviewed, each
-// asserting what the README's "### The vip-configmap" section promises;
+// asserting what docs/vip-configmap.md promises;
 // TestReviewOddity* pass and log behaviour surprising to an operator.
 
 import (
