@@ -1,5 +1,12 @@
 package vrrp
 
+// The state machine of one virtual router, RFC 9568 §6.4: Initialize
+// (start), Backup and Master, RFC 9568's Active (handleTimers,
+// handlePacket), with the transitions becomeMaster, becomeBackup and
+// shutdown. Its helpers live beside it: instance_io.go (what it talks to), instance_backlog.go (a
+// stalled instance), instance_vips.go, instance_announce.go,
+// instance_links.go, instance_reconfigure.go and instance_log.go.
+
 import (
 	"context"
 	"fmt"
@@ -8,71 +15,10 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/keepvip/keepvip/internal/clock"
 )
-
-// sender writes one VRRP message from src to dst.
-type sender interface {
-	WritePacket(b []byte, src, dst netip.Addr) error
-}
-
-// addresser puts VIPs on an interface and takes them off again. Deleting a
-// VIP the addresser did not add must do nothing.
-type addresser interface {
-	AddVIP(ifindex int, p netip.Prefix) error
-	DeleteVIP(ifindex int, p netip.Prefix) error
-}
-
-// filterer drops or admits packets addressed to an address (Accept_Mode).
-type filterer interface {
-	Block(a netip.Addr) error
-	Unblock(a netip.Addr) error
-}
-
-// announcer sends one gratuitous ARP or unsolicited NA per address and
-// returns how many it sent.
-type announcer interface {
-	Announce(addrs []netip.Addr) (int, error)
-}
-
-// backlogger tells an instance whether adverts that have reached the host
-// are still on their way to it: queued in the kernel's socket buffer, or
-// read and not yet handed over by the socket reader (which may have been
-// stalled too).
-type backlogger interface {
-	// backlog returns nil if everything received before the call has
-	// been handed over (to deliver) or dropped, and otherwise a channel
-	// closed once it has.
-	backlog() <-chan struct{}
-}
-
-// instanceIO is what an instance does to the world, behind seams that tests
-// replace.
-type instanceIO struct {
-	tx       sender
-	addrs    addresser
-	announce announcer
-	filter   filterer
-	// source returns the address to send from when Config.Source is unset.
-	source  func(*Config) (netip.Addr, error)
-	ifindex int
-	// backlog, if set, is asked before an expired timer is acted on; nil:
-	// the sender, if it is also the receiving socket (rawConn).
-	backlog backlogger
-	// peerLog limits the lines that received packets cause (nil: the
-	// instance has its own). A Manager shares one among all its instances
-	// and socket readers, so that its budget bounds the whole process.
-	peerLog *logLimiter
-}
-
-// received is an advert that passed decode, on its way to its instance.
-type received struct {
-	pkt Packet
-	adv Advertisement
-}
 
 const (
 	maxTransitions = 16
@@ -176,59 +122,6 @@ type Instance struct {
 	done chan struct{}
 }
 
-// dropCounts counts drops by reason; the socket reader adds to it too.
-type dropCounts struct {
-	mu sync.Mutex
-	n  map[DropReason]uint64
-}
-
-// countDrop counts a dropped packet for the status command. Safe from any
-// goroutine.
-func (in *Instance) countDrop(r DropReason) {
-	in.drops.mu.Lock()
-	defer in.drops.mu.Unlock()
-	if in.drops.n == nil {
-		in.drops.n = map[DropReason]uint64{}
-	}
-	in.drops.n[r]++
-}
-
-func (d *dropCounts) get(r DropReason) uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.n[r]
-}
-
-func (d *dropCounts) snapshot() map[string]uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.n) == 0 {
-		return nil
-	}
-	out := make(map[string]uint64, len(d.n))
-	for r, n := range d.n {
-		out[string(r)] = n
-	}
-	return out
-}
-
-// backlogWait is an expired timer waiting for the socket reader.
-type backlogWait struct {
-	done    <-chan struct{} // closed when the reader has caught up; nil: not waiting
-	since   time.Time       // when the wait began
-	until   time.Time       // act anyway then
-	expired time.Time       // the timer's deadline
-	state   State           // the state it expired in
-}
-
-// garpSchedule tracks the announcement bursts of a master.
-type garpSchedule struct {
-	rounds  int       // rounds left in the current burst
-	next    time.Time // when the next round is due
-	second  time.Time // second burst (garp_master_delay)
-	refresh time.Time // next refresh (garp_master_refresh)
-}
-
 func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m *Metrics, links map[string]bool) *Instance {
 	in := &Instance{
 		cfg:       cfg,
@@ -328,100 +221,6 @@ func (in *Instance) onTimer(now time.Time) {
 		in.logQueued(now, expired, now)
 	}
 	in.handleTimers(now)
-}
-
-// awaitedTimer returns the earliest timer whose action depends on adverts
-// that may still be queued, zero if none is set.
-func (in *Instance) awaitedTimer() time.Time {
-	switch in.state {
-	case StateBackup:
-		return in.masterDownAt
-	case StateMaster:
-		if in.stopping {
-			if in.zeroAt.IsZero() || in.holdUntil.Before(in.zeroAt) {
-				return in.holdUntil
-			}
-			return in.zeroAt
-		}
-	}
-	return time.Time{}
-}
-
-// awaitedDue reports whether a timer has expired whose action depends on
-// adverts that may still be queued.
-func (in *Instance) awaitedDue(now time.Time) bool {
-	t := in.awaitedTimer()
-	return !t.IsZero() && !now.Before(t)
-}
-
-// drainRx handles the adverts the socket reader has handed over, without
-// waiting for more, and returns how many there were.
-func (in *Instance) drainRx(now time.Time) int {
-	for n := range cap(in.rx) {
-		select {
-		case r := <-in.rx:
-			in.handlePacket(now, r.pkt, r.adv)
-		default:
-			return n
-		}
-	}
-	return cap(in.rx)
-}
-
-// caughtUp reports whether every advert that had reached the socket when
-// the expired timer was first looked at has been handled. If not, it
-// starts or continues the wait.
-func (in *Instance) caughtUp(now time.Time) bool {
-	if in.wait.done == nil {
-		if in.io.backlog == nil {
-			return true
-		}
-		expired := in.awaitedTimer()
-		done := in.io.backlog.backlog()
-		// What the reader handed over before it answered.
-		in.drainRx(now)
-		if !in.awaitedDue(now) {
-			in.logQueued(now, expired, now)
-			return true
-		}
-		if done == nil {
-			return true
-		}
-		in.wait = backlogWait{done: done, since: now, until: now.Add(in.backlogWaitMax()), expired: expired, state: in.state}
-		return false
-	}
-	select {
-	case <-in.wait.done:
-	default:
-		if now.Before(in.wait.until) {
-			return false
-		}
-		in.fail("backlog", fmt.Errorf("the socket reader did not hand over the queued adverts within %v; acting on the expired timer", in.wait.until.Sub(in.wait.since)))
-	}
-	in.drainRx(now)
-	in.endWait(now)
-	return true
-}
-
-// endWait ends a wait for queued adverts.
-func (in *Instance) endWait(now time.Time) {
-	w := in.wait
-	in.wait = backlogWait{}
-	if in.state == w.state && !in.awaitedDue(now) {
-		in.logQueued(now, w.expired, w.since)
-	}
-}
-
-// logQueued logs that adverts which were queued when a timer expired (at
-// expired; noticed at since) reset it.
-func (in *Instance) logQueued(now, expired, since time.Time) {
-	in.logLimited(now, "queued", "a timer expired while adverts were queued; they reset it",
-		"state", in.state.String(), "late", since.Sub(expired), "waited", now.Sub(since))
-}
-
-// backlogWaitMax is how long an expired timer waits for the socket reader.
-func (in *Instance) backlogWaitMax() time.Duration {
-	return min(max(in.masterAdverInterval, minBacklogWait), maxBacklogWait)
 }
 
 // do runs f on the instance goroutine and waits for it. It reports false if
@@ -539,84 +338,6 @@ func (in *Instance) warmUp() {
 	}
 }
 
-// newSource looks the source address up again when it was not configured,
-// and reports whether it changed.
-func (in *Instance) newSource() bool {
-	if in.cfg.Source.IsValid() {
-		return false
-	}
-	a, err := in.resolveSource()
-	if err != nil || a == in.local {
-		return false
-	}
-	in.log.Warn("source address changed", "from", in.local, "to", a)
-	in.local = a
-	return true
-}
-
-func (in *Instance) resolveSource() (netip.Addr, error) {
-	if in.cfg.Source.IsValid() {
-		return in.cfg.Source, nil
-	}
-	if in.io.source == nil {
-		return netip.Addr{}, fmt.Errorf("no source address for %s", in.cfg.Interface)
-	}
-	a, err := in.io.source(&in.cfg)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("finding the %s source address on %s: %w", in.cfg.Family(), in.cfg.Interface, err)
-	}
-	return a, nil
-}
-
-func (in *Instance) downLink() string {
-	for _, name := range in.cfg.tracked() {
-		if !in.linkUp[name] {
-			return name
-		}
-	}
-	return ""
-}
-
-// setLinks records the link state of the tracked interfaces.
-func (in *Instance) setLinks(links map[string]bool) {
-	for _, name := range in.cfg.tracked() {
-		in.linkUp[name] = links[name]
-	}
-}
-
-// handleLink takes a link change of a tracked interface.
-func (in *Instance) handleLink(now time.Time, name string, up bool) {
-	if !slices.Contains(in.cfg.tracked(), name) || in.stopping {
-		return
-	}
-	in.linkUp[name] = up
-	switch {
-	case !up && in.state != StateFault:
-		in.enterFault(now, "link "+name+" is down")
-	case up && in.state == StateFault && in.downLink() == "":
-		in.log.Info("tracked links are up again, leaving fault")
-		in.start(now)
-	}
-}
-
-func (in *Instance) enterFault(now time.Time, reason string) {
-	var took time.Duration
-	if in.state == StateMaster {
-		// A master whose own link still works tells the others to take
-		// over now rather than after Master_Down_Interval.
-		if in.linkUp[in.cfg.Interface] {
-			in.sendAdvert(PriorityStop)
-		}
-		took = in.releaseVIPs(now)
-	}
-	in.clearTimers()
-	if in.state == StateFault && in.fault == reason {
-		return // a retry that failed the same way: not a new transition
-	}
-	in.fault = reason
-	in.setState(now, StateFault, reason, took)
-}
-
 func (in *Instance) clearTimers() {
 	// vipRetryAt stays: a VIP that could not be removed on the way into
 	// Fault must still be retried there.
@@ -668,15 +389,6 @@ func (in *Instance) becomeBackup(now time.Time, p Packet, adv Advertisement, rea
 	in.follow(now, p, adv)
 	took := in.releaseVIPs(now)
 	in.setState(now, StateBackup, reason, took)
-}
-
-// arrival returns when p came: its kernel receive time, or now if it has
-// none (or one after now).
-func arrival(now time.Time, p Packet) time.Time {
-	if p.At.IsZero() || p.At.After(now) {
-		return now
-	}
-	return p.At
 }
 
 // follow takes the advert of the current master, which came at now: learn
@@ -745,70 +457,6 @@ func (in *Instance) finishStop(now time.Time, reason string) {
 	in.setState(now, StateInit, reason, took)
 	in.stopping = false
 	in.stopped = true
-}
-
-// reconfigure takes a new configuration of the same router without
-// restarting it.
-func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool) {
-	old := in.cfg
-	in.cfg = cfg
-	in.setLinks(links)
-	if in.stopping || in.stopped {
-		return
-	}
-	if cfg.Source != old.Source && in.state != StateFault {
-		if a, err := in.resolveSource(); err == nil {
-			in.local = a
-		} else {
-			in.fail("source", err)
-		}
-	}
-	if down := in.downLink(); down != "" {
-		if in.state != StateFault {
-			in.enterFault(now, "link "+down+" is down")
-		}
-		return
-	}
-	switch in.state {
-	case StateFault:
-		in.start(now)
-	case StateMaster:
-		in.removeUnwanted()
-		in.syncFilter()
-		vipsChanged := !slices.Equal(old.VIPs, cfg.VIPs)
-		if vipsChanged {
-			in.installVIPs()
-			in.startBurst(now, cfg.GARP.Repeat)
-		}
-		if vipsChanged || old.Priority != cfg.Priority || old.Interval != cfg.Interval {
-			in.sendAdvert(cfg.Priority)
-			in.adverAt = now.Add(cfg.Interval)
-		}
-		in.masterPrio = cfg.Priority
-		if cfg.GARP.Refresh != old.GARP.Refresh {
-			in.garp.refresh = time.Time{}
-			if cfg.GARP.Refresh > 0 {
-				in.garp.refresh = now.Add(cfg.GARP.Refresh)
-			}
-		}
-	case StateBackup:
-		if cfg.Priority == PriorityOwner {
-			in.becomeMaster(now, "priority raised to 255: address owner")
-			return
-		}
-		if old.Priority != cfg.Priority && in.masterDownAt.After(now) && in.masterLeft.IsZero() && !in.lastAdvert.IsZero() {
-			// Skew_Time depends on our priority. (After a priority 0
-			// the timer is Skew_Time itself and stays.)
-			in.masterDownAt = in.lastAdvert.Add(in.masterDownInterval())
-		}
-	}
-}
-
-func (in *Instance) lastAdvertOr(t time.Time) time.Time {
-	if in.lastAdvert.IsZero() {
-		return t
-	}
-	return in.lastAdvert
 }
 
 // handleTimers fires every timer that is due at now.
@@ -1029,24 +677,6 @@ func (in *Instance) authOK(adv Advertisement) bool {
 	return adv.AuthType == 1 && adv.AuthData == want
 }
 
-// checkAddresses logs when an advert's address list differs from ours (RFC
-// 9568 §7.1 says MAY check, MUST log). keepalived drops such adverts; keepvip
-// accepts them, because the election must still see a single master while
-// nodes roll out a new configuration one by one.
-func (in *Instance) checkAddresses(p Packet, adv Advertisement) {
-	want := in.cfg.vipAddrs()
-	got := slices.Clone(adv.Addrs)
-	slices.SortFunc(want, func(a, b netip.Addr) int { return a.Compare(b) })
-	slices.SortFunc(got, func(a, b netip.Addr) int { return a.Compare(b) })
-	if slices.Equal(want, got) {
-		return
-	}
-	in.m.mismatch.WithLabelValues(in.cfg.Name).Inc()
-	if in.logLimited(in.clock.Now(), "mismatch:"+p.Src.String(), "") {
-		in.log.Warn("advert address list differs from the configured VIPs", "from", p.Src, "advertised", got, "configured", want)
-	}
-}
-
 // sendAdvert sends one advert with priority prio to every destination.
 func (in *Instance) sendAdvert(prio uint8) {
 	adv := Advertisement{
@@ -1081,194 +711,6 @@ func (in *Instance) sendAdvert(prio uint8) {
 	}
 }
 
-// installVIPs adds the VIPs, first filtering them when the router must not
-// accept packets sent to them.
-func (in *Instance) installVIPs() {
-	for _, p := range in.cfg.VIPs {
-		if in.installed[p] {
-			continue
-		}
-		if in.mustFilter() && !in.blockVIP(p.Addr()) {
-			in.retryVIPs()
-			continue
-		}
-		if err := in.io.addrs.AddVIP(in.io.ifindex, p); err != nil {
-			in.fail("vip-add", err)
-			in.retryVIPs()
-			continue
-		}
-		in.installed[p] = true
-	}
-}
-
-// retryVIPs schedules reconcileVIPs after a failed add or delete: after
-// vipRetry, then twice as long after each retry that fails again, up to
-// vipRetryMax, so that a kernel that keeps refusing is not hammered and a
-// transient failure is still mended at once.
-func (in *Instance) retryVIPs() {
-	if !in.vipRetryAt.IsZero() {
-		return
-	}
-	wait := max(in.vipBackoff, vipRetry)
-	in.vipRetryAt = in.clock.Now().Add(wait)
-	in.vipBackoff = min(2*wait, vipRetryMax)
-}
-
-// reconcileVIPs retries what failed: a master adds the VIPs it lacks (and
-// announces them), any other state removes those it still holds.
-func (in *Instance) reconcileVIPs(now time.Time) {
-	defer func() {
-		if in.vipRetryAt.IsZero() {
-			in.vipBackoff = 0 // all done: the next failure waits vipRetry again
-		}
-	}()
-	if in.state == StateMaster && !in.stopping {
-		in.removeUnwanted()
-		missing := slices.ContainsFunc(in.cfg.VIPs, func(p netip.Prefix) bool { return !in.installed[p] })
-		in.installVIPs()
-		if missing {
-			in.startBurst(now, in.cfg.GARP.Repeat)
-		}
-		return
-	}
-	if !in.stopping {
-		in.releaseVIPs(now)
-	}
-}
-
-// removeUnwanted removes the VIPs this router holds that are no longer
-// configured, as a master does after a live change: the VIP dropped, or
-// the same address with its old prefix length. One that cannot be removed
-// stays installed and is retried until it is gone; forgetting it would
-// leave it on the interface for good, held by this node and by whichever
-// router is master.
-func (in *Instance) removeUnwanted() {
-	for p := range in.installed {
-		if slices.Contains(in.cfg.VIPs, p) {
-			continue
-		}
-		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
-			in.fail("vip-delete", err)
-			in.retryVIPs()
-			continue
-		}
-		delete(in.installed, p)
-	}
-}
-
-// vipGone takes note that a VIP this router installed was removed by
-// someone else. A master puts it back at once and announces it.
-func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
-	if !in.installed[p] {
-		return
-	}
-	delete(in.installed, p)
-	if !slices.Contains(in.cfg.VIPs, p) {
-		return // no longer configured: its removal was due
-	}
-	in.fail("vip-removed", fmt.Errorf("VIP %s was removed from %s by another program", p, in.cfg.Interface))
-	if in.state == StateMaster && !in.stopping {
-		in.reconcileVIPs(now)
-	}
-}
-
-// releaseVIPs removes the VIPs. One that cannot be removed is kept as
-// installed and retried, so that a backup never keeps answering for it.
-func (in *Instance) releaseVIPs(now time.Time) time.Duration {
-	for p := range in.installed {
-		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
-			in.fail("vip-delete", err)
-			in.retryVIPs()
-			continue
-		}
-		delete(in.installed, p)
-	}
-	keep := map[netip.Addr]bool{}
-	for p := range in.installed {
-		keep[p.Addr()] = true
-	}
-	in.unblockAll(keep)
-	return in.clock.Now().Sub(now)
-}
-
-// mustFilter reports Accept_Mode false for a router that is not the owner
-// (the owner always accepts: RFC 9568 §6.4.3).
-func (in *Instance) mustFilter() bool {
-	return !in.cfg.Accept && in.cfg.Priority != PriorityOwner
-}
-
-func (in *Instance) blockVIP(a netip.Addr) bool {
-	if in.blocked[a] {
-		return true
-	}
-	if in.io.filter == nil {
-		in.fail("filter", fmt.Errorf("accept mode off for %s, but no packet filter is available", a))
-		return false
-	}
-	if err := in.io.filter.Block(a); err != nil {
-		in.fail("filter", err)
-		return false
-	}
-	in.blocked[a] = true
-	return true
-}
-
-// unblockAll lets in packets to every filtered VIP not in keep.
-func (in *Instance) unblockAll(keep map[netip.Addr]bool) {
-	for a := range in.blocked {
-		if keep[a] {
-			continue
-		}
-		if err := in.io.filter.Unblock(a); err != nil {
-			in.fail("filter", err)
-		}
-		delete(in.blocked, a)
-	}
-}
-
-// syncFilter makes the filtered set match Accept_Mode for the installed
-// VIPs, after a live change of accept or priority.
-func (in *Instance) syncFilter() {
-	keep := map[netip.Addr]bool{}
-	if in.mustFilter() {
-		for p := range in.installed {
-			if in.blockVIP(p.Addr()) {
-				keep[p.Addr()] = true
-			}
-		}
-	}
-	in.unblockAll(keep)
-}
-
-// startBurst queues n rounds of announcements, each one message per VIP,
-// and sends what is due now.
-// Bursts that overlap merge: the rounds left are the larger of the two,
-// so repeated triggers cannot queue announcements without bound.
-func (in *Instance) startBurst(now time.Time, n int) {
-	if n <= 0 {
-		return
-	}
-	if in.garp.rounds == 0 {
-		in.garp.next = now
-	}
-	in.garp.rounds = max(in.garp.rounds, n)
-	in.runBurst(now)
-}
-
-func (in *Instance) runBurst(now time.Time) {
-	for in.garp.rounds > 0 && !now.Before(in.garp.next) {
-		n, err := in.io.announce.Announce(in.cfg.vipAddrs())
-		in.m.announced.WithLabelValues(in.cfg.Name).Add(float64(n))
-		if err != nil {
-			in.fail("announce", err)
-		}
-		in.garp.rounds--
-		if in.cfg.GARP.Interval > 0 {
-			in.garp.next = now.Add(in.cfg.GARP.Interval)
-		}
-	}
-}
-
 func (in *Instance) setState(now time.Time, to State, reason string, took time.Duration) {
 	from := in.state
 	in.state = to
@@ -1288,55 +730,5 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 	in.log.Info("entering "+to.String()+" state", "from", from.String(), "reason", reason, "took", took)
 	if in.onChange != nil && from != to {
 		in.onChange(in.cfg.Name, tr)
-	}
-}
-
-// logLimited logs msg at Info at most once per logEvery for key, within
-// the budget shared by everything received (see logLimiter), and reports
-// whether it did (with msg "" it only reports).
-func (in *Instance) logLimited(now time.Time, key, msg string, args ...any) bool {
-	return in.limited(now, slog.LevelInfo, key, msg, args...)
-}
-
-// debugLimited is logLimited at Debug; it costs nothing when Debug is off.
-func (in *Instance) debugLimited(now time.Time, key, msg string, args ...any) {
-	if in.log.Enabled(context.Background(), slog.LevelDebug) {
-		in.limited(now, slog.LevelDebug, key, msg, args...)
-	}
-}
-
-func (in *Instance) limited(now time.Time, level slog.Level, key, msg string, args ...any) bool {
-	ok, suppressed := in.peerLog.allow(now, key)
-	if suppressed > 0 {
-		logSuppressed(in.log, suppressed)
-	}
-	if ok && msg != "" {
-		in.log.Log(context.Background(), level, msg, args...)
-	}
-	return ok
-}
-
-// logSuppressed is the one line that stands for those a log budget
-// refused in the window that ended.
-func logSuppressed(log *slog.Logger, n int) {
-	log.Warn("log lines about received packets suppressed: too many sources or kinds", "suppressed", n, "window", logEvery)
-}
-
-// fail records a failed operation: counted, kept for status, logged once
-// per errorLogEvery while it repeats.
-func (in *Instance) fail(op string, err error) {
-	in.m.errors.WithLabelValues(in.cfg.Name, op).Inc()
-	msg := op + ": " + err.Error()
-	now := in.clock.Now()
-	in.errs = append(in.errs, now.Format(time.RFC3339)+" "+msg)
-	if len(in.errs) > maxErrors {
-		in.errs = slices.Delete(in.errs, 0, len(in.errs)-maxErrors)
-	}
-	ok, suppressed := in.errLog.allow(now, msg)
-	if suppressed > 0 {
-		in.log.Warn("failure lines suppressed", "suppressed", suppressed, "window", errorLogEvery)
-	}
-	if ok {
-		in.log.Warn("vrrp operation failed", "op", op, "err", err)
 	}
 }

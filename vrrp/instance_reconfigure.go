@@ -1,0 +1,72 @@
+package vrrp
+
+// A live change of an Instance's configuration.
+
+import (
+	"slices"
+	"time"
+)
+
+// reconfigure takes a new configuration of the same router without
+// restarting it.
+func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool) {
+	old := in.cfg
+	in.cfg = cfg
+	in.setLinks(links)
+	if in.stopping || in.stopped {
+		return
+	}
+	if cfg.Source != old.Source && in.state != StateFault {
+		if a, err := in.resolveSource(); err == nil {
+			in.local = a
+		} else {
+			in.fail("source", err)
+		}
+	}
+	if down := in.downLink(); down != "" {
+		if in.state != StateFault {
+			in.enterFault(now, "link "+down+" is down")
+		}
+		return
+	}
+	switch in.state {
+	case StateFault:
+		in.start(now)
+	case StateMaster:
+		in.removeUnwanted()
+		in.syncFilter()
+		vipsChanged := !slices.Equal(old.VIPs, cfg.VIPs)
+		if vipsChanged {
+			in.installVIPs()
+			in.startBurst(now, cfg.GARP.Repeat)
+		}
+		if vipsChanged || old.Priority != cfg.Priority || old.Interval != cfg.Interval {
+			in.sendAdvert(cfg.Priority)
+			in.adverAt = now.Add(cfg.Interval)
+		}
+		in.masterPrio = cfg.Priority
+		if cfg.GARP.Refresh != old.GARP.Refresh {
+			in.garp.refresh = time.Time{}
+			if cfg.GARP.Refresh > 0 {
+				in.garp.refresh = now.Add(cfg.GARP.Refresh)
+			}
+		}
+	case StateBackup:
+		if cfg.Priority == PriorityOwner {
+			in.becomeMaster(now, "priority raised to 255: address owner")
+			return
+		}
+		if old.Priority != cfg.Priority && in.masterDownAt.After(now) && in.masterLeft.IsZero() && !in.lastAdvert.IsZero() {
+			// Skew_Time depends on our priority. (After a priority 0
+			// the timer is Skew_Time itself and stays.)
+			in.masterDownAt = in.lastAdvert.Add(in.masterDownInterval())
+		}
+	}
+}
+
+func (in *Instance) lastAdvertOr(t time.Time) time.Time {
+	if in.lastAdvert.IsZero() {
+		return t
+	}
+	return in.lastAdvert
+}
