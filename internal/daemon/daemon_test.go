@@ -18,7 +18,13 @@ import (
 
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	waitWithin(t, 5*time.Second, what, ok)
+}
+
+// waitWithin waits until ok, failing the test after d.
+func waitWithin(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !ok() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -27,14 +33,38 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
+// enterWithEth0 runs the test in a fresh network namespace (false in the
+// process that started it: return then) with lo and eth0 up, eth0 a veth
+// holding 192.0.2.1/24, then runs each of more as a shell command.
+func enterWithEth0(t *testing.T, more ...string) bool {
+	t.Helper()
 	if !netnstest.Enter(t) {
-		return
+		return false
 	}
 	netnstest.Sh(t, `ip link set lo up
 		ip link add eth0 type veth peer name peer0
 		ip addr add 192.0.2.1/24 dev eth0
 		ip link set eth0 up; ip link set peer0 up`)
+	for _, c := range more {
+		netnstest.Sh(t, c)
+	}
+	return true
+}
+
+// statusOf returns the status a daemon gives on sock, nil while it does
+// not answer.
+func statusOf(sock string) *Status {
+	s, err := GetStatus(context.Background(), sock)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
+	if !enterWithEth0(t) {
+		return
+	}
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "keepvip.yaml")
 	write := func(s string) {
@@ -51,13 +81,7 @@ func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
 		done <- Run(ctx, Options{ConfigFile: cfgPath, StatusSocket: sock, MetricsAddr: "127.0.0.1:19742",
 			Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Reload: reload})
 	}()
-	status := func() *Status {
-		s, err := GetStatus(context.Background(), sock)
-		if err != nil {
-			return nil
-		}
-		return s
-	}
+	status := func() *Status { return statusOf(sock) }
 	waitFor(t, "master", func() bool {
 		s := status()
 		return s != nil && len(s.Instances) == 1 && s.Instances[0].State == vrrp.StateMaster
@@ -138,13 +162,9 @@ func TestRunReloadKeepsLastGoodConfig(t *testing.T) {
 }
 
 func TestIPVSRequiredOrOptional(t *testing.T) {
-	if !netnstest.Enter(t) {
+	if !enterWithEth0(t) {
 		return
 	}
-	netnstest.Sh(t, `ip link set lo up
-		ip link add eth0 type veth peer name peer0
-		ip addr add 192.0.2.1/24 dev eth0
-		ip link set eth0 up; ip link set peer0 up`)
 	haveIPVS := lvs.Available() == nil
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "keepvip.yaml")

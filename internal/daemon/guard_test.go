@@ -5,21 +5,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
 
 // A configuration file whose VIP is a gateway of this host's routes is
 // refused, with the route named; allow: [gateway] lets it pass.
 func TestConfigFileGatewayGuard(t *testing.T) {
-	if !netnstest.Enter(t) {
+	if !enterWithEth0(t, `ip route add default via 192.0.2.254`) {
 		return
 	}
-	netnstest.Sh(t, `ip link set lo up
-		ip link add eth0 type veth peer name peer0
-		ip addr add 192.0.2.1/24 dev eth0
-		ip link set eth0 up; ip link set peer0 up
-		ip route add default via 192.0.2.254`)
 	path := filepath.Join(t.TempDir(), "keepvip.yaml")
 	for _, tc := range []struct{ allow, want string }{
 		{"", "instances[0].vips[0]: 192.0.2.254 is the gateway of this node's route to everywhere (default)"},

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/keepvip/keepvip/config"
-	"github.com/keepvip/keepvip/test/framework/netnstest"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -26,14 +25,9 @@ import (
 // (the load balancer's clients would read /metrics and probe /healthz
 // there), in either family, and still answers on the node's addresses.
 func TestMetricsNeverOnAVIP(t *testing.T) {
-	if !netnstest.Enter(t) {
+	if !enterWithEth0(t, `ip addr add 2001:db8::1/64 dev eth0 nodad`) {
 		return
 	}
-	netnstest.Sh(t, `ip link set lo up
-		ip link add eth0 type veth peer name peer0
-		ip addr add 192.0.2.1/24 dev eth0
-		ip addr add 2001:db8::1/64 dev eth0 nodad
-		ip link set eth0 up; ip link set peer0 up`)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "keepvip.yaml")
 	cfg := "instances:\n" +
@@ -245,13 +239,9 @@ func TestStatusSocketPath(t *testing.T) {
 // An empty file is refused, at start and on reload (every VIP would go),
 // unless it says `instances: []`.
 func TestEmptyConfigFile(t *testing.T) {
-	if !netnstest.Enter(t) {
+	if !enterWithEth0(t) {
 		return
 	}
-	netnstest.Sh(t, `ip link set lo up
-		ip link add eth0 type veth peer name peer0
-		ip addr add 192.0.2.1/24 dev eth0
-		ip link set eth0 up; ip link set peer0 up`)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "keepvip.yaml")
 	write := func(s string) {
@@ -281,13 +271,7 @@ func TestEmptyConfigFile(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	status := func() *Status {
-		s, err := GetStatus(context.Background(), sock)
-		if err != nil {
-			return nil
-		}
-		return s
-	}
+	status := func() *Status { return statusOf(sock) }
 	waitFor(t, "master", func() bool {
 		s := status()
 		return s != nil && len(s.Instances) == 1 && s.Instances[0].State == vrrp.StateMaster

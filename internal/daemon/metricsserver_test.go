@@ -18,20 +18,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keepvip/keepvip/test/framework/netnstest"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
 // waitLong is waitFor with a bound past the metrics listener's retries.
 func waitLong(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3*metricsRetryMax + 5*time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitWithin(t, 3*metricsRetryMax+5*time.Second, what, ok)
 }
 
 // A metrics port taken by someone else when keepvip starts (any local
@@ -39,13 +32,9 @@ func waitLong(t *testing.T, what string, ok func() bool) {
 // health answers on the status socket, the status says why metrics are
 // missing and who holds the port, and metrics are served once it is free.
 func TestMetricsPortTaken(t *testing.T) {
-	if !netnstest.Enter(t) {
+	if !enterWithEth0(t) {
 		return
 	}
-	netnstest.Sh(t, `ip link set lo up
-		ip link add eth0 type veth peer name peer0
-		ip addr add 192.0.2.1/24 dev eth0
-		ip link set eth0 up; ip link set peer0 up`)
 	squatter, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -74,13 +63,7 @@ func TestMetricsPortTaken(t *testing.T) {
 			t.Errorf("Run: %v", runErr)
 		}
 	}()
-	status := func() *Status {
-		s, err := GetStatus(context.Background(), sock)
-		if err != nil {
-			return nil
-		}
-		return s
-	}
+	status := func() *Status { return statusOf(sock) }
 	waitFor(t, "master", func() bool {
 		select {
 		case <-done:

@@ -419,32 +419,12 @@ func TestLoadBalancing(t *testing.T) {
 // (its state file says which) and its state, and leaves another's service
 // on the same host as it is.
 func TestCleanupRemovesOwnedServices(t *testing.T) {
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	dir, err := l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(l.Dir(), "state")
-	k, err := dir.StartKeepvip(`
-instances:
-- {name: vi, interface: eth0, vrid: 51, priority: 200, advertInterval: 100ms, vips: [192.0.2.100]}
-virtualServers:
-- {vip: 192.0.2.100, port: 80, scheduler: rr, realServers: [{address: 10.0.0.11, port: 8080}, {address: 10.0.0.12, port: 8080}]}
-- {vip: 192.0.2.100, port: 443, realServers: [{address: 10.0.0.11, port: 8443}]}
-`, "--state-dir", state)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := k.WaitState(ctx, "vi", vrrp.StateMaster); err != nil {
-		t.Fatal(err)
-	}
+	dir, k, state := cleanupDirector(ctx, t, "", `
+- {vip: 192.0.2.100, port: 80, scheduler: rr, realServers: [{address: 10.0.0.11, port: 8080}, {address: 10.0.0.12, port: 8080}]}
+- {vip: 192.0.2.100, port: 443, realServers: [{address: 10.0.0.11, port: 8443}]}
+`)
 	// Someone else's service, on another VIP.
 	sh(t, dir, "ipvsadm -A -t 192.0.2.99:80 -s wlc && ipvsadm -a -t 192.0.2.99:80 -r 10.0.0.13:80 -m")
 	if got := sh(t, dir, "ipvsadm -Ln"); !strings.Contains(got, "192.0.2.100:443") || !strings.Contains(got, "192.0.2.99:80") {
@@ -480,33 +460,13 @@ virtualServers:
 // and those a state file from before a reboot names. A damaged state file
 // makes it fail, naming the file and keeping it, and remove nothing.
 func TestCleanupKeepsOthersServices(t *testing.T) {
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	dir, err := l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(l.Dir(), "state")
-	sh(t, dir, "ipvsadm -A -t 192.0.2.100:8080 -s wlc && ipvsadm -a -t 192.0.2.100:8080 -r 10.0.0.13:80 -m")
-	k, err := dir.StartKeepvip(`
-instances:
-- {name: vi, interface: eth0, vrid: 51, priority: 200, advertInterval: 100ms, vips: [192.0.2.100]}
-virtualServers:
-- {vip: 192.0.2.100, port: 80, realServers: [{address: 10.0.0.11, port: 8080}]}
-- {vip: 192.0.2.100, port: 8080, realServers: [{address: 10.0.0.11, port: 8080}]}
-`, "--state-dir", state)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := k.WaitState(ctx, "vi", vrrp.StateMaster); err != nil {
-		t.Fatal(err)
-	}
+	dir, k, state := cleanupDirector(ctx, t,
+		"ipvsadm -A -t 192.0.2.100:8080 -s wlc && ipvsadm -a -t 192.0.2.100:8080 -r 10.0.0.13:80 -m", `
+- {vip: 192.0.2.100, port: 80, realServers: [{address: 10.0.0.11, port: 8080}]}
+- {vip: 192.0.2.100, port: 8080, realServers: [{address: 10.0.0.11, port: 8080}]}
+`)
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(sh(t, dir, "ipvsadm -Ln"), "192.0.2.100:80 "); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("keepvip's service is not there:\n%s\n%s", sh(t, dir, "ipvsadm -Ln"), k.Log())
@@ -566,4 +526,37 @@ virtualServers:
 	if strings.Contains(string(out), "8080") {
 		t.Errorf("cleanup reports removing a service that is not keepvip's:\n%s", out)
 	}
+}
+
+// cleanupDirector starts keepvip with a state directory on a director
+// node, after first (a shell command: another program's services, or
+// ""), with the instance vi on 192.0.2.100 and the virtual servers vs (a
+// YAML list), and waits until it is master.
+func cleanupDirector(ctx context.Context, t *testing.T, first, vs string) (dir *lab.Node, k *lab.Keepvip, state string) {
+	t.Helper()
+	lab.Require(t)
+	l, err := lab.New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	dir, err = l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state = filepath.Join(l.Dir(), "state")
+	if first != "" {
+		sh(t, dir, first)
+	}
+	k, err = dir.StartKeepvip(`
+instances:
+- {name: vi, interface: eth0, vrid: 51, priority: 200, advertInterval: 100ms, vips: [192.0.2.100]}
+virtualServers:`+vs, "--state-dir", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.WaitState(ctx, "vi", vrrp.StateMaster); err != nil {
+		t.Fatal(err)
+	}
+	return dir, k, state
 }
