@@ -34,14 +34,12 @@ func ReadFile(path string) ([]byte, error) {
 	if fi.Size() > MaxFileSize {
 		return nil, tooLarge(path)
 	}
-	return readLimited(f, path)
+	return ReadLimited(f, path)
 }
 
 // ReadLimited reads a configuration from r (standard input for
 // `keepvip validate -`), at most MaxFileSize bytes.
-func ReadLimited(r io.Reader, name string) ([]byte, error) { return readLimited(r, name) }
-
-func readLimited(r io.Reader, name string) ([]byte, error) {
+func ReadLimited(r io.Reader, name string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration %s: %w", name, err)
