@@ -58,7 +58,7 @@ func TestBackupJudgesAdvertsByArrival(t *testing.T) {
 		}
 		r.in.handleTimers(s.clock.Now())
 		wantState(t, r, StateBackup)
-		if got, want := r.in.masterDownAt, stall.Add(time.Second+mdi(100, 100*ms)); !got.Equal(want) {
+		if got, want := r.in.timers.masterDown, stall.Add(time.Second+mdi(100, 100*ms)); !got.Equal(want) {
 			t.Errorf("Master_Down_Timer at %v; want %v (last advert + Master_Down_Interval)", got, want)
 		}
 	})

@@ -85,61 +85,89 @@ type Instance struct {
 	local netip.Addr // source of adverts; compared in equal-priority elections
 
 	masterAdverInterval time.Duration
-	masterDownAt        time.Time     // Master_Down_Timer (Backup)
-	adverAt             time.Time     // Adver_Timer (Master)
-	preemptAt           time.Time     // preemption allowed from then (preempt_delay)
-	retryAt             time.Time     // Fault without a source address: try again
-	vipRetryAt          time.Time     // a VIP add or delete failed: try again
-	vipBackoff          time.Duration // wait before the next VIP retry; 0: vipRetry
-	lastForced          time.Time     // last answer to a lower-priority master
-	holdUntil           time.Time     // stopping master gives its VIPs up then at the latest
-	zeroAt              time.Time     // stopping master sends priority 0 again
-	master              netip.Addr
-	masterPrio          uint8
-	lastAdvert          time.Time
-	masterLeft          time.Time // when the master sent priority 0
-	linkUp              map[string]bool
-	installed           map[netip.Prefix]bool
-	blocked             map[netip.Addr]bool // VIPs filtered for Accept_Mode false
+	timers              timers
+	heard               heard   // the master as last heard (Backup)
+	vips                vipBook // what this router holds of its VIPs
 	garp                garpSchedule
-	stopping            bool // shutdown requested while master: handing off
-	handedTo            netip.Addr
+	handoff             handoff // a stopping master handing its VIPs over
+	linkUp              map[string]bool
 	stopped             bool
 
 	// wait is set while an expired timer waits for the adverts that were
 	// queued when it expired (see onTimer).
 	wait backlogWait
 
-	sent, received uint64
-	drops          dropCounts
-	transitions    []Transition
-	errs           []string
-	peerLog        *logLimiter // lines caused by received packets
-	errLog         *logLimiter // failure lines
+	stats stats
+	logs  logs
 
 	rx   chan received
 	ctl  chan func()
 	done chan struct{}
 }
 
+// timers are the instance's deadlines (RFC 9568 §6.1, and this
+// implementation's own); the zero time is a timer that is not running.
+type timers struct {
+	masterDown time.Time // Master_Down_Timer (Backup)
+	adver      time.Time // Adver_Timer (Master)
+	preempt    time.Time // preemption allowed from then (preempt_delay)
+	retry      time.Time // Fault without a source address: try again
+	lastForced time.Time // last answer to a lower-priority master
+}
+
+// heard is what a backup knows of the master from its adverts.
+type heard struct {
+	master netip.Addr
+	prio   uint8
+	at     time.Time // the last advert
+	left   time.Time // when the master sent priority 0
+}
+
+// handoff is a stopping master's way out: it keeps its VIPs until the new
+// master is heard, or holdUntil at the latest.
+type handoff struct {
+	active    bool // shutdown requested while master
+	to        netip.Addr
+	holdUntil time.Time // VIPs given up then at the latest
+	zeroAt    time.Time // priority 0 sent again then
+}
+
+// stats is what the instance reports in its Status.
+type stats struct {
+	sent, received uint64
+	drops          dropCounts
+	transitions    []Transition
+	errs           []string
+}
+
+// logs bound the lines an instance writes.
+type logs struct {
+	peer *logLimiter // lines caused by received packets
+	err  *logLimiter // failure lines
+}
+
 func newInstance(cfg Config, io instanceIO, clk clock.Clock, log *slog.Logger, m *Metrics, links map[string]bool) *Instance {
 	in := &Instance{
-		cfg:       cfg,
-		io:        io,
-		clock:     clk,
-		log:       log.With("instance", cfg.Name, "vrid", cfg.VRID, "interface", cfg.Interface, "family", cfg.Family().String()),
-		m:         m,
-		linkUp:    map[string]bool{},
-		installed: map[netip.Prefix]bool{},
-		blocked:   map[netip.Addr]bool{},
-		peerLog:   io.peerLog,
-		errLog:    newLogLimiter(errorLogEvery, errorLogBudget),
-		rx:        make(chan received, 256),
-		ctl:       make(chan func()),
-		done:      make(chan struct{}),
+		cfg:    cfg,
+		io:     io,
+		clock:  clk,
+		log:    log.With("instance", cfg.Name, "vrid", cfg.VRID, "interface", cfg.Interface, "family", cfg.Family().String()),
+		m:      m,
+		linkUp: map[string]bool{},
+		vips: vipBook{
+			installed: map[netip.Prefix]bool{},
+			blocked:   map[netip.Addr]bool{},
+		},
+		logs: logs{
+			peer: io.peerLog,
+			err:  newLogLimiter(errorLogEvery, errorLogBudget),
+		},
+		rx:   make(chan received, 256),
+		ctl:  make(chan func()),
+		done: make(chan struct{}),
 	}
-	if in.peerLog == nil {
-		in.peerLog = newLogLimiter(logEvery, peerLogBudget)
+	if in.logs.peer == nil {
+		in.logs.peer = newLogLimiter(logEvery, peerLogBudget)
 	}
 	in.setLinks(links)
 	in.m.state.WithLabelValues(in.labels()...).Set(float64(StateInit))
@@ -260,13 +288,13 @@ func (in *Instance) status() Status {
 		Family: in.cfg.Family().String(), Version: in.cfg.Version,
 		State: in.state, Since: in.since, Fault: in.fault, Priority: in.cfg.Priority,
 		Source: in.local, Peers: slices.Clone(in.cfg.Peers), VIPs: slices.Clone(in.cfg.VIPs),
-		VIPsInstalled: len(in.installed) > 0, Master: in.master, MasterPriority: in.masterPrio,
+		VIPsInstalled: len(in.vips.installed) > 0, Master: in.heard.master, MasterPriority: in.heard.prio,
 		AdvertInterval: Duration(in.cfg.Interval), MasterAdvertInterval: Duration(in.masterAdverInterval),
 		MasterDownInterval: Duration(in.masterDownInterval()), Preempt: in.cfg.Preempt,
-		LastAdvert: in.lastAdvert, AdvertsSent: in.sent, AdvertsReceived: in.received,
-		Transitions: slices.Clone(in.transitions), Errors: slices.Clone(in.errs),
+		LastAdvert: in.heard.at, AdvertsSent: in.stats.sent, AdvertsReceived: in.stats.received,
+		Transitions: slices.Clone(in.stats.transitions), Errors: slices.Clone(in.stats.errs),
 	}
-	s.Drops = in.drops.snapshot()
+	s.Drops = in.stats.drops.snapshot()
 	return s
 }
 
@@ -286,13 +314,13 @@ func (in *Instance) masterDownInterval() time.Duration {
 }
 
 func (in *Instance) preemptAllowed(now time.Time) bool {
-	return in.cfg.Preempt && !now.Before(in.preemptAt)
+	return in.cfg.Preempt && !now.Before(in.timers.preempt)
 }
 
 // start is the Startup event in Initialize (RFC 9568 §6.4.1), also taken
 // when a Fault clears.
 func (in *Instance) start(now time.Time) {
-	in.retryAt = time.Time{}
+	in.timers.retry = time.Time{}
 	if down := in.downLink(); down != "" {
 		in.enterFault(now, "link "+down+" is down")
 		return
@@ -300,12 +328,12 @@ func (in *Instance) start(now time.Time) {
 	local, err := in.resolveSource()
 	if err != nil {
 		in.enterFault(now, err.Error())
-		in.retryAt = now.Add(sourceRetry)
+		in.timers.retry = now.Add(sourceRetry)
 		return
 	}
 	in.local = local
 	in.fault = ""
-	in.lastAdvert, in.masterLeft = time.Time{}, time.Time{}
+	in.heard.at, in.heard.left = time.Time{}, time.Time{}
 	if in.cfg.Priority == PriorityOwner {
 		in.becomeMaster(now, "priority 255: address owner")
 		return
@@ -314,9 +342,9 @@ func (in *Instance) start(now time.Time) {
 	// (150)-(160): Master_Adver_Interval = Advertisement_Interval,
 	// Master_Down_Timer = Master_Down_Interval.
 	in.masterAdverInterval = in.cfg.Interval
-	in.masterDownAt = now.Add(in.masterDownInterval())
-	in.preemptAt = now.Add(in.cfg.PreemptDelay)
-	in.master, in.masterPrio = netip.Addr{}, 0
+	in.timers.masterDown = now.Add(in.masterDownInterval())
+	in.timers.preempt = now.Add(in.cfg.PreemptDelay)
+	in.heard.master, in.heard.prio = netip.Addr{}, 0
 	in.setState(now, StateBackup, "startup", 0)
 }
 
@@ -341,14 +369,14 @@ func (in *Instance) warmUp() {
 func (in *Instance) clearTimers() {
 	// vipRetryAt stays: a VIP that could not be removed on the way into
 	// Fault must still be retried there.
-	in.masterDownAt, in.adverAt, in.holdUntil, in.retryAt, in.zeroAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	in.timers.masterDown, in.timers.adver, in.handoff.holdUntil, in.timers.retry, in.handoff.zeroAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	in.garp = garpSchedule{}
 }
 
 // becomeMaster is (110)-(140) and (250)-(280): advertise, take the VIPs,
 // announce them.
 func (in *Instance) becomeMaster(now time.Time, reason string) {
-	in.masterDownAt, in.masterLeft = time.Time{}, time.Time{}
+	in.timers.masterDown, in.heard.left = time.Time{}, time.Time{}
 	in.sendAdvert(in.cfg.Priority)
 	in.installVIPs()
 	in.garp = garpSchedule{}
@@ -359,8 +387,8 @@ func (in *Instance) becomeMaster(now time.Time, reason string) {
 	if in.cfg.GARP.Refresh > 0 {
 		in.garp.refresh = now.Add(in.cfg.GARP.Refresh)
 	}
-	in.adverAt = now.Add(in.cfg.Interval)
-	in.master, in.masterPrio = in.local, in.cfg.Priority
+	in.timers.adver = now.Add(in.cfg.Interval)
+	in.heard.master, in.heard.prio = in.local, in.cfg.Priority
 	in.masterAdverInterval = in.cfg.Interval
 	took := in.clock.Now().Sub(now)
 	in.m.takeover.WithLabelValues(in.cfg.Name).Observe(took.Seconds())
@@ -381,7 +409,7 @@ func (in *Instance) becomeBackup(now time.Time, p Packet, adv Advertisement, rea
 	if in.cfg.LowerPriorityAdvert {
 		in.sendAdvert(in.cfg.Priority)
 	}
-	in.adverAt = time.Time{}
+	in.timers.adver = time.Time{}
 	in.garp = garpSchedule{}
 	// Master_Down_Timer runs from now, not from when the advert came: a
 	// master that yields to an advert that waited in its socket gives
@@ -404,9 +432,9 @@ func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 	if in.cfg.Version == 2 {
 		in.masterAdverInterval = in.cfg.Interval
 	}
-	in.masterDownAt = now.Add(in.masterDownInterval())
-	in.master, in.masterPrio, in.lastAdvert = p.Src, adv.Priority, now
-	in.masterLeft = time.Time{}
+	in.timers.masterDown = now.Add(in.masterDownInterval())
+	in.heard.master, in.heard.prio, in.heard.at = p.Src, adv.Priority, now
+	in.heard.left = time.Time{}
 }
 
 // shutdown is the Shutdown event: a master sends priority 0 (RFC 9568
@@ -420,13 +448,13 @@ func (in *Instance) shutdown(now time.Time) {
 		return
 	}
 	in.sendAdvert(PriorityStop)
-	in.adverAt = time.Time{}
+	in.timers.adver = time.Time{}
 	in.garp = garpSchedule{}
 	if in.cfg.HandoffHold {
-		in.stopping = true
-		in.holdUntil = now.Add(min(2*in.cfg.Interval, maxHold))
-		in.zeroAt = in.nextZero(now)
-		in.log.Info("shutting down: sent priority 0, holding VIPs until a new master advertises", "hold", in.holdUntil.Sub(now))
+		in.handoff.active = true
+		in.handoff.holdUntil = now.Add(min(2*in.cfg.Interval, maxHold))
+		in.handoff.zeroAt = in.nextZero(now)
+		in.log.Info("shutting down: sent priority 0, holding VIPs until a new master advertises", "hold", in.handoff.holdUntil.Sub(now))
 		return
 	}
 	in.finishStop(now, "shutdown")
@@ -445,7 +473,7 @@ func (in *Instance) shutdown(now time.Time) {
 // repeat would postpone its takeover.
 func (in *Instance) nextZero(now time.Time) time.Time {
 	next := now.Add(in.cfg.Interval)
-	if !next.Before(in.holdUntil) {
+	if !next.Before(in.handoff.holdUntil) {
 		return time.Time{}
 	}
 	return next
@@ -455,53 +483,53 @@ func (in *Instance) finishStop(now time.Time, reason string) {
 	took := in.releaseVIPs(now)
 	in.clearTimers()
 	in.setState(now, StateInit, reason, took)
-	in.stopping = false
+	in.handoff.active = false
 	in.stopped = true
 }
 
 // handleTimers fires every timer that is due at now.
 func (in *Instance) handleTimers(now time.Time) {
 	due := func(t time.Time) bool { return !t.IsZero() && !now.Before(t) }
-	if due(in.vipRetryAt) {
-		in.vipRetryAt = time.Time{}
+	if due(in.vips.retryAt) {
+		in.vips.retryAt = time.Time{}
 		in.reconcileVIPs(now)
 	}
 	switch in.state {
 	case StateBackup:
-		if due(in.masterDownAt) {
+		if due(in.timers.masterDown) {
 			reason := fmt.Sprintf("no advert for %v (Master_Down_Interval %v)", now.Sub(in.lastAdvertOr(in.since)).Round(time.Millisecond), in.masterDownInterval())
-			if !in.masterLeft.IsZero() {
-				reason = fmt.Sprintf("master %s sent priority 0 (Skew_Time %v)", in.master, in.skew())
+			if !in.heard.left.IsZero() {
+				reason = fmt.Sprintf("master %s sent priority 0 (Skew_Time %v)", in.heard.master, in.skew())
 			}
 			in.becomeMaster(now, reason)
 		}
 	case StateMaster:
-		if in.stopping {
-			if due(in.holdUntil) {
+		if in.handoff.active {
+			if due(in.handoff.holdUntil) {
 				reason := "shutdown: no new master within the hold time"
-				if in.handedTo.IsValid() {
-					reason = fmt.Sprintf("shutdown: handed off to %s", in.handedTo)
+				if in.handoff.to.IsValid() {
+					reason = fmt.Sprintf("shutdown: handed off to %s", in.handoff.to)
 				}
 				in.finishStop(now, reason)
 				return
 			}
-			if due(in.zeroAt) {
-				in.zeroAt = time.Time{}
-				if !in.handedTo.IsValid() {
+			if due(in.handoff.zeroAt) {
+				in.handoff.zeroAt = time.Time{}
+				if !in.handoff.to.IsValid() {
 					in.sendAdvert(PriorityStop)
-					in.zeroAt = in.nextZero(now)
+					in.handoff.zeroAt = in.nextZero(now)
 				}
 			}
 			return
 		}
-		if due(in.adverAt) {
+		if due(in.timers.adver) {
 			in.sendAdvert(in.cfg.Priority)
 			// Keep the cadence unless we fell behind by a whole interval.
-			next := in.adverAt.Add(in.cfg.Interval)
+			next := in.timers.adver.Add(in.cfg.Interval)
 			if !next.After(now) {
 				next = now.Add(in.cfg.Interval)
 			}
-			in.adverAt = next
+			in.timers.adver = next
 		}
 		if due(in.garp.second) {
 			in.garp.second = time.Time{}
@@ -515,7 +543,7 @@ func (in *Instance) handleTimers(now time.Time) {
 			in.runBurst(now)
 		}
 	case StateFault:
-		if due(in.retryAt) {
+		if due(in.timers.retry) {
 			in.start(now)
 		}
 	}
@@ -538,23 +566,23 @@ func (in *Instance) nextDeadline() (time.Time, bool) {
 	}
 	switch in.state {
 	case StateBackup:
-		awaited(in.masterDownAt)
+		awaited(in.timers.masterDown)
 	case StateMaster:
-		if in.stopping {
-			awaited(in.holdUntil)
-			awaited(in.zeroAt)
+		if in.handoff.active {
+			awaited(in.handoff.holdUntil)
+			awaited(in.handoff.zeroAt)
 			break
 		}
-		consider(in.adverAt)
+		consider(in.timers.adver)
 		consider(in.garp.second)
 		consider(in.garp.refresh)
 		if in.garp.rounds > 0 {
 			consider(in.garp.next)
 		}
 	case StateFault:
-		consider(in.retryAt)
+		consider(in.timers.retry)
 	}
-	consider(in.vipRetryAt)
+	consider(in.vips.retryAt)
 	return next, !next.IsZero()
 }
 
@@ -584,7 +612,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 	case !in.cfg.unicast() && !p.Dst.IsMulticast():
 		drop(DropUnexpectedUni)
 		return
-	case in.cfg.Priority == PriorityOwner && !in.stopping:
+	case in.cfg.Priority == PriorityOwner && !in.handoff.active:
 		// RFC 9568 §7.1: the owner discards adverts.
 		drop(DropOwner)
 		return
@@ -599,16 +627,16 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 			return
 		}
 	}
-	in.received++
+	in.stats.received++
 	in.m.received.WithLabelValues(in.cfg.Name).Inc()
 	in.checkAddresses(p, adv)
 
-	if in.stopping {
-		if adv.Priority != PriorityStop && !in.handedTo.IsValid() {
-			in.handedTo = p.Src
-			in.zeroAt = time.Time{}
-			if grace := now.Add(handoffGrace); grace.Before(in.holdUntil) {
-				in.holdUntil = grace
+	if in.handoff.active {
+		if adv.Priority != PriorityStop && !in.handoff.to.IsValid() {
+			in.handoff.to = p.Src
+			in.handoff.zeroAt = time.Time{}
+			if grace := now.Add(handoffGrace); grace.Before(in.handoff.holdUntil) {
+				in.handoff.holdUntil = grace
 			}
 		}
 		return
@@ -625,11 +653,11 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 			// lost; a repeat, or another leaving router, never
 			// postpones a takeover already due earlier (RFC 9568 would
 			// restart the timer; keepvip keeps the earlier one).
-			if at := came.Add(in.skew()); in.masterLeft.IsZero() || at.Before(in.masterDownAt) {
-				in.masterDownAt = at
+			if at := came.Add(in.skew()); in.heard.left.IsZero() || at.Before(in.timers.masterDown) {
+				in.timers.masterDown = at
 			}
-			if in.masterLeft.IsZero() {
-				in.masterLeft = came
+			if in.heard.left.IsZero() {
+				in.heard.left = came
 			}
 			in.logLimited(now, "prio0:"+p.Src.String(), "master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
@@ -645,7 +673,7 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 		if adv.Priority == PriorityStop {
 			// (705)-(715) another master is leaving: assert ourselves.
 			in.sendAdvert(in.cfg.Priority)
-			in.adverAt = now.Add(in.cfg.Interval)
+			in.timers.adver = now.Add(in.cfg.Interval)
 			return
 		}
 		switch c := p.Src.WithZone("").Compare(in.local.WithZone("")); {
@@ -658,11 +686,11 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 		}
 		// At most once per interval: a peer flooding lower-priority
 		// adverts must not turn each into an advert and a GARP burst.
-		if in.cfg.LowerPriorityAdvert && (in.lastForced.IsZero() || now.Sub(in.lastForced) >= in.cfg.Interval) {
-			in.lastForced = now
+		if in.cfg.LowerPriorityAdvert && (in.timers.lastForced.IsZero() || now.Sub(in.timers.lastForced) >= in.cfg.Interval) {
+			in.timers.lastForced = now
 			in.logLimited(now, "lower:"+p.Src.String(), "received advert from a lower-priority master, forcing a new election", "from", p.Src, "priority", adv.Priority)
 			in.sendAdvert(in.cfg.Priority)
-			in.adverAt = now.Add(in.cfg.Interval)
+			in.timers.adver = now.Add(in.cfg.Interval)
 			in.startBurst(now, in.cfg.GARP.LowerPriorityRepeat)
 		}
 	}
@@ -706,7 +734,7 @@ func (in *Instance) sendAdvert(prio uint8) {
 			in.fail("send", fmt.Errorf("sending advert to %s: %w", dst, err))
 			continue
 		}
-		in.sent++
+		in.stats.sent++
 		in.m.sent.WithLabelValues(in.cfg.Name).Inc()
 	}
 }
@@ -719,9 +747,9 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 	in.wait = backlogWait{}
 	in.since = now
 	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: Duration(took)}
-	in.transitions = append(in.transitions, tr)
-	if len(in.transitions) > maxTransitions {
-		in.transitions = slices.Delete(in.transitions, 0, len(in.transitions)-maxTransitions)
+	in.stats.transitions = append(in.stats.transitions, tr)
+	if len(in.stats.transitions) > maxTransitions {
+		in.stats.transitions = slices.Delete(in.stats.transitions, 0, len(in.stats.transitions)-maxTransitions)
 	}
 	in.m.state.WithLabelValues(in.labels()...).Set(float64(to))
 	if from != to {

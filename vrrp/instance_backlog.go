@@ -23,13 +23,13 @@ type backlogWait struct {
 func (in *Instance) awaitedTimer() time.Time {
 	switch in.state {
 	case StateBackup:
-		return in.masterDownAt
+		return in.timers.masterDown
 	case StateMaster:
-		if in.stopping {
-			if in.zeroAt.IsZero() || in.holdUntil.Before(in.zeroAt) {
-				return in.holdUntil
+		if in.handoff.active {
+			if in.handoff.zeroAt.IsZero() || in.handoff.holdUntil.Before(in.handoff.zeroAt) {
+				return in.handoff.holdUntil
 			}
-			return in.zeroAt
+			return in.handoff.zeroAt
 		}
 	}
 	return time.Time{}

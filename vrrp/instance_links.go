@@ -57,7 +57,7 @@ func (in *Instance) setLinks(links map[string]bool) {
 
 // handleLink takes a link change of a tracked interface.
 func (in *Instance) handleLink(now time.Time, name string, up bool) {
-	if !slices.Contains(in.cfg.tracked(), name) || in.stopping {
+	if !slices.Contains(in.cfg.tracked(), name) || in.handoff.active {
 		return
 	}
 	in.linkUp[name] = up

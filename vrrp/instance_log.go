@@ -20,12 +20,12 @@ type dropCounts struct {
 // countDrop counts a dropped packet for the status command. Safe from any
 // goroutine.
 func (in *Instance) countDrop(r DropReason) {
-	in.drops.mu.Lock()
-	defer in.drops.mu.Unlock()
-	if in.drops.n == nil {
-		in.drops.n = map[DropReason]uint64{}
+	in.stats.drops.mu.Lock()
+	defer in.stats.drops.mu.Unlock()
+	if in.stats.drops.n == nil {
+		in.stats.drops.n = map[DropReason]uint64{}
 	}
-	in.drops.n[r]++
+	in.stats.drops.n[r]++
 }
 
 func (d *dropCounts) get(r DropReason) uint64 {
@@ -62,7 +62,7 @@ func (in *Instance) debugLimited(now time.Time, key, msg string, args ...any) {
 }
 
 func (in *Instance) limited(now time.Time, level slog.Level, key, msg string, args ...any) bool {
-	ok, suppressed := in.peerLog.allow(now, key)
+	ok, suppressed := in.logs.peer.allow(now, key)
 	if suppressed > 0 {
 		logSuppressed(in.log, suppressed)
 	}
@@ -84,11 +84,11 @@ func (in *Instance) fail(op string, err error) {
 	in.m.errors.WithLabelValues(in.cfg.Name, op).Inc()
 	msg := op + ": " + err.Error()
 	now := in.clock.Now()
-	in.errs = append(in.errs, now.Format(time.RFC3339)+" "+msg)
-	if len(in.errs) > maxErrors {
-		in.errs = slices.Delete(in.errs, 0, len(in.errs)-maxErrors)
+	in.stats.errs = append(in.stats.errs, now.Format(time.RFC3339)+" "+msg)
+	if len(in.stats.errs) > maxErrors {
+		in.stats.errs = slices.Delete(in.stats.errs, 0, len(in.stats.errs)-maxErrors)
 	}
-	ok, suppressed := in.errLog.allow(now, msg)
+	ok, suppressed := in.logs.err.allow(now, msg)
 	if suppressed > 0 {
 		in.log.Warn("failure lines suppressed", "suppressed", suppressed, "window", errorLogEvery)
 	}

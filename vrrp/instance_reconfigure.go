@@ -13,7 +13,7 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 	old := in.cfg
 	in.cfg = cfg
 	in.setLinks(links)
-	if in.stopping || in.stopped {
+	if in.handoff.active || in.stopped {
 		return
 	}
 	if cfg.Source != old.Source && in.state != StateFault {
@@ -42,9 +42,9 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 		}
 		if vipsChanged || old.Priority != cfg.Priority || old.Interval != cfg.Interval {
 			in.sendAdvert(cfg.Priority)
-			in.adverAt = now.Add(cfg.Interval)
+			in.timers.adver = now.Add(cfg.Interval)
 		}
-		in.masterPrio = cfg.Priority
+		in.heard.prio = cfg.Priority
 		if cfg.GARP.Refresh != old.GARP.Refresh {
 			in.garp.refresh = time.Time{}
 			if cfg.GARP.Refresh > 0 {
@@ -56,17 +56,17 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 			in.becomeMaster(now, "priority raised to 255: address owner")
 			return
 		}
-		if old.Priority != cfg.Priority && in.masterDownAt.After(now) && in.masterLeft.IsZero() && !in.lastAdvert.IsZero() {
+		if old.Priority != cfg.Priority && in.timers.masterDown.After(now) && in.heard.left.IsZero() && !in.heard.at.IsZero() {
 			// Skew_Time depends on our priority. (After a priority 0
 			// the timer is Skew_Time itself and stays.)
-			in.masterDownAt = in.lastAdvert.Add(in.masterDownInterval())
+			in.timers.masterDown = in.heard.at.Add(in.masterDownInterval())
 		}
 	}
 }
 
 func (in *Instance) lastAdvertOr(t time.Time) time.Time {
-	if in.lastAdvert.IsZero() {
+	if in.heard.at.IsZero() {
 		return t
 	}
-	return in.lastAdvert
+	return in.heard.at
 }

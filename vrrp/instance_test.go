@@ -20,7 +20,7 @@ func mdi(prio int, adv time.Duration) time.Duration {
 func wantState(t *testing.T, r *simRouter, want State) {
 	t.Helper()
 	if r.in.state != want {
-		t.Fatalf("%s state = %v; want %v (transitions %+v)", r.in.cfg.Name, r.in.state, want, r.in.transitions)
+		t.Fatalf("%s state = %v; want %v (transitions %+v)", r.in.cfg.Name, r.in.state, want, r.in.stats.transitions)
 	}
 }
 
@@ -72,8 +72,8 @@ func TestOwnerBecomesMasterAtOnceAndDropsAdverts(t *testing.T) {
 	}
 	s.inject(r, "192.0.2.200", "224.0.0.18", Advertisement{Priority: 254})
 	wantState(t, r, StateMaster)
-	if r.in.drops.get(DropOwner) != 1 {
-		t.Errorf("owner drops = %v; want 1", r.in.drops.snapshot())
+	if r.in.stats.drops.get(DropOwner) != 1 {
+		t.Errorf("owner drops = %v; want 1", r.in.stats.drops.snapshot())
 	}
 }
 
@@ -86,8 +86,8 @@ func TestBackupFollowsMasterAndLearnsInterval(t *testing.T) {
 	if r.in.masterAdverInterval != 2*time.Second {
 		t.Fatalf("learned interval = %v; want 2s", r.in.masterAdverInterval)
 	}
-	if r.in.master != netip.MustParseAddr("192.0.2.2") {
-		t.Errorf("master = %v; want 192.0.2.2", r.in.master)
+	if r.in.heard.master != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("master = %v; want 192.0.2.2", r.in.heard.master)
 	}
 	s.runFor(7218750*time.Microsecond - time.Microsecond)
 	wantState(t, r, StateBackup)
@@ -139,8 +139,8 @@ func TestPreemption(t *testing.T) {
 			s.runFor(time.Second)
 		}
 		wantState(t, r, StateBackup)
-		if r.in.masterPrio != 50 {
-			t.Errorf("master priority = %d; want 50", r.in.masterPrio)
+		if r.in.heard.prio != 50 {
+			t.Errorf("master priority = %d; want 50", r.in.heard.prio)
 		}
 	})
 	t.Run("preempt_delay follows a lower master until it expires", func(t *testing.T) {
@@ -218,7 +218,7 @@ func TestMasterAnswersPriorityZeroAtOnce(t *testing.T) {
 		t.Fatalf("adverts in reply to priority 0 = %d; want 1", len(s.capture)-before)
 	}
 	// (715) Adver_Timer restarts from now.
-	if got := r.in.adverAt.Sub(s.clock.Now()); got != time.Second {
+	if got := r.in.timers.adver.Sub(s.clock.Now()); got != time.Second {
 		t.Errorf("next advert in %v; want 1s", got)
 	}
 	// Without LowerPriorityAdvert a lower master is simply discarded.
@@ -314,8 +314,8 @@ func TestLinkTracking(t *testing.T) {
 	s.runFor(10 * time.Second)
 	wantState(t, r, StateFault)
 	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 50})
-	if r.in.drops.get(DropInactive) != 1 {
-		t.Errorf("advert in fault not dropped as inactive: %v", r.in.drops.snapshot())
+	if r.in.stats.drops.get(DropInactive) != 1 {
+		t.Errorf("advert in fault not dropped as inactive: %v", r.in.stats.drops.snapshot())
 	}
 	// Own link down: nothing can be sent.
 	r.in.handleLink(s.clock.Now(), "uplink", true)
@@ -338,8 +338,8 @@ func TestUnicastChecks(t *testing.T) {
 	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.3", "224.0.0.18", Advertisement{Priority: 200})
-	if r.in.received != 1 || r.in.drops.get(DropNotPeer) != 1 || r.in.drops.get(DropUnexpectedMulti) != 1 {
-		t.Errorf("received %d drops %v; want 1 accepted, 1 not-peer, 1 unexpected-multicast", r.in.received, r.in.drops.snapshot())
+	if r.in.stats.received != 1 || r.in.stats.drops.get(DropNotPeer) != 1 || r.in.stats.drops.get(DropUnexpectedMulti) != 1 {
+		t.Errorf("received %d drops %v; want 1 accepted, 1 not-peer, 1 unexpected-multicast", r.in.stats.received, r.in.stats.drops.snapshot())
 	}
 	// Peers change at run time without a restart.
 	cfg := r.in.cfg
@@ -347,8 +347,8 @@ func TestUnicastChecks(t *testing.T) {
 	r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
 	s.inject(r, "192.0.2.9", "192.0.2.1", Advertisement{Priority: 200})
 	s.inject(r, "192.0.2.2", "192.0.2.1", Advertisement{Priority: 200})
-	if r.in.received != 2 || r.in.drops.get(DropNotPeer) != 2 {
-		t.Errorf("after peer change: received %d drops %v", r.in.received, r.in.drops.snapshot())
+	if r.in.stats.received != 2 || r.in.stats.drops.get(DropNotPeer) != 2 {
+		t.Errorf("after peer change: received %d drops %v", r.in.stats.received, r.in.stats.drops.snapshot())
 	}
 	// It sends one copy to each peer, by unicast.
 	s.runFor(10 * time.Second)
@@ -360,8 +360,8 @@ func TestUnicastChecks(t *testing.T) {
 	// A multicast instance drops unicast adverts.
 	m := s.add("192.0.2.4", nil)
 	s.inject(m, "192.0.2.2", "192.0.2.4", Advertisement{Priority: 200})
-	if m.in.drops.get(DropUnexpectedUni) != 1 {
-		t.Errorf("multicast instance drops = %v", m.in.drops.snapshot())
+	if m.in.stats.drops.get(DropUnexpectedUni) != 1 {
+		t.Errorf("multicast instance drops = %v", m.in.stats.drops.snapshot())
 	}
 }
 
@@ -373,8 +373,8 @@ func TestVersion2(t *testing.T) {
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: [8]byte([]byte("wrongpas"))})
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 2, Priority: 200, AuthType: 1, AuthData: auth, Interval: 2 * time.Second})
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Version: 3, Priority: 200})
-	if r.in.received != 1 || r.in.drops.get(DropAuth) != 1 || r.in.drops.get(DropIntervalMismatch) != 1 || r.in.drops.get(DropVersionMismatch) != 1 {
-		t.Fatalf("received %d drops %v", r.in.received, r.in.drops.snapshot())
+	if r.in.stats.received != 1 || r.in.stats.drops.get(DropAuth) != 1 || r.in.stats.drops.get(DropIntervalMismatch) != 1 || r.in.stats.drops.get(DropVersionMismatch) != 1 {
+		t.Fatalf("received %d drops %v", r.in.stats.received, r.in.stats.drops.snapshot())
 	}
 	// RFC 3768: Skew_Time = (256 − 100)/256 s, whatever the interval.
 	s.runFor(mdi(100, time.Second) - time.Microsecond)
@@ -444,8 +444,8 @@ func TestAddressListMismatchIsAcceptedAndCounted(t *testing.T) {
 	s := newSim(t)
 	r := s.add("192.0.2.1", nil)
 	s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200, Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.77")}})
-	if r.in.received != 1 || r.in.master != netip.MustParseAddr("192.0.2.2") {
-		t.Errorf("mismatched advert not followed: received %d master %v", r.in.received, r.in.master)
+	if r.in.stats.received != 1 || r.in.heard.master != netip.MustParseAddr("192.0.2.2") {
+		t.Errorf("mismatched advert not followed: received %d master %v", r.in.stats.received, r.in.heard.master)
 	}
 }
 
@@ -486,7 +486,7 @@ func TestElectionOnASegment(t *testing.T) {
 		wantState(t, b, StateBackup)
 		wantState(t, c, StateBackup)
 		// Kill the master right after it advertised.
-		s.runFor(a.in.adverAt.Sub(s.clock.Now()))
+		s.runFor(a.in.timers.adver.Sub(s.clock.Now()))
 		s.runFor(s.latency)
 		killed := s.clock.Now()
 		s.kill(a)
@@ -499,8 +499,8 @@ func TestElectionOnASegment(t *testing.T) {
 			t.Errorf("failover took %v after the last advert; want Master_Down_Interval %v", got, want)
 		}
 		wantState(t, c, StateBackup)
-		if c.in.master != b.addr {
-			t.Errorf("c follows %v; want %v", c.in.master, b.addr)
+		if c.in.heard.master != b.addr {
+			t.Errorf("c follows %v; want %v", c.in.heard.master, b.addr)
 		}
 	})
 	t.Run("equal priorities elect the highest address", func(t *testing.T) {
@@ -625,13 +625,13 @@ func TestFaultRetriesDoNotRewriteHistory(t *testing.T) {
 	r.in.start(s.clock.Now())
 	s.runFor(10 * sourceRetry)
 	faults := 0
-	for _, tr := range r.in.transitions {
+	for _, tr := range r.in.stats.transitions {
 		if tr.To == StateFault {
 			faults++
 		}
 	}
 	if faults != 1 {
-		t.Errorf("%d FAULT transitions after 10 failed retries; want 1: %+v", faults, r.in.transitions)
+		t.Errorf("%d FAULT transitions after 10 failed retries; want 1: %+v", faults, r.in.stats.transitions)
 	}
 }
 
@@ -669,8 +669,8 @@ func TestPriorityChangeInBackupKeepsTheRightTimer(t *testing.T) {
 		cfg := r.in.cfg
 		cfg.Priority = 90
 		r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
-		if !r.in.masterDownAt.After(s.clock.Now()) {
-			t.Fatalf("master down timer is in the past after a priority change: %v", r.in.masterDownAt.Sub(s.clock.Now()))
+		if !r.in.timers.masterDown.After(s.clock.Now()) {
+			t.Fatalf("master down timer is in the past after a priority change: %v", r.in.timers.masterDown.Sub(s.clock.Now()))
 		}
 	})
 	t.Run("after priority 0 the skew timer stays", func(t *testing.T) {
@@ -678,12 +678,12 @@ func TestPriorityChangeInBackupKeepsTheRightTimer(t *testing.T) {
 		r := s.add("192.0.2.1", nil)
 		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 200})
 		s.inject(r, "192.0.2.2", "224.0.0.18", Advertisement{Priority: 0})
-		want := r.in.masterDownAt
+		want := r.in.timers.masterDown
 		cfg := r.in.cfg
 		cfg.Priority = 90
 		r.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
-		if r.in.masterDownAt != want {
-			t.Errorf("priority change moved the Skew_Time timer by %v", r.in.masterDownAt.Sub(want))
+		if r.in.timers.masterDown != want {
+			t.Errorf("priority change moved the Skew_Time timer by %v", r.in.timers.masterDown.Sub(want))
 		}
 	})
 }
@@ -823,7 +823,7 @@ func TestHandoffSurvivesALostPriorityZero(t *testing.T) {
 			wantState(t, b, StateBackup)
 			// Stop right after an advert: the worst case without a
 			// repeat is then one interval plus skew.
-			s.runFor(a.in.adverAt.Sub(s.clock.Now()) + s.latency)
+			s.runFor(a.in.timers.adver.Sub(s.clock.Now()) + s.latency)
 			lost := 0
 			s.lose = func(w wirePacket, to int) bool {
 				if w.from == 0 && w.adv.Priority == 0 && lost == 0 {
@@ -929,7 +929,7 @@ func TestHandoffRepeatsAndHoldCap(t *testing.T) {
 		for range 100 {
 			s.runFor(5 * ms)
 			if c.in.state == StateMaster {
-				t.Fatalf("c became MASTER %v after the stop: %+v", s.clock.Now().Sub(stop), c.in.transitions)
+				t.Fatalf("c became MASTER %v after the stop: %+v", s.clock.Now().Sub(stop), c.in.stats.transitions)
 			}
 		}
 		wantState(t, b, StateMaster)

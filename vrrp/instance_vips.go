@@ -10,6 +10,14 @@ import (
 	"time"
 )
 
+// vipBook is what an instance holds of its VIPs.
+type vipBook struct {
+	installed map[netip.Prefix]bool // added by this instance
+	blocked   map[netip.Addr]bool   // filtered for Accept_Mode false
+	retryAt   time.Time             // an add or delete failed: try again then
+	backoff   time.Duration         // wait before the next retry; 0: vipRetry
+}
+
 // checkAddresses logs when an advert's address list differs from ours (RFC
 // 9568 §7.1 says MAY check, MUST log). keepalived drops such adverts; keepvip
 // accepts them, because the election must still see a single master while
@@ -32,7 +40,7 @@ func (in *Instance) checkAddresses(p Packet, adv Advertisement) {
 // accept packets sent to them.
 func (in *Instance) installVIPs() {
 	for _, p := range in.cfg.VIPs {
-		if in.installed[p] {
+		if in.vips.installed[p] {
 			continue
 		}
 		if in.mustFilter() && !in.blockVIP(p.Addr()) {
@@ -44,7 +52,7 @@ func (in *Instance) installVIPs() {
 			in.retryVIPs()
 			continue
 		}
-		in.installed[p] = true
+		in.vips.installed[p] = true
 	}
 }
 
@@ -53,32 +61,32 @@ func (in *Instance) installVIPs() {
 // vipRetryMax, so that a kernel that keeps refusing is not hammered and a
 // transient failure is still mended at once.
 func (in *Instance) retryVIPs() {
-	if !in.vipRetryAt.IsZero() {
+	if !in.vips.retryAt.IsZero() {
 		return
 	}
-	wait := max(in.vipBackoff, vipRetry)
-	in.vipRetryAt = in.clock.Now().Add(wait)
-	in.vipBackoff = min(2*wait, vipRetryMax)
+	wait := max(in.vips.backoff, vipRetry)
+	in.vips.retryAt = in.clock.Now().Add(wait)
+	in.vips.backoff = min(2*wait, vipRetryMax)
 }
 
 // reconcileVIPs retries what failed: a master adds the VIPs it lacks (and
 // announces them), any other state removes those it still holds.
 func (in *Instance) reconcileVIPs(now time.Time) {
 	defer func() {
-		if in.vipRetryAt.IsZero() {
-			in.vipBackoff = 0 // all done: the next failure waits vipRetry again
+		if in.vips.retryAt.IsZero() {
+			in.vips.backoff = 0 // all done: the next failure waits vipRetry again
 		}
 	}()
-	if in.state == StateMaster && !in.stopping {
+	if in.state == StateMaster && !in.handoff.active {
 		in.removeUnwanted()
-		missing := slices.ContainsFunc(in.cfg.VIPs, func(p netip.Prefix) bool { return !in.installed[p] })
+		missing := slices.ContainsFunc(in.cfg.VIPs, func(p netip.Prefix) bool { return !in.vips.installed[p] })
 		in.installVIPs()
 		if missing {
 			in.startBurst(now, in.cfg.GARP.Repeat)
 		}
 		return
 	}
-	if !in.stopping {
+	if !in.handoff.active {
 		in.releaseVIPs(now)
 	}
 }
@@ -90,7 +98,7 @@ func (in *Instance) reconcileVIPs(now time.Time) {
 // leave it on the interface for good, held by this node and by whichever
 // router is master.
 func (in *Instance) removeUnwanted() {
-	for p := range in.installed {
+	for p := range in.vips.installed {
 		if slices.Contains(in.cfg.VIPs, p) {
 			continue
 		}
@@ -99,22 +107,22 @@ func (in *Instance) removeUnwanted() {
 			in.retryVIPs()
 			continue
 		}
-		delete(in.installed, p)
+		delete(in.vips.installed, p)
 	}
 }
 
 // vipGone takes note that a VIP this router installed was removed by
 // someone else. A master puts it back at once and announces it.
 func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
-	if !in.installed[p] {
+	if !in.vips.installed[p] {
 		return
 	}
-	delete(in.installed, p)
+	delete(in.vips.installed, p)
 	if !slices.Contains(in.cfg.VIPs, p) {
 		return // no longer configured: its removal was due
 	}
 	in.fail("vip-removed", fmt.Errorf("VIP %s was removed from %s by another program", p, in.cfg.Interface))
-	if in.state == StateMaster && !in.stopping {
+	if in.state == StateMaster && !in.handoff.active {
 		in.reconcileVIPs(now)
 	}
 }
@@ -122,16 +130,16 @@ func (in *Instance) vipGone(now time.Time, p netip.Prefix) {
 // releaseVIPs removes the VIPs. One that cannot be removed is kept as
 // installed and retried, so that a backup never keeps answering for it.
 func (in *Instance) releaseVIPs(now time.Time) time.Duration {
-	for p := range in.installed {
+	for p := range in.vips.installed {
 		if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
 			in.fail("vip-delete", err)
 			in.retryVIPs()
 			continue
 		}
-		delete(in.installed, p)
+		delete(in.vips.installed, p)
 	}
 	keep := map[netip.Addr]bool{}
-	for p := range in.installed {
+	for p := range in.vips.installed {
 		keep[p.Addr()] = true
 	}
 	in.unblockAll(keep)
@@ -145,7 +153,7 @@ func (in *Instance) mustFilter() bool {
 }
 
 func (in *Instance) blockVIP(a netip.Addr) bool {
-	if in.blocked[a] {
+	if in.vips.blocked[a] {
 		return true
 	}
 	if in.io.filter == nil {
@@ -156,20 +164,20 @@ func (in *Instance) blockVIP(a netip.Addr) bool {
 		in.fail("filter", err)
 		return false
 	}
-	in.blocked[a] = true
+	in.vips.blocked[a] = true
 	return true
 }
 
 // unblockAll lets in packets to every filtered VIP not in keep.
 func (in *Instance) unblockAll(keep map[netip.Addr]bool) {
-	for a := range in.blocked {
+	for a := range in.vips.blocked {
 		if keep[a] {
 			continue
 		}
 		if err := in.io.filter.Unblock(a); err != nil {
 			in.fail("filter", err)
 		}
-		delete(in.blocked, a)
+		delete(in.vips.blocked, a)
 	}
 }
 
@@ -178,7 +186,7 @@ func (in *Instance) unblockAll(keep map[netip.Addr]bool) {
 func (in *Instance) syncFilter() {
 	keep := map[netip.Addr]bool{}
 	if in.mustFilter() {
-		for p := range in.installed {
+		for p := range in.vips.installed {
 			if in.blockVIP(p.Addr()) {
 				keep[p.Addr()] = true
 			}

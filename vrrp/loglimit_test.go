@@ -90,8 +90,8 @@ func TestFailedVIPRemovalBackoffIsBounded(t *testing.T) {
 		t.Errorf("VIP still on once the kernel lets it go: %v", r.vips.on)
 	}
 	// Mended, the next failure starts from vipRetry again.
-	if r.in.vipBackoff != 0 {
-		t.Errorf("backoff after success = %v; want reset", r.in.vipBackoff)
+	if r.in.vips.backoff != 0 {
+		t.Errorf("backoff after success = %v; want reset", r.in.vips.backoff)
 	}
 	t.Logf("%d attempts from %v to %v", len(f.attempts), f.attempts[0].Sub(start), f.attempts[len(f.attempts)-1].Sub(start))
 }

@@ -303,5 +303,5 @@ func (s *sim) sent(i int, after time.Time) []wirePacket {
 }
 
 func (r *simRouter) lastTransition() Transition {
-	return r.in.transitions[len(r.in.transitions)-1]
+	return r.in.stats.transitions[len(r.in.stats.transitions)-1]
 }

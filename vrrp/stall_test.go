@@ -429,7 +429,7 @@ func TestStalledStoppingMasterSeesTheNewMaster(t *testing.T) {
 				break
 			}
 			// The instance goroutine has ended: its state can be read.
-			tr := r.in.transitions[len(r.in.transitions)-1]
+			tr := r.in.stats.transitions[len(r.in.stats.transitions)-1]
 			if tr.To != StateInit || tr.Reason != "shutdown: handed off to 192.0.2.3" {
 				t.Errorf("last transition %+v; want INIT, handed off to 192.0.2.3", tr)
 			}
