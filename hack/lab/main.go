@@ -1,8 +1,10 @@
 // Command keepvip-lab runs keepvip in a network-namespace lab on this
-// machine: `demo` shows an election, a failover and a handoff as a client
-// sees them, then the Kubernetes path where a kube-apiserver is built; `bench` measures failover and handoff of keepvip and of
-// keepalived with the same settings. It needs root; everything it creates
-// is removed when it exits.
+// machine (the scenarios are in test/framework/scenario): `demo` shows an
+// election, a failover and a handoff as a client sees them, then the
+// Kubernetes path where a kube-apiserver is built; `bench` measures
+// failover and handoff of keepvip and of keepalived with the same
+// settings; `bgpbench` measures routes following VRRP through FRR. It
+// needs root; everything it creates is removed when it exits.
 package main
 
 import (
@@ -12,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keepvip/keepvip/test/framework/scenario"
 )
 
 func main() {
@@ -24,22 +28,22 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "demo":
-		if err = demo(ctx); err == nil {
-			err = kubeDemo(ctx)
+		if err = scenario.Demo(ctx); err == nil {
+			err = scenario.KubeDemo(ctx)
 		}
 	case "bench":
 		fs := flag.NewFlagSet("bench", flag.ExitOnError)
 		runs := fs.Int("runs", 10, "measured runs per case")
 		quick := fs.Bool("quick", false, "only the 100 ms cases")
 		fs.Parse(os.Args[2:])
-		err = bench(ctx, *runs, *quick)
+		err = scenario.Bench(ctx, *runs, *quick)
 	case "bgpbench":
 		fs := flag.NewFlagSet("bgpbench", flag.ExitOnError)
 		runs := fs.Int("runs", 10, "kill-and-restart cycles (two transitions each)")
 		fs.Parse(os.Args[2:])
-		err = bgpBench(ctx, *runs)
+		err = scenario.BGPBench(ctx, *runs)
 	case "announce": // run by bgpbench inside a node
-		err = announce(os.Args[2:])
+		err = scenario.Announce(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -1,4 +1,4 @@
-package main
+package scenario
 
 import (
 	"context"
@@ -39,7 +39,10 @@ type sample struct {
 	takeover time.Duration // new master's first advert
 }
 
-func bench(ctx context.Context, runs int, quick bool) error {
+// Bench measures failover and handoff of keepvip and of keepalived with
+// the same settings, runs times per case (quick: only 100 ms adverts), and
+// prints BENCH lines with keepalived's medians as the reference.
+func Bench(ctx context.Context, runs int, quick bool) error {
 	if runs < 1 {
 		return errors.New("bench: -runs must be at least 1")
 	}

@@ -1,4 +1,4 @@
-package main
+package scenario
 
 import (
 	"context"
@@ -19,12 +19,12 @@ import (
 	"github.com/keepvip/keepvip/vrrp"
 )
 
-// kubeDemo shows the Kubernetes path: a real API server, `kubectl apply
+// KubeDemo shows the Kubernetes path: a real API server, `kubectl apply
 // -k deploy/`, two nodes running keepvip with the ServiceAccount of
 // deploy/, the vip-configmap edited, a bad entry reported, the API
 // server stopped while a failover happens. It needs the API server
 // binaries (make kubebin); without them it says so and returns.
-func kubeDemo(ctx context.Context) error {
+func KubeDemo(ctx context.Context) error {
 	if _, err := kubetest.CachedBinaries(); err != nil {
 		if errors.Is(err, kubetest.ErrNotBuilt) {
 			fmt.Println("\nThe Kubernetes part of the demo needs a kube-apiserver: `make kubebin` builds one (several minutes, once).")

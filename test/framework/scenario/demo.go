@@ -1,4 +1,4 @@
-package main
+package scenario
 
 import (
 	"context"
@@ -27,7 +27,9 @@ func masterDown(prio int, adv time.Duration) time.Duration { return 3*adv + skew
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", msf(d)) }
 
-func demo(ctx context.Context) error {
+// Demo shows an election among three nodes, a failover and a handoff as a
+// client sees them, with `keepvip status` on the way.
+func Demo(ctx context.Context) error {
 	bin, err := lab.KeepvipBinary()
 	if err != nil {
 		return err

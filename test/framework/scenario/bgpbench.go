@@ -1,4 +1,4 @@
-package main
+package scenario
 
 import (
 	"context"
@@ -52,7 +52,12 @@ const bgpBenchFRR = `router bgp 65000
  neighbor 192.0.2.12 timers connect 1
 `
 
-func bgpBench(ctx context.Context, runs int) error {
+// BGPBench measures, runs times, how long FRR takes to follow a VRRP
+// transition announced over BGP, and how long 10,000 prefixes take to
+// reach it; it prints BENCH lines. The program must answer `announce
+// ARGS` with Announce: the 10,000 prefixes come from a speaker it runs
+// inside a node.
+func BGPBench(ctx context.Context, runs int) error {
 	if runs < 1 {
 		return errors.New("bgpbench: -runs must be at least 1")
 	}
@@ -239,9 +244,9 @@ func bgpBench(ctx context.Context, runs int) error {
 	return nil
 }
 
-// announce runs inside a node (keepvip-lab announce ...): it starts a
+// Announce runs inside a node (keepvip-lab announce ...): it starts a
 // speaker, waits for the session, and times n prefixes to the peer.
-func announce(args []string) error {
+func Announce(args []string) error {
 	fs := flag.NewFlagSet("announce", flag.ExitOnError)
 	n := fs.Int("n", 10000, "prefixes")
 	self := fs.String("self", "", "this node's address (router ID)")
