@@ -2,6 +2,24 @@
 // `keepvip run --config` reads, and the structured form the vip-configmap
 // carries. Parse is the one place it is decoded, defaulted and validated;
 // every problem is reported with the path of the field and the reason.
+//
+// It is also the one translation from the model to the engines' options:
+// Config.Desired gives each engine its part (vrrp.Config, balancer.Service,
+// lvs.Settings, the route exporter, the routes and announcements) in the
+// engine's own types. That translation lives here and not in the daemon
+// because validating a field is building what its engine will be given: a
+// configuration Parse accepts is one every engine takes. The daemon only
+// hands the parts over, adding what the running process knows.
+//
+// Where it sits:
+//
+//	vip-configmap ─► configmap ─┐
+//	Services, EndpointSlices ───┴─► internal/kube ─┐
+//	keepvip.yaml ─► config ────────────────────────┴─► config.Config
+//	  ─► Config.Desired ─► internal/daemon ─► vrrp, internal/balancer
+//	  (lvs, healthcheck), internal/announce (routes/bgp, routes/kernel)
+//	  ─► addresses, adverts, IPVS, routers; their Status back up through
+//	  internal/daemon's socket to `keepvip status`.
 package config
 
 import (
@@ -548,16 +566,6 @@ func (c *Config) validate() []error {
 
 func slotOfInstance(vc vrrp.Config) string {
 	return fmt.Sprintf("%s/%s/%d", vc.Interface, vc.Family(), vc.VRID)
-}
-
-// VRRP returns the virtual routers of a parsed Config.
-func (c *Config) VRRP() []vrrp.Config {
-	out := make([]vrrp.Config, 0, len(c.Instances))
-	for i := range c.Instances {
-		vc, _ := c.Instances[i].toVRRP("")
-		out = append(out, vc)
-	}
-	return out
 }
 
 // Check converts one instance, applying its defaults, and returns every

@@ -29,7 +29,7 @@ func TestParseFullExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse(testdata/full.yaml): %v", err)
 	}
-	got := c.VRRP()
+	got := c.Desired().VRRP
 	want0 := vrrp.DefaultConfig()
 	want0.Name = "web"
 	want0.Interface = "eth0"
@@ -72,7 +72,7 @@ func TestParseFullExample(t *testing.T) {
 
 	opt := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
 	if diff := cmp.Diff([]vrrp.Config{want0, want1, want2, want3}, got, opt); diff != "" {
-		t.Errorf("Parse(full.yaml).VRRP() mismatch (-want +got):\n%s", diff)
+		t.Errorf("Parse(full.yaml).Desired().VRRP mismatch (-want +got):\n%s", diff)
 	}
 
 	web := healthcheck.Check{Kind: healthcheck.HTTP, Interval: 2 * time.Second, Timeout: time.Second, Retries: 2,
@@ -94,11 +94,11 @@ func TestParseFullExample(t *testing.T) {
 			Reals: []lvs.RealServer{{Addr: netip.MustParseAddr("10.0.0.3"), Forward: lvs.TUN, Weight: 1}}},
 			Check: &fw, CheckPort: 443, OnUnhealthy: balancer.Remove},
 	}
-	if diff := cmp.Diff(wantLB, c.Balancer(), opt); diff != "" {
-		t.Errorf("Parse(full.yaml).Balancer() mismatch (-want +got):\n%s", diff)
+	if diff := cmp.Diff(wantLB, c.Desired().VirtualServers, opt); diff != "" {
+		t.Errorf("Parse(full.yaml).Desired().VirtualServers mismatch (-want +got):\n%s", diff)
 	}
-	if !c.IPVSRequired() || *c.KernelSettings().ConnReuseMode != 0 || c.KernelSettings().Conntrack != nil || !*c.KernelSettings().ExpireNodestConn {
-		t.Errorf("kernel settings = %+v", c.KernelSettings())
+	if !c.Desired().IPVSRequired || *c.Desired().Kernel.ConnReuseMode != 0 || c.Desired().Kernel.Conntrack != nil || !*c.Desired().Kernel.ExpireNodestConn {
+		t.Errorf("kernel settings = %+v", c.Desired().Kernel)
 	}
 }
 
@@ -321,7 +321,7 @@ func TestDefaultsAndDurations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := c.VRRP()[0]
+	v := c.Desired().VRRP[0]
 	if v.Name != "eth0-9" || v.Priority != 100 || !v.Preempt || v.Version != 3 || v.Interval != 250*time.Millisecond {
 		t.Errorf("defaults = %+v", v)
 	}
@@ -349,12 +349,12 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		// Whatever Parse accepts must be valid for the protocol.
-		for _, v := range c.VRRP() {
+		for _, v := range c.Desired().VRRP {
 			if errs := v.Validate(); len(errs) > 0 {
 				t.Fatalf("Parse accepted %q but vrrp rejects it: %v", data, errs)
 			}
 		}
-		for _, s := range c.Balancer() {
+		for _, s := range c.Desired().VirtualServers {
 			if errs := s.Validate(); len(errs) > 0 {
 				t.Fatalf("Parse accepted %q but the balancer rejects it: %v", data, errs)
 			}

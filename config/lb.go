@@ -121,40 +121,8 @@ type Kernel struct {
 	SendRedirects *bool `json:"sendRedirects,omitempty"`
 }
 
-// NATRealServers returns the IPv4 addresses of the real servers that
-// IPVS reaches by NAT, for the interfaces that need send_redirects off
-// (none if kernel.sendRedirects is true).
-func (c *Config) NATRealServers() []netip.Addr {
-	if c.RedirectsKept() {
-		return nil
-	}
-	return c.NATReals(false)
-}
-
-// RedirectsKept reports kernel.sendRedirects: true.
-func (c *Config) RedirectsKept() bool {
-	k := c.Kernel.SendRedirects
-	return k != nil && *k
-}
-
-// NATReals returns the IPv4 (v6 false) or IPv6 addresses of the real
-// servers that IPVS reaches by NAT.
-func (c *Config) NATReals(v6 bool) []netip.Addr {
-	seen := map[netip.Addr]bool{}
-	var out []netip.Addr
-	for _, s := range c.Balancer() {
-		for _, r := range s.Reals {
-			if r.Forward == lvs.NAT && r.Addr.Is6() == v6 && !seen[r.Addr] {
-				seen[r.Addr] = true
-				out = append(out, r.Addr)
-			}
-		}
-	}
-	return out
-}
-
-// KernelSettings converts the kernel section, with its defaults.
-func (c *Config) KernelSettings() lvs.Settings {
+// kernelSettings converts the kernel section, with its defaults.
+func (c *Config) kernelSettings() lvs.Settings {
 	t := func(b *bool) *bool {
 		if b == nil {
 			v := true
@@ -171,11 +139,6 @@ func (c *Config) KernelSettings() lvs.Settings {
 		NonLocalBind:            t(k.NonLocalBind),
 		ARPInterfaces:           k.ARPInterfaces,
 	}
-}
-
-// IPVSRequired reports whether keepvip must not start without IPVS.
-func (c *Config) IPVSRequired() bool {
-	return len(c.VirtualServers) > 0 && c.Kernel.IPVS != "optional"
 }
 
 func (c *Config) validateKernel() []error {
@@ -195,16 +158,6 @@ func (c *Config) validateKernel() []error {
 		}
 	}
 	return errs
-}
-
-// Balancer returns the virtual services of a parsed Config.
-func (c *Config) Balancer() []balancer.Service {
-	out := make([]balancer.Service, 0, len(c.VirtualServers))
-	for i := range c.VirtualServers {
-		s, _ := c.VirtualServers[i].toBalancer("")
-		out = append(out, s)
-	}
-	return out
 }
 
 func (c *Config) validateVirtualServers() []error {

@@ -130,13 +130,6 @@ type Exporter struct {
 	Kernel kernel.Options
 }
 
-// RouteExporter returns the exporter of a parsed Config, or nil without
-// routing.
-func (c *Config) RouteExporter() *Exporter {
-	e, _ := c.exporter()
-	return e
-}
-
 func (c *Config) exporter() (*Exporter, []error) {
 	r := c.Routing
 	if r == nil {
@@ -252,13 +245,6 @@ func (c *Config) exporter() (*Exporter, []error) {
 		bad("exporter", "%q: want bgp or kernel", r.Exporter)
 	}
 	return e, errs
-}
-
-// Announcements returns the VIPs whose routes follow VRRP states, for a
-// parsed Config with routing.
-func (c *Config) Announcements() []announce.VIP {
-	vips, _ := c.announcements()
-	return vips
 }
 
 // attrs returns a route's communities, local preference and MED: an
@@ -422,12 +408,6 @@ func (c *Config) announcements() ([]announce.VIP, []error) {
 	return out, errs
 }
 
-// StaticRoutes returns the routes of Routing.Static of a parsed Config.
-func (c *Config) StaticRoutes() []routes.Route {
-	out, _ := c.static()
-	return out
-}
-
 func (c *Config) static() ([]routes.Route, []error) {
 	r := c.Routing
 	if r == nil {
@@ -456,12 +436,6 @@ func (c *Config) static() ([]routes.Route, []error) {
 		out = append(out, rt)
 	}
 	return out, errs
-}
-
-// ECMPVIPs returns the ECMP VIPs of a parsed Config.
-func (c *Config) ECMPVIPs() []ECMP {
-	out, _ := c.ecmp()
-	return out
 }
 
 func (c *Config) ecmp() ([]ECMP, []error) {

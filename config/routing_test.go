@@ -28,12 +28,12 @@ func TestRoutingParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.RouteExporter()
+	e := c.Desired().Exporter
 	if e.Kind != "bgp" || e.BGP.ASN != 65001 || len(e.Peers) != 2 || e.Peers[0].HoldTime.String() != "9s" || e.Peers[0].GracefulRestart.String() != "2m0s" {
 		t.Fatalf("exporter %+v", e)
 	}
 	var got []string
-	for _, v := range c.Announcements() {
+	for _, v := range c.Desired().Announcements {
 		s := v.Instance + " " + v.Master.String()
 		if v.Backup != nil {
 			s += " | backup " + v.Backup.String()
@@ -130,7 +130,7 @@ func TestRoutingECMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, e := range c.ECMPVIPs() {
+	for _, e := range c.Desired().ECMP {
 		got = append(got, e.Device+" "+e.Addr.String()+" "+e.Route.String())
 	}
 	want := "lo 192.0.2.200/32 192.0.2.200/32 [65000:100] med 10\neth1 192.0.2.201/32 192.0.2.201/32 [65000:9] med 5"
@@ -161,7 +161,7 @@ func TestRoutingStatic(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, r := range c.StaticRoutes() {
+	for _, r := range c.Desired().StaticRoutes {
 		got = append(got, r.String())
 	}
 	want := "10.96.0.10/32 [65000:100] med 10\n198.51.100.0/24 [65000:100] med 10\n2001:db8:5::/64 via 2001:db8:1::11 [65000:100] med 10"

@@ -1,5 +1,8 @@
-// Package configmap reads the vip-configmap. It knows two forms, which may
-// be mixed in one ConfigMap:
+// Package configmap reads the vip-configmap into the model of package
+// config; internal/kube resolves what it names in the cluster (Services,
+// EndpointSlices, Nodes). It knows nothing of the API server: Parse takes
+// the ConfigMap's data and the last good entries. It knows two forms, which
+// may be mixed in one ConfigMap:
 //
 //   - kube-keepalived-vip's: each data key is an IPv4 VIP and its value
 //     "namespace/service", optionally followed by ":NAT" (the default) or

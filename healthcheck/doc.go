@@ -9,5 +9,7 @@
 // result, last change and reason (Results), answers whether a target is
 // healthy now (Healthy: the one record of health, which its owner reads
 // rather than keeping a copy), and reports changes of health
-// (Options.OnChange). It knows nothing of IPVS or Kubernetes.
+// (Options.OnChange). It knows nothing of IPVS or Kubernetes:
+// internal/balancer gives it the real servers and turns its results into
+// IPVS weights.
 package healthcheck

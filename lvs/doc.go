@@ -17,5 +17,6 @@
 // New checks that the kernel has IPVS first (moby/ipvs does not: it logs
 // and carries on) and names the missing module.
 //
-// The package knows nothing of Kubernetes, VRRP or health checks.
+// The package knows nothing of Kubernetes, VRRP or health checks:
+// internal/balancer drives the Director with the weights health allows.
 package lvs

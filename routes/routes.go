@@ -7,8 +7,8 @@
 //
 // An exporter is given the full set every time (Sync) and changes only
 // what differs; the same set twice changes nothing. Exporters know nothing
-// of VRRP or Kubernetes: the daemon decides which routes follow which
-// state.
+// of VRRP or Kubernetes: internal/announce decides which routes follow
+// which state, from what the daemon gives it.
 package routes
 
 import (

@@ -21,5 +21,7 @@
 // Every received packet that is not used is counted by DropReason, in the
 // keepvip_vrrp_packets_dropped_total metric and in the instance's Status.
 //
-// The package knows nothing of Kubernetes.
+// The package knows nothing of Kubernetes. The daemon gives the Manager
+// the instances of config.Desired; their Status goes up to `keepvip
+// status`, and their transitions to internal/announce.
 package vrrp

@@ -4,6 +4,9 @@
 // (longer AS path, lower local preference), so that routers already have
 // the backup's route when the master goes and switch at once.
 //
+// The daemon gives it the VIPs and routes of config.Desired and the
+// exporter (routes/bgp or routes/kernel); vrrp's transitions drive it.
+//
 // One goroutine (Run) owns the exporter: VRRP transitions and new
 // configurations only post to it, so the VRRP goroutines never wait on
 // BGP.

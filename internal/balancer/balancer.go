@@ -2,7 +2,9 @@
 // virtual services with their checks, keeps the health checker's targets
 // in line with them, and programs IPVS with the weights health allows
 // (an unhealthy real server drained to weight 0, or removed). Standalone
-// mode and the Kubernetes reconciler both feed it.
+// mode and the Kubernetes reconciler both feed it, through the daemon
+// (config.Desired.VirtualServers); its weights go to lvs, its health to
+// `keepvip status`.
 package balancer
 
 import (

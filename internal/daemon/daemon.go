@@ -1,7 +1,15 @@
-// Package daemon runs keepvip in standalone mode: it reads the configuration
-// file, keeps the VRRP instances in line with it (reloading on SIGHUP, keeping
-// the last good configuration when a new one is bad), and serves the status
-// socket and the metrics endpoint.
+// Package daemon is the running keepvip: it takes a configuration, from
+// the file (reloaded on SIGHUP) or from the reconciler of internal/kube,
+// translates it once (config.Config.Desired) and gives each engine its
+// part — vrrp.Manager the virtual routers, internal/balancer the virtual
+// servers and their health checks, internal/announce the routes — keeping
+// the last good configuration when a new one is bad. It adds only what
+// the process knows (the host's /proc/sys, loggers, the metrics registry,
+// preemption held while BGP sessions come up), and serves what comes back
+// up: the status socket behind `keepvip status` and `keepvip health`, and
+// the metrics endpoint.
+//
+// The drawing of the whole flow is in package config.
 package daemon
 
 import (
@@ -107,7 +115,7 @@ type daemon struct {
 	log     *slog.Logger
 	mgr     *vrrp.Manager
 	routing *routing
-	cfg     *config.Config // in force; owned by Run's goroutine
+	want    *config.Desired // in force; owned by Run's goroutine
 	// ECMP VIPs: the devices they are put on (true: holding them
 	// succeeded), and a kick when health changed what they can serve.
 	heldDevs map[string]bool
@@ -178,7 +186,8 @@ func Run(ctx context.Context, o Options) error {
 	reg.MustRegister(d.reloads, d.cfgErrs)
 	// Before the metrics listener opens: the cached configuration of
 	// Kubernetes mode may hold VIPs from the start.
-	d.refuseVIPs(vipsOf(cfg))
+	want := cfg.Desired()
+	d.refuseVIPs(want.VIPs())
 	// The one-keepvip-per-network-namespace lock lives in the state
 	// directory when there is one: on a node it outlives a pod (deploy/
 	// mounts it from the host), so that two pods on one node are one too
@@ -234,7 +243,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := d.mgr.Start(); err != nil {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
 	}
-	if err := d.startLB(cfg); err != nil {
+	if err := d.startLB(&want); err != nil {
 		if o.Kube == nil {
 			return errors.Join(err, d.mgr.Stop(), shutdownAll(servers))
 		}
@@ -242,14 +251,14 @@ func Run(ctx context.Context, o Options) error {
 		// cluster's configuration, when it comes, decides.
 		d.log.Error("the cached configuration needs IPVS", "err", err)
 	}
-	d.apply(cfg)
+	d.apply(&want)
 	d.mu.Lock()
 	// In Kubernetes mode, ready once a configuration from the cluster (or
 	// the cached one from before a restart) runs: a rolling update moves
 	// to the next node only then.
-	d.ready = o.Kube == nil || len(cfg.Instances) > 0 || len(cfg.VirtualServers) > 0
+	d.ready = o.Kube == nil || len(want.VRRP) > 0 || len(want.VirtualServers) > 0
 	d.mu.Unlock()
-	d.log.Info("keepvip running", "version", o.Version, "config", source, "instances", len(cfg.Instances))
+	d.log.Info("keepvip running", "version", o.Version, "config", source, "instances", len(want.VRRP))
 
 	recCtx, stopRec := context.WithCancel(context.Background())
 	defer stopRec()
@@ -277,13 +286,13 @@ func Run(ctx context.Context, o Options) error {
 		case u := <-kubeUpdates:
 			d.applyKube(u)
 		case <-d.ecmpKick:
-			if d.cfg != nil {
+			if d.want != nil {
 				d.announce()
 			}
 		case <-d.routing.retry:
-			if d.cfg != nil {
+			if d.want != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				if err := d.routing.apply(ctx, d.cfg); err != nil {
+				if err := d.routing.apply(ctx, d.want.Exporter); err != nil {
 					d.log.Error("starting routing again", "err", err)
 				} else if err := d.syncECMP(); err != nil {
 					d.log.Error("holding ECMP VIPs", "err", err)
@@ -291,7 +300,7 @@ func Run(ctx context.Context, o Options) error {
 				cancel()
 			}
 		case <-d.routing.ready:
-			if d.cfg != nil {
+			if d.want != nil {
 				d.log.Info("BGP sessions up (or waited long enough): instances preempt again")
 				if err := d.syncVRRP(); err != nil {
 					d.log.Error("letting instances preempt", "err", err)
@@ -372,19 +381,20 @@ func (d *daemon) reload() {
 		return
 	}
 	d.log.Info("configuration reloaded", "instances", len(cfg.Instances), "virtualServers", len(cfg.VirtualServers))
-	if err := d.startLB(cfg); err != nil {
+	want := cfg.Desired()
+	if err := d.startLB(&want); err != nil {
 		// IPVS is required by the new configuration and missing: the
 		// VRRP part applies, the virtual servers cannot.
 		d.log.Error("configuration needs IPVS", "err", err)
 	}
-	d.apply(cfg)
+	d.apply(&want)
 }
 
 // startLB opens IPVS the first time a configuration has virtual servers.
 // Without IPVS that is an error if the configuration requires it, and
 // otherwise load balancing is reported off.
-func (d *daemon) startLB(cfg *config.Config) error {
-	if d.lb != nil || len(cfg.VirtualServers) == 0 {
+func (d *daemon) startLB(want *config.Desired) error {
+	if d.lb != nil || len(want.VirtualServers) == 0 {
 		return nil
 	}
 	lb, err := startLB(d.log, d.reg, d.opts.StateDir, d.opts.ProcSys, d.kickECMP)
@@ -392,7 +402,7 @@ func (d *daemon) startLB(cfg *config.Config) error {
 		d.mu.Lock()
 		d.ipvs = ipvsUnavailable(err)
 		d.mu.Unlock()
-		if cfg.IPVSRequired() {
+		if want.IPVSRequired {
 			return fmt.Errorf("load balancing (kernel.ipvs: required): %w", err)
 		}
 		d.log.Warn(ipvsUnavailable(err) + " (kernel.ipvs: optional)")
@@ -404,16 +414,16 @@ func (d *daemon) startLB(cfg *config.Config) error {
 	return nil
 }
 
-// apply runs cfg. problems are the parts of the configuration that were
-// left out before it got here (Kubernetes mode); they are reported with
-// the errors of applying the rest.
-func (d *daemon) apply(cfg *config.Config, problems ...string) {
+// apply runs want: each engine is given its part. problems are the parts
+// of the configuration that were left out before it got here (Kubernetes
+// mode); they are reported with the errors of applying the rest.
+func (d *daemon) apply(want *config.Desired, problems ...string) {
 	d.reloads.WithLabelValues("ok").Inc()
 	// The VIPs that go stay refused until they are released.
-	next := vipsOf(cfg)
+	next := want.VIPs()
 	d.refuseVIPs(*d.vips.Load(), next)
 	defer d.refuseVIPs(next)
-	d.cfg = cfg
+	d.want = want
 	err := d.syncVRRP()
 	errs := slices.Clone(problems)
 	if err != nil {
@@ -425,18 +435,18 @@ func (d *daemon) apply(cfg *config.Config, problems ...string) {
 	switch {
 	case d.lb != nil:
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		if err := d.lb.apply(ctx, cfg); err != nil {
+		if err := d.lb.apply(ctx, want); err != nil {
 			errs = append(errs, strings.Split(err.Error(), "\n")...)
 			d.log.Error("applying virtual servers", "err", err)
 		}
 		cancel()
-	case len(cfg.VirtualServers) > 0:
+	case len(want.VirtualServers) > 0:
 		d.mu.Lock()
 		errs = append(errs, d.ipvs)
 		d.mu.Unlock()
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	if err := d.routing.apply(rctx, cfg); err != nil {
+	if err := d.routing.apply(rctx, want.Exporter); err != nil {
 		errs = append(errs, strings.Split(err.Error(), "\n")...)
 		d.log.Error("applying routing", "err", err)
 	}
@@ -474,7 +484,7 @@ func (d *daemon) syncECMP() error {
 func (d *daemon) holdECMP() error {
 	var errs []error
 	byDev := map[string][]netip.Prefix{}
-	for _, e := range d.cfg.ECMPVIPs() {
+	for _, e := range d.want.ECMP {
 		byDev[e.Device] = append(byDev[e.Device], e.Addr)
 	}
 	for dev := range d.heldDevs {
@@ -503,19 +513,17 @@ func (d *daemon) holdECMP() error {
 // changes call only this: the addresses do not change with them.
 func (d *daemon) announce() {
 	hasVS := map[netip.Addr]bool{}
-	for _, vs := range d.cfg.VirtualServers {
-		if a, err := netip.ParseAddr(vs.VIP); err == nil {
-			hasVS[a.Unmap()] = true
-		}
+	for _, vs := range d.want.VirtualServers {
+		hasVS[vs.Addr.Unmap()] = true
 	}
-	static := d.cfg.StaticRoutes()
-	for _, e := range d.cfg.ECMPVIPs() {
+	static := slices.Clone(d.want.StaticRoutes)
+	for _, e := range d.want.ECMP {
 		serving := !hasVS[e.Addr.Addr()] || (d.lb != nil && d.lb.bal.Serving(e.Addr.Addr()))
 		if d.heldDevs[e.Device] && serving {
 			static = append(static, e.Route)
 		}
 	}
-	d.routing.ctl.Set(d.cfg.Announcements(), static)
+	d.routing.ctl.Set(d.want.Announcements, static)
 }
 
 // releaseECMP removes the ECMP VIPs from their devices.
@@ -531,8 +539,8 @@ func (d *daemon) releaseECMP() {
 // syncVRRP runs the instances of the configuration in force. Until the
 // BGP sessions are up, they do not preempt (see routing.holdPreemption).
 func (d *daemon) syncVRRP() error {
-	cfgs := d.cfg.VRRP()
-	if d.routing.holdPreemption(d.cfg) {
+	cfgs := slices.Clone(d.want.VRRP)
+	if d.routing.holdPreemption(d.want.Exporter) {
 		held := false
 		for i := range cfgs {
 			held = held || cfgs[i].Preempt
@@ -700,36 +708,6 @@ func fileKind(m os.FileMode) string {
 		return "symbolic link"
 	}
 	return "file of mode " + m.Type().String()
-}
-
-// vipsOf returns every VIP of c: of its instances, virtual servers and
-// ECMP routes.
-func vipsOf(c *config.Config) map[netip.Addr]bool {
-	vips := map[netip.Addr]bool{}
-	add := func(s string) {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			vips[p.Addr().Unmap()] = true
-		} else if a, err := netip.ParseAddr(s); err == nil {
-			vips[a.Unmap()] = true
-		}
-	}
-	if c == nil {
-		return vips
-	}
-	for _, in := range c.Instances {
-		for _, v := range in.VIPs {
-			add(v)
-		}
-	}
-	for _, vs := range c.VirtualServers {
-		add(vs.VIP)
-	}
-	if c.Routing != nil {
-		for _, e := range c.Routing.ECMP {
-			add(e.VIP)
-		}
-	}
-	return vips
 }
 
 // refuseVIPs makes the union of sets the addresses the metrics listener

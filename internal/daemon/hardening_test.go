@@ -300,7 +300,7 @@ func TestEmptyConfigFile(t *testing.T) {
 
 // Every VIP keepvip holds or may hold is refused by the metrics
 // listener: of instances (held or not), virtual servers and ECMP routes.
-func TestVIPsOf(t *testing.T) {
+func TestDesiredVIPsRefused(t *testing.T) {
 	cfg, err := config.Parse([]byte(`instances:
 - {interface: eth0, vrid: 1, vips: [192.0.2.100/24, 192.0.2.101]}
 - {interface: eth0, vrid: 2, vips: ['fe80::2', '2001:db8::100/64']}
@@ -314,7 +314,8 @@ routing:
 		t.Fatal(err)
 	}
 	d := &daemon{}
-	d.refuseVIPs(vipsOf(cfg))
+	want := cfg.Desired()
+	d.refuseVIPs(want.VIPs())
 	for _, a := range []string{"192.0.2.100", "192.0.2.101", "fe80::2", "2001:db8::100", "198.51.100.7", "203.0.113.9", "::ffff:192.0.2.100"} {
 		if !d.onVIP(net.TCPAddrFromAddrPort(netip.MustParseAddrPort(net.JoinHostPort(a, "9742")))) {
 			t.Errorf("%s is not refused", a)

@@ -125,10 +125,11 @@ func saveKubeConfig(stateDir string, cfg *config.Config, history *configmap.Spec
 
 // applyKube applies a configuration from the reconciler.
 func (d *daemon) applyKube(u kube.Update) {
-	if err := d.startLB(u.Config); err != nil {
+	want := u.Config.Desired()
+	if err := d.startLB(&want); err != nil {
 		d.log.Error("the vip-configmap has virtual servers", "err", err)
 	}
-	d.apply(u.Config, u.Problems...)
+	d.apply(&want, u.Problems...)
 	if !u.Since.IsZero() {
 		d.toApplied.Observe(time.Since(u.Since).Seconds())
 	}

@@ -97,18 +97,18 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 }
 
 // apply sets the kernel settings and the virtual services of cfg.
-func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
-	ks := cfg.KernelSettings()
+func (lb *loadBalancer) apply(ctx context.Context, want *config.Desired) error {
+	ks := want.Kernel
 	ks.ProcSys = lb.procSys
-	if reals := cfg.NATRealServers(); len(reals) > 0 {
+	if reals := want.NATReals4; len(reals) > 0 && !want.RedirectsKept {
 		ifaces, err := connectedTo(reals, false)
 		if err != nil {
 			lb.log.Warn("finding the interfaces of NAT real servers, to turn ICMP redirects off there", "err", err)
 		}
 		ks.NoRedirects = ifaces
 	}
-	lb.setWarnings(natWarnings(cfg, connectedTo))
-	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, cfg.Balancer()))
+	lb.setWarnings(natWarnings(want, connectedTo))
+	return errors.Join(ks.Apply(), lb.bal.Sync(ctx, want.VirtualServers))
 }
 
 // natWarnings says where NAT real servers share a segment with this node
@@ -116,15 +116,15 @@ func (lb *loadBalancer) apply(ctx context.Context, cfg *config.Config) error {
 // kernel.sendRedirects: true, and IPv6, which has no such switch. If the
 // clients are on that segment too, the real servers learn from an ICMP
 // redirect to answer them directly, and their connections hang.
-func natWarnings(cfg *config.Config, connected func([]netip.Addr, bool) ([]string, error)) []string {
+func natWarnings(want *config.Desired, connected func([]netip.Addr, bool) ([]string, error)) []string {
 	var out []string
-	if cfg.RedirectsKept() {
-		if ifaces, _ := connected(cfg.NATReals(false), false); len(ifaces) > 0 {
+	if want.RedirectsKept {
+		if ifaces, _ := connected(want.NATReals4, false); len(ifaces) > 0 {
 			out = append(out, fmt.Sprintf("kernel.sendRedirects is true and IPv4 NAT real servers are on the segment of %s: "+
 				"clients on that segment too get answers that bypass IPVS and their connections hang (leave sendRedirects unset, or use DR)", strings.Join(ifaces, ", ")))
 		}
 	}
-	if ifaces, _ := connected(cfg.NATReals(true), true); len(ifaces) > 0 {
+	if ifaces, _ := connected(want.NATReals6, true); len(ifaces) > 0 {
 		out = append(out, fmt.Sprintf("IPv6 NAT real servers are on the segment of %s, and IPv6 has no switch for ICMP redirects: "+
 			"clients on that segment too get answers that bypass IPVS and their connections hang (put clients and real servers on different segments, or use DR)", strings.Join(ifaces, ", ")))
 	}

@@ -141,10 +141,9 @@ func (r *routing) transition(instance string, t vrrp.Transition) { r.ctl.Transit
 // exporter starts a new one; peers are updated in place. An exporter that
 // cannot start is tried again (see retry) without starting a new hold on
 // preemption.
-func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
+func (r *routing) apply(ctx context.Context, spec *config.Exporter) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	spec := cfg.RouteExporter()
 	if spec == nil || r.spec == nil || spec.Kind != r.spec.Kind || !reflect.DeepEqual(spec.BGP, r.spec.BGP) || spec.Kernel != r.spec.Kernel {
 		r.closeExporter()
 	}
@@ -180,7 +179,8 @@ func (r *routing) apply(ctx context.Context, cfg *config.Config) error {
 			r.table = t
 			r.ctl.SetExporter(t)
 		}
-		r.spec = spec
+		cp := *spec // spec belongs to the configuration in force
+		r.spec = &cp
 	}
 	var err error
 	if r.speaker != nil {
@@ -263,8 +263,7 @@ const preemptHoldMax = 30 * time.Second
 // later or never), so a node that took the VIPs over could not announce
 // them to every router, while the master it displaced withdraws them. It
 // still becomes master when there is none.
-func (r *routing) holdPreemption(cfg *config.Config) bool {
-	e := cfg.RouteExporter()
+func (r *routing) holdPreemption(e *config.Exporter) bool {
 	if e == nil || e.Kind != "bgp" {
 		return false
 	}

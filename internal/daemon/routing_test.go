@@ -65,7 +65,7 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("no retry %v after a failed start", retryEvery)
 		}
-		return r.apply(ctx, cfg)
+		return r.apply(ctx, cfg.Desired().Exporter)
 	}
 	readySignalled := func() bool {
 		select {
@@ -83,12 +83,12 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 	}
 
 	cfg := bgpConfig(t, 65001, port)
-	if err := r.apply(ctx, cfg); err == nil || !strings.Contains(err.Error(), "address already in use") {
+	if err := r.apply(ctx, cfg.Desired().Exporter); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("apply with port %d taken = %v; want address already in use", port, err)
 	}
 	start := clk.Now()
 	for elapsed := time.Duration(0); elapsed < preemptHoldMax; elapsed = clk.Now().Sub(start) {
-		if !r.holdPreemption(cfg) {
+		if !r.holdPreemption(cfg.Desired().Exporter) {
 			t.Fatalf("%v after the first attempt: preemption not held; want held for %v", elapsed, preemptHoldMax)
 		}
 		if err := waitRetry(cfg); err == nil {
@@ -98,7 +98,7 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 	if got := clk.Now().Sub(start); got != preemptHoldMax {
 		t.Fatalf("test steps reached %v; want exactly %v", got, preemptHoldMax)
 	}
-	if r.holdPreemption(cfg) {
+	if r.holdPreemption(cfg.Desired().Exporter) {
 		t.Errorf("%v after the first attempt, retried every %v: preemption still held; want let go after %v",
 			preemptHoldMax, retryEvery, preemptHoldMax)
 	}
@@ -111,7 +111,7 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 			t.Fatal("BGP started with its port taken")
 		}
 	}
-	if r.holdPreemption(cfg) {
+	if r.holdPreemption(cfg.Desired().Exporter) {
 		t.Errorf("%v after the first attempt: preemption held again", clk.Now().Sub(start))
 	}
 
@@ -120,11 +120,11 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 	// extend the hold.
 	drainReady()
 	cfg2 := bgpConfig(t, 65002, port)
-	if err := r.apply(ctx, cfg2); err == nil {
+	if err := r.apply(ctx, cfg2.Desired().Exporter); err == nil {
 		t.Fatal("BGP started with its port taken")
 	}
 	start2 := clk.Now()
-	if !r.holdPreemption(cfg2) {
+	if !r.holdPreemption(cfg2.Desired().Exporter) {
 		t.Error("a new BGP speaker: preemption not held")
 	}
 	taken.Close()
@@ -134,15 +134,15 @@ func TestBGPStartFailureDoesNotHoldPreemptionForever(t *testing.T) {
 	if s := r.status(ctx); s == nil || s.Exporter != "bgp" || len(s.Peers) != 1 {
 		t.Fatalf("status after the retry = %+v; want bgp with one peer", s)
 	}
-	if !r.holdPreemption(cfg2) {
+	if !r.holdPreemption(cfg2.Desired().Exporter) {
 		t.Error("BGP started, its session down, within the hold: preemption not held")
 	}
 	clk.Advance(start2.Add(preemptHoldMax).Sub(clk.Now()) - time.Millisecond)
-	if !r.holdPreemption(cfg2) {
+	if !r.holdPreemption(cfg2.Desired().Exporter) {
 		t.Error("1ms before the new hold ends: preemption not held")
 	}
 	clk.Advance(time.Millisecond)
-	if r.holdPreemption(cfg2) {
+	if r.holdPreemption(cfg2.Desired().Exporter) {
 		t.Errorf("%v after the new speaker's first attempt (started %v later): preemption still held", preemptHoldMax, retryEvery)
 	}
 	if !readySignalled() {

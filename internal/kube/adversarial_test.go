@@ -94,7 +94,7 @@ func TestAnIPv6PrefixIsLeftOutOnANodeWithoutIPv6(t *testing.T) {
 	good := reviewParse(t, map[string]string{configmap.StructuredKey: fmt.Sprintf(doc, "")}, nil)
 	c := w.cluster("node-c")
 	running, ps := Resolve(good, c, host)
-	if len(ps) != 0 || running.Routing == nil || len(running.Announcements()) != 1 {
+	if len(ps) != 0 || running.Routing == nil || len(running.Desired().Announcements) != 1 {
 		t.Fatalf("running: %+v %v", running, ps)
 	}
 	c.Previous = running
@@ -103,8 +103,8 @@ func TestAnIPv6PrefixIsLeftOutOnANodeWithoutIPv6(t *testing.T) {
 		t.Fatalf("parse: %v", pps)
 	}
 	cfg, ps := Resolve(spec, c, host)
-	if cfg.Routing == nil || len(cfg.Announcements()) != 1 {
-		t.Errorf("node-c: routing %v, announcements %v; want 10.0.0.60 still announced\nproblems %v", cfg.Routing != nil, cfg.Announcements(), ps)
+	if cfg.Routing == nil || len(cfg.Desired().Announcements) != 1 {
+		t.Errorf("node-c: routing %v, announcements %v; want 10.0.0.60 still announced\nproblems %v", cfg.Routing != nil, cfg.Desired().Announcements, ps)
 	}
 }
 

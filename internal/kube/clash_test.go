@@ -137,7 +137,7 @@ routing:
 		if got := strings.Join(cfg.Routing.Static, " "); got != "10.96.0.50/32 fd96::50/128 203.0.113.5/32" {
 			t.Errorf("%s: static %q", node, got)
 		}
-		if a := cfg.Announcements(); len(a) != 1 || a[0].Backup == nil || a[0].Backup.Prepend != 3 {
+		if a := cfg.Desired().Announcements; len(a) != 1 || a[0].Backup == nil || a[0].Backup.Prepend != 3 {
 			t.Errorf("%s: announcements %+v", node, a)
 		}
 	}
@@ -166,7 +166,7 @@ routing: {bgp: {asn: 65001, peers: [{address: 192.168.1.254, asn: 65000}]}}
 	if cfg == nil || len(cfg.Instances) != 1 || cfg.Routing == nil {
 		t.Fatalf("%+v %v", cfg, ps)
 	}
-	if a := cfg.Instances[0].Announce; a == nil || a.Mode != "none" || len(cfg.Announcements()) != 0 {
+	if a := cfg.Instances[0].Announce; a == nil || a.Mode != "none" || len(cfg.Desired().Announcements) != 0 {
 		t.Errorf("the IPv6 instance is announced: %+v", a)
 	}
 	if len(ps) != 1 || !strings.Contains(ps[0].Reason, "not announced: node node-c has no IPv6 address") {

@@ -3,6 +3,9 @@
 // them into the one configuration (package config) that the VRRP and IPVS
 // parts run. Those parts know nothing of Kubernetes; this package is the
 // only translator.
+//
+// Its configuration goes to internal/daemon, which runs it (the drawing of
+// the whole flow is in package config).
 package kube
 
 import (
