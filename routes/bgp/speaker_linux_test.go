@@ -99,12 +99,7 @@ func TestSpeakerWithFRR(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	lab.Require(t, "vtysh", lab.FRRBinary)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "vtysh", lab.FRRBinary)
 	r1, err := l.AddNode("r1", netip.MustParsePrefix("10.0.0.2/24"), netip.MustParsePrefix("fd00::2/64"))
 	if err != nil {
 		t.Fatal(err)
@@ -257,12 +252,7 @@ func TestSpeakerBadPeers(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	lab.Require(t, "vtysh", lab.FRRBinary)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "vtysh", lab.FRRBinary)
 	var frrs []*lab.FRR
 	for i, c := range []struct {
 		asn, peerASN int
@@ -342,12 +332,7 @@ func TestSpeakerIBGPWithBIRD(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	lab.Require(t, "bird", "birdc")
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "bird", "birdc")
 	r1, err := l.AddNode("bird", netip.MustParsePrefix("10.0.0.2/24"), netip.MustParsePrefix("fd00::2/64"))
 	if err != nil {
 		t.Fatal(err)

@@ -28,12 +28,7 @@ type cleanupNode struct {
 
 func newCleanupNode(t *testing.T) *cleanupNode {
 	t.Helper()
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t)
 	n, err := l.AddNode("a", netip.MustParsePrefix("192.0.2.11/24"), netip.MustParsePrefix("2001:db8::11/64"))
 	if err != nil {
 		t.Fatal(err)

@@ -20,12 +20,7 @@ import (
 // of another protocol in the same table, another nftables table. It
 // refuses while a keepvip runs. (IPVS services: test/ipvs.)
 func TestCleanupRemovesOnlyKeepvips(t *testing.T) {
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t)
 	n, err := l.AddNode("a", netip.MustParsePrefix("192.0.2.11/24"), netip.MustParsePrefix("2001:db8::11/64"))
 	if err != nil {
 		t.Fatal(err)

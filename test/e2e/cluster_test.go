@@ -85,16 +85,7 @@ type clCluster struct {
 // newClCluster builds a lab with nodes a, b, c and client.
 func newClCluster(t *testing.T) *clCluster {
 	t.Helper()
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	l := lab.ForTest(t)
 	c := &clCluster{t: t, l: l, nodes: map[string]*lab.Node{}, kv: map[string]*lab.Keepvip{}}
 	t.Cleanup(c.cleanup) // runs before the lab closes
 	for _, name := range []string{"a", "b", "c", "client"} {

@@ -118,12 +118,7 @@ type interopEnv struct {
 // and link-local: it is created second) is keepvip's if kvHigher.
 func interopSetup(t *testing.T, kvHigher bool, insts ...interopInst) *interopEnv {
 	t.Helper()
-	lab.Require(t, "keepalived")
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "keepalived")
 	e := &interopEnv{t: t, l: l, insts: insts}
 	add := func(name string, i int) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", i)),
@@ -139,6 +134,7 @@ func interopSetup(t *testing.T, kvHigher bool, insts ...interopInst) *interopEnv
 		e.kv, e.ka = add("kv", 1), add("ka", 2)
 	}
 	e.obs = add("obs", 9)
+	var err error
 	if e.w, err = lab.StartAdvertWatcher(e.obs); err != nil {
 		t.Fatal(err)
 	}

@@ -91,12 +91,7 @@ func frrNextHops(ctx context.Context, f *lab.FRR) (best string, all []string, er
 }
 
 func TestRoutedHA(t *testing.T) {
-	lab.Require(t, "vtysh", lab.FRRBinary, "bird", "birdc")
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "vtysh", lab.FRRBinary, "bird", "birdc")
 	add := func(name, addr string) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(addr+"/24"), netip.Prefix{})
 		if err != nil {
@@ -246,12 +241,7 @@ func TestRoutedHA(t *testing.T) {
 // ECMP: every node holds the VIP and announces it; FRR spreads over both;
 // a node that stops takes its path away.
 func TestRoutedECMP(t *testing.T) {
-	lab.Require(t, "vtysh", lab.FRRBinary)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "vtysh", lab.FRRBinary)
 	add := func(name, addr string) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(addr+"/24"), netip.Prefix{})
 		if err != nil {
@@ -350,12 +340,7 @@ routing:
 // where a BIRD on the same node learns it (to redistribute it); the route
 // leaves when keepvip stops.
 func TestRoutedKernelTable(t *testing.T) {
-	lab.Require(t, "bird", "birdc")
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "bird", "birdc")
 	a, err := l.AddNode("a", netip.MustParsePrefix("192.0.2.11/24"), netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)

@@ -18,12 +18,7 @@ import (
 // their IPVS virtual server has a healthy real server; one whose real
 // servers all fail disappears from BIRD's routes, and comes back with them.
 func TestECMPFollowsHealth(t *testing.T) {
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t)
 	add := func(name, v4 string) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
 		if err != nil {

@@ -128,12 +128,7 @@ func TestKubernetes(t *testing.T) {
 		}
 		rounds = n
 	}
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t)
 	add := func(name, v4 string) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
 		if err != nil {

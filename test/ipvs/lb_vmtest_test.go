@@ -188,12 +188,7 @@ kernel:
 `
 
 func TestLoadBalancing(t *testing.T) {
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t)
 	add := func(name, v4 string) *lab.Node {
 		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
 		if err != nil {
@@ -534,13 +529,8 @@ func TestCleanupKeepsOthersServices(t *testing.T) {
 // YAML list), and waits until it is master.
 func cleanupDirector(ctx context.Context, t *testing.T, first, vs string) (dir *lab.Node, k *lab.Keepvip, state string) {
 	t.Helper()
-	lab.Require(t)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	dir, err = l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
+	l := lab.ForTest(t)
+	dir, err := l.AddNode("director", netip.MustParsePrefix("192.0.2.10/24"), netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,12 +132,7 @@ func waitAddr(t *testing.T, n *lab.Node, a netip.Addr, want bool, timeout time.D
 }
 
 func TestKubernetesMode(t *testing.T) {
-	lab.Require(t, "ip")
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := lab.ForTest(t, "ip")
 	apiNode, err := l.AddNode("api", netip.MustParsePrefix("10.77.0.250/24"), netip.Prefix{})
 	if err != nil {
 		t.Fatal(err)

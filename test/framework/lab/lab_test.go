@@ -37,16 +37,7 @@ var (
 // newLab returns a lab closed when the test ends.
 func newLab(t *testing.T, commands ...string) *lab.Lab {
 	t.Helper()
-	lab.Require(t, commands...)
-	l, err := lab.New(t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
+	l := lab.ForTest(t, commands...)
 	return l
 }
 

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/keepvip/keepvip/test/framework/netnstest"
@@ -130,4 +131,22 @@ func EnsureTools(logf func(format string, args ...any), commands ...string) erro
 		}
 	}
 	return nil
+}
+
+// ForTest returns a new lab for t, closed when t ends (a lab that cannot
+// be cleaned up fails t). Where labs cannot run here, t is skipped or
+// failed as Require says.
+func ForTest(t testing.TB, commands ...string) *Lab {
+	t.Helper()
+	Require(t, commands...)
+	l, err := New(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("closing the lab: %v", err)
+		}
+	})
+	return l
 }
