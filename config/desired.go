@@ -46,8 +46,8 @@ type Desired struct {
 	ECMP          []ECMP
 }
 
-// Desired translates a parsed Config; on a Config that Parse or Validate
-// refused, the parts in error are left out.
+// Desired translates a Config that Parse (or Validate) accepted; the
+// daemon is given no other. On one they refused, the result is undefined.
 func (c *Config) Desired() Desired {
 	d := Desired{
 		VRRP:           make([]vrrp.Config, 0, len(c.Instances)),
@@ -73,7 +73,7 @@ func (c *Config) Desired() Desired {
 }
 
 // VIPs returns every address d serves: of its instances, virtual servers
-// and ECMP VIPs.
+// (not those by firewall mark, which have no address) and ECMP VIPs.
 func (d *Desired) VIPs() map[netip.Addr]bool {
 	vips := map[netip.Addr]bool{}
 	for _, vc := range d.VRRP {
@@ -82,7 +82,9 @@ func (d *Desired) VIPs() map[netip.Addr]bool {
 		}
 	}
 	for _, s := range d.VirtualServers {
-		vips[s.Addr.Unmap()] = true
+		if s.FWMark == 0 {
+			vips[s.Addr.Unmap()] = true
+		}
 	}
 	for _, e := range d.ECMP {
 		vips[e.Addr.Addr().Unmap()] = true

@@ -367,7 +367,7 @@ func (in *Instance) warmUp() {
 }
 
 func (in *Instance) clearTimers() {
-	// vipRetryAt stays: a VIP that could not be removed on the way into
+	// vips.retryAt stays: a VIP that could not be removed on the way into
 	// Fault must still be retried there.
 	in.timers.masterDown, in.timers.adver, in.handoff.holdUntil, in.timers.retry, in.handoff.zeroAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	in.garp = garpSchedule{}

@@ -514,7 +514,9 @@ func (d *daemon) holdECMP() error {
 func (d *daemon) announce() {
 	hasVS := map[netip.Addr]bool{}
 	for _, vs := range d.want.VirtualServers {
-		hasVS[vs.Addr.Unmap()] = true
+		if vs.FWMark == 0 {
+			hasVS[vs.Addr.Unmap()] = true
+		}
 	}
 	static := slices.Clone(d.want.StaticRoutes)
 	for _, e := range d.want.ECMP {

@@ -306,6 +306,8 @@ func TestDesiredVIPsRefused(t *testing.T) {
 - {interface: eth0, vrid: 2, vips: ['fe80::2', '2001:db8::100/64']}
 virtualServers:
 - {vip: 198.51.100.7, port: 80, realServers: [{address: 10.0.0.1}]}
+- {fwmark: 7, realServers: [{address: 10.0.0.1, port: 80}], healthCheck: {type: none}}
+- {fwmark: 8, family: ipv6, realServers: [{address: '2001:db8::7', port: 80}], healthCheck: {type: none}}
 routing:
   ecmp: [{vip: 203.0.113.9}]
   bgp: {asn: 65001, routerID: 192.0.2.1, nextHop6: "2001:db8::1", peers: [{address: 192.0.2.254, asn: 65000}]}
@@ -321,7 +323,8 @@ routing:
 			t.Errorf("%s is not refused", a)
 		}
 	}
-	for _, a := range []string{"192.0.2.1", "127.0.0.1", "2001:db8::1"} {
+	// A service by firewall mark has no address: the wildcards stay free.
+	for _, a := range []string{"192.0.2.1", "127.0.0.1", "2001:db8::1", "0.0.0.0", "::"} {
 		if d.onVIP(net.TCPAddrFromAddrPort(netip.MustParseAddrPort(net.JoinHostPort(a, "9742")))) {
 			t.Errorf("the node's address %s is refused", a)
 		}

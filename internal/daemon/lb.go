@@ -96,7 +96,7 @@ func startLB(log *slog.Logger, reg prometheus.Registerer, stateDir, procSys stri
 	return lb, nil
 }
 
-// apply sets the kernel settings and the virtual services of cfg.
+// apply sets the kernel settings and the virtual services of want.
 func (lb *loadBalancer) apply(ctx context.Context, want *config.Desired) error {
 	ks := want.Kernel
 	ks.ProcSys = lb.procSys

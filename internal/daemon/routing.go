@@ -136,7 +136,7 @@ func (r *routing) timers(ctx context.Context) {
 // transition is the VRRP manager's OnTransition.
 func (r *routing) transition(instance string, t vrrp.Transition) { r.ctl.Transition(instance, t) }
 
-// apply makes the exporter and the announced VIPs those of cfg. A change
+// apply makes the exporter that of spec (nil: none). A change
 // of the speaker's own identity (ASN, router ID, listening) or of the
 // exporter starts a new one; peers are updated in place. An exporter that
 // cannot start is tried again (see retry) without starting a new hold on
