@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,7 +98,13 @@ func (n *Node) startKeepvip(args []string) (*Keepvip, error) {
 	k := &Keepvip{node: n, socket: filepath.Join(n.lab.dir, "keepvip-"+n.Name+".sock")}
 	// env execs the daemon (same PID); a race-built daemon otherwise
 	// sleeps 1 s at exit (GORACE atexit_sleep_ms).
-	argv := append([]string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--status-socket", k.socket, "--log-level", "debug"}, args...)
+	argv := []string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--status-socket", k.socket, "--log-level", "debug"}
+	// The node's own state directory unless the test names one: the
+	// default, /var/lib/keepvip, is the host's.
+	if !slices.ContainsFunc(args, func(a string) bool { return a == "--state-dir" || strings.HasPrefix(a, "--state-dir=") }) {
+		argv = append(argv, "--state-dir", filepath.Join(n.lab.dir, "state-"+n.Name))
+	}
+	argv = append(argv, args...)
 	k.proc, err = n.Start("keepvip", argv...)
 	if err != nil {
 		return nil, err

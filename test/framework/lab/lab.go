@@ -486,8 +486,8 @@ func (l *Lab) Close() error {
 		// The marker keeps other labs' CleanupStale off it.
 		_ = os.WriteFile(filepath.Join(l.dir, keepMarker), nil, 0o644)
 		l.logf("lab %s: keeping %s (%s=1)", l.id, l.dir, EnvKeep)
-	} else if err := os.RemoveAll(l.dir); err != nil {
-		errs = append(errs, fmt.Errorf("removing lab dir: %w", err))
+	} else if err := removeDir(l.dir); err != nil {
+		errs = append(errs, err)
 	}
 	l.logf("lab %s: closed after %v", l.id, time.Since(l.start).Round(time.Millisecond))
 	l.quiet.Store(true)
@@ -588,10 +588,39 @@ func CleanupStale(logf func(format string, args ...any)) error {
 		}
 		if stalePID(filepath.Base(d)) {
 			logf("lab: removing stale directory %s", d)
-			if err := os.RemoveAll(d); err != nil {
+			if err := removeDir(d); err != nil {
 				errs = append(errs, err)
 			}
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeDir removes a lab directory after unmounting what is mounted
+// below it (deepest first, lazily): the frameworks built on labs mount
+// there (test/framework/kubenodes pins mount namespaces), and a test
+// killed before its cleanup leaves those mounts.
+func removeDir(dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var mounts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		// Field 5 is the mount point, with spaces and the like octal-escaped.
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			mounts = append(mounts, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	var errs []error
+	for _, m := range mounts {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", m, err))
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, fmt.Errorf("removing lab dir: %w", err))
 	}
 	return errors.Join(errs...)
 }
