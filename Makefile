@@ -13,7 +13,7 @@ LAB_PKGS := ./test/e2e/ ./test/framework/lab/ ./test/kube/
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/framework/lab$$ -e /test/vm -e /test/kube)
 FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse
 
-.PHONY: all build lab deps kubebin test vet fuzz demo bench clean
+.PHONY: all build image lab deps kubebin test vet fuzz demo bench clean
 
 all: build
 
@@ -22,6 +22,14 @@ deps:
 
 build:
 	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keepvip ./cmd/keepvip
+
+# keepvip's container image without Docker or a registry: an OCI image
+# layout archive with the static binary, the same contents as the
+# Dockerfile's. Load it with `ctr -n k8s.io images import
+# bin/keepvip-image.tar` (containerd) or `podman load -i ...`.
+IMAGE ?= keepvip:$(VERSION)
+image: build
+	@$(GO) run ./hack/image -binary bin/keepvip -ref '$(IMAGE)' -o bin/keepvip-image.tar
 
 # The end-to-end tests run a race-enabled daemon.
 bin/keepvip-race: $(shell git ls-files --cached --others --exclude-standard "*.go") go.mod go.sum
