@@ -8,9 +8,9 @@ RUNS ?= 10
 
 # Packages whose tests run with the race detector in parallel; the lab-based
 # suites run one package at a time because they measure timing.
-LAB_PKGS := ./test/e2e/ ./test/framework/lab/ ./test/kube/
+LAB_PKGS := ./test/e2e/ ./test/framework/lab/ ./test/kube/ ./test/nodes/
 # test/vm boots the VM and runs the IPVS tests there: see test-vm.
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/framework/lab$$ -e /test/vm -e /test/kube)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/framework/lab$$ -e /test/vm -e /test/kube -e /test/nodes)
 FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse
 
 .PHONY: all build image lab deps kubebin test vet fuzz demo bench clean
@@ -38,9 +38,10 @@ bin/keepvip-race: $(shell git ls-files --cached --others --exclude-standard "*.g
 lab:
 	@$(GO) build -o bin/keepvip-lab ./hack/lab
 
-# kube-apiserver and kubectl for the Kubernetes tests, built from
+# The Kubernetes binaries of the tests (kube-apiserver, kubectl, kubelet,
+# kube-controller-manager, kube-scheduler), built in one go build from
 # hack/kubebin (pinned Kubernetes) into ~/.cache/keepvip-kube: several
-# minutes the first time, a hash and two stats after.
+# minutes the first time, a hash and a few stats after.
 kubebin:
 	@$(GO) run ./test/framework/kubetest/cmd/kubebin >/dev/null
 

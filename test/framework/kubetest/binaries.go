@@ -21,6 +21,11 @@ type Bins struct {
 	APIServer string // kube-apiserver, built from hack/kubebin
 	Kubectl   string // kubectl, built from hack/kubebin
 	Etcd      string // etcd, from PATH (Debian package etcd-server)
+	// The real nodes' (Nodes): built from hack/kubebin with the two
+	// above, in the same go build.
+	Kubelet           string
+	ControllerManager string // kube-controller-manager
+	Scheduler         string // kube-scheduler
 }
 
 const (
@@ -73,9 +78,12 @@ func kubeVersion(gomod []byte) string {
 	return ""
 }
 
-var buildPkgs = []string{"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"}
+var buildPkgs = []string{
+	"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl",
+	"k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-controller-manager", "k8s.io/kubernetes/cmd/kube-scheduler",
+}
 
-// Binaries returns kube-apiserver and kubectl, building them from
+// Binaries returns the Kubernetes binaries, building them from
 // hack/kubebin into a per-version cache directory the first time (several
 // minutes cold), and etcd from PATH. A cached call costs a hash of
 // hack/kubebin's go.mod and go.sum and two stats. Concurrent callers, in
@@ -88,7 +96,7 @@ func Binaries(ctx context.Context) (Bins, error) {
 
 // ErrNotBuilt is CachedBinaries' error when the binaries are not in the
 // cache yet (make kubebin builds them).
-var ErrNotBuilt = errors.New("kube-apiserver and kubectl are not built yet (make kubebin)")
+var ErrNotBuilt = errors.New("the Kubernetes binaries are not built yet (make kubebin)")
 
 // CachedBinaries returns the binaries if they are in the cache, without
 // building them: for callers that show the Kubernetes side only where it
@@ -133,7 +141,9 @@ func locate() (location, error) {
 	}
 	dir := filepath.Join(base, key)
 	return location{
-		bins:   Bins{APIServer: filepath.Join(dir, "kube-apiserver"), Kubectl: filepath.Join(dir, "kubectl"), Etcd: etcd},
+		bins: Bins{APIServer: filepath.Join(dir, "kube-apiserver"), Kubectl: filepath.Join(dir, "kubectl"), Etcd: etcd,
+			Kubelet: filepath.Join(dir, "kubelet"), ControllerManager: filepath.Join(dir, "kube-controller-manager"),
+			Scheduler: filepath.Join(dir, "kube-scheduler")},
 		modDir: modDir, base: base, key: key, flags: flags,
 	}, nil
 }
@@ -174,7 +184,7 @@ func binaries(ctx context.Context, logf func(string, ...any)) (Bins, error) {
 	_ = os.RemoveAll(dir)
 
 	if logf != nil {
-		logf("building kube-apiserver and kubectl from %s into %s (a cold build takes several minutes)", modDir, dir)
+		logf("building the Kubernetes binaries from %s into %s (a cold build takes several minutes)", modDir, dir)
 	}
 	start := time.Now()
 	tmp, err := os.MkdirTemp(base, key+".tmp-")
@@ -195,13 +205,13 @@ func binaries(ctx context.Context, logf func(string, ...any)) (Bins, error) {
 		return Bins{}, fmt.Errorf("building kube binaries: moving them into the cache: %w", err)
 	}
 	if logf != nil {
-		logf("built kube-apiserver and kubectl in %s", time.Since(start).Round(100*time.Millisecond))
+		logf("built the Kubernetes binaries in %s", time.Since(start).Round(100*time.Millisecond))
 	}
 	return bins, nil
 }
 
 func built(b Bins) bool {
-	for _, p := range []string{b.APIServer, b.Kubectl} {
+	for _, p := range []string{b.APIServer, b.Kubectl, b.Kubelet, b.ControllerManager, b.Scheduler} {
 		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
 			return false
 		}

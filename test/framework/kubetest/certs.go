@@ -27,12 +27,25 @@ type pki struct {
 	saKeyFile  string // service-account token signing key (private; the public half is derived)
 	tokenFile  string // static tokens: the admin token
 	adminToken string
+	// With nodes (Options.Nodes): a client certificate for the API
+	// server's calls to kubelets, and tokens for the nodes (by name), the
+	// controller manager and the scheduler.
+	kubeletClientCert, kubeletClientKey string
+	tokens                              map[string]string
 }
+
+// Users of the static tokens besides the admin.
+const (
+	userControllerManager = "system:kube-controller-manager"
+	userScheduler         = "system:kube-scheduler"
+	kubeletClientUser     = "kube-apiserver-kubelet-client"
+)
 
 // writePKI generates a throwaway CA, a serving certificate for bind and
 // the usual in-cluster names, a service-account signing key and an admin
-// token, all ECDSA P-256 (fast to generate, accepted everywhere).
-func writePKI(dir string, bind netip.Addr) (*pki, error) {
+// token, all ECDSA P-256 (fast to generate, accepted everywhere); with
+// nodes, also what real nodes need (see pki).
+func writePKI(dir string, bind netip.Addr, nodes []string) (*pki, error) {
 	p := &pki{
 		caFile:    filepath.Join(dir, "ca.crt"),
 		certFile:  filepath.Join(dir, "apiserver.crt"),
@@ -93,11 +106,50 @@ func writePKI(dir string, bind netip.Addr) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok := make([]byte, 24)
-	if _, err := rand.Read(tok); err != nil {
+	token := func() (string, error) {
+		tok := make([]byte, 24)
+		_, err := rand.Read(tok)
+		return hex.EncodeToString(tok), err
+	}
+	if p.adminToken, err = token(); err != nil {
 		return nil, err
 	}
-	p.adminToken = hex.EncodeToString(tok)
+	// token,user,uid,"groups": system:masters bypasses RBAC.
+	tokens := fmt.Appendf(nil, "%s,kubetest-admin,kubetest-admin,\"system:masters\"\n", p.adminToken)
+	var clientCertPEM, clientKeyPEM []byte
+	if len(nodes) > 0 {
+		p.tokens = map[string]string{}
+		users := [][2]string{{userControllerManager, ""}, {userScheduler, ""}}
+		for _, n := range nodes {
+			// The Node authorizer takes a node by its user name and group.
+			users = append(users, [2]string{"system:node:" + n, "system:nodes"})
+		}
+		for _, u := range users {
+			t, err := token()
+			if err != nil {
+				return nil, err
+			}
+			p.tokens[u[0]] = t
+			tokens = fmt.Appendf(tokens, "%s,%s,%s,%q\n", t, u[0], u[0], u[1])
+		}
+		ck, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		cder, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+			SerialNumber: serial(),
+			Subject:      pkix.Name{CommonName: kubeletClientUser},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(7 * 24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, ca, ck.Public(), caKey)
+		if err != nil {
+			return nil, fmt.Errorf("creating the kubelet client certificate: %w", err)
+		}
+		p.kubeletClientCert, p.kubeletClientKey = filepath.Join(dir, "kubelet-client.crt"), filepath.Join(dir, "kubelet-client.key")
+		clientCertPEM, clientKeyPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}), mustKeyPEM(ck)
+	}
 
 	files := []struct {
 		path string
@@ -107,8 +159,13 @@ func writePKI(dir string, bind netip.Addr) (*pki, error) {
 		{p.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})},
 		{p.keyFile, mustKeyPEM(key)},
 		{p.saKeyFile, mustKeyPEM(saKey)},
-		// token,user,uid,"groups": system:masters bypasses RBAC.
-		{p.tokenFile, fmt.Appendf(nil, "%s,kubetest-admin,kubetest-admin,\"system:masters\"\n", p.adminToken)},
+		{p.tokenFile, tokens},
+	}
+	if len(nodes) > 0 {
+		files = append(files, []struct {
+			path string
+			data []byte
+		}{{p.kubeletClientCert, clientCertPEM}, {p.kubeletClientKey, clientKeyPEM}}...)
 	}
 	for _, f := range files {
 		if f.data == nil {

@@ -1,8 +1,10 @@
 // Package kubetest runs a real kube-apiserver backed by a real etcd for
-// integration tests: no kubelet, no controllers, no scheduler, just the API
-// with its authentication, RBAC, validation and storage.
+// integration tests: by default no kubelet, no controllers, no scheduler,
+// just the API with its authentication, RBAC, validation and storage; with
+// Options.Nodes, the controller manager and the scheduler too, and what
+// real kubelets need to join (test/framework/kubenodes runs those).
 //
-// kube-apiserver and kubectl are built from the nested module hack/kubebin
+// The Kubernetes binaries are built from the nested module hack/kubebin
 // (pinned Kubernetes version) and cached; etcd comes from PATH (Debian
 // package etcd-server). Both servers can run inside an `ip netns`
 // namespace, so that a test can put the API server on addresses a daemon
@@ -50,6 +52,14 @@ type Options struct {
 	NetNS string
 	// Logf receives progress messages; default: discarded.
 	Logf func(format string, args ...any)
+	// Nodes, if set, names the kubelets that will join (see
+	// test/framework/kubenodes): each gets a token (NodeKubeconfig), and
+	// the API server runs as it does for real nodes — Node and RBAC
+	// authorization, the NodeRestriction admission plugin, privileged
+	// pods allowed, kubelets reached by InternalIP with a client
+	// certificate (exec, logs) — with a controller manager and a
+	// scheduler.
+	Nodes []string
 }
 
 // Cluster is a running etcd and kube-apiserver.
@@ -63,8 +73,10 @@ type Cluster struct {
 	kubeconfig string
 
 	mu        sync.Mutex
-	etcd      *proc
-	apiserver *proc
+	etcd      *Process
+	apiserver *Process
+	kcm       *Process // kube-controller-manager, with Nodes
+	scheduler *Process // kube-scheduler, with Nodes
 	stopped   bool
 }
 
@@ -115,7 +127,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if d := time.Since(t0); d > time.Second {
 		opts.Logf("kube binaries ready in %s", d.Round(100*time.Millisecond))
 	}
-	if c.pki, err = writePKI(dir, opts.BindAddress); err != nil {
+	if c.pki, err = writePKI(dir, opts.BindAddress, opts.Nodes); err != nil {
 		return nil, fmt.Errorf("starting kube test cluster: generating certificates: %w", err)
 	}
 	if err := c.start(ctx); err != nil {
@@ -127,8 +139,74 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		_ = c.Stop()
 		return nil, err
 	}
+	if len(opts.Nodes) > 0 {
+		if err := c.startControllers(ctx); err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+	}
 	return c, nil
 }
+
+// startControllers lets the API server reach the kubelets (exec, logs,
+// port-forward: system:kubelet-api-admin for its client certificate) and
+// starts the controller manager and the scheduler.
+func (c *Cluster) startControllers(ctx context.Context) error {
+	if _, err := c.Kubectl(ctx, "create", "clusterrolebinding", "kubetest-apiserver-kubelet",
+		"--clusterrole=system:kubelet-api-admin", "--user="+kubeletClientUser); err != nil {
+		return fmt.Errorf("starting the controllers: %w", err)
+	}
+	d := c.opts.Dir
+	kcmKC, schedKC := filepath.Join(d, "kube-controller-manager.kubeconfig"), filepath.Join(d, "kube-scheduler.kubeconfig")
+	if err := errors.Join(
+		c.writeKubeconfig(kcmKC, c.URL(), userControllerManager, c.pki.tokens[userControllerManager]),
+		c.writeKubeconfig(schedKC, c.URL(), userScheduler, c.pki.tokens[userScheduler]),
+	); err != nil {
+		return fmt.Errorf("starting the controllers: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var err error
+	c.kcm, err = startProc("kube-controller-manager", c.opts.NetNS, filepath.Join(d, "kube-controller-manager.log"), []string{
+		c.bins.ControllerManager, "--kubeconfig=" + kcmKC, "--leader-elect=false", "--secure-port=0",
+		"--controllers=*", "--use-service-account-credentials=true",
+		"--service-account-private-key-file=" + c.pki.saKeyFile, "--root-ca-file=" + c.pki.caFile,
+		// Its default is a directory under /usr/libexec, which it creates.
+		"--flex-volume-plugin-dir=" + filepath.Join(d, "kcm-volume-plugins"),
+	})
+	if err != nil {
+		return err
+	}
+	c.scheduler, err = startProc("kube-scheduler", c.opts.NetNS, filepath.Join(d, "kube-scheduler.log"), []string{
+		c.bins.Scheduler, "--kubeconfig=" + schedKC, "--leader-elect=false", "--secure-port=0",
+	})
+	if err != nil {
+		return err
+	}
+	c.opts.Logf("kube-controller-manager and kube-scheduler started")
+	return nil
+}
+
+// NodeKubeconfig writes (once) and returns a kubeconfig for the kubelet of
+// node name, one of Options.Nodes.
+func (c *Cluster) NodeKubeconfig(name string) (string, error) {
+	tok, ok := c.pki.tokens["system:node:"+name]
+	if !ok {
+		return "", fmt.Errorf("node %s: not one of the cluster's nodes %v", name, c.opts.Nodes)
+	}
+	path := filepath.Join(c.opts.Dir, "node-"+name+".kubeconfig")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	return path, c.writeKubeconfig(path, c.URL(), "system:node:"+name, tok)
+}
+
+// CAFile is the path of the CA certificate (PEM): kubelets verify clients
+// with it.
+func (c *Cluster) CAFile() string { return c.pki.caFile }
+
+// Bins are the binaries the cluster runs.
+func (c *Cluster) Bins() Bins { return c.bins }
 
 func (c *Cluster) start(ctx context.Context) error {
 	c.mu.Lock()
@@ -204,7 +282,7 @@ func (c *Cluster) startEtcdLocked(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		_ = p.stop()
+		_ = p.Stop()
 		c.etcd = nil
 		return fmt.Errorf("starting etcd on %s: %w", client, err)
 	}
@@ -226,7 +304,6 @@ func (c *Cluster) startAPIServerLocked(ctx context.Context) error {
 		"--tls-private-key-file=" + c.pki.keyFile,
 		"--client-ca-file=" + c.pki.caFile,
 		"--token-auth-file=" + c.pki.tokenFile,
-		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + c.pki.saKeyFile,
 		"--service-account-signing-key-file=" + c.pki.saKeyFile,
@@ -238,6 +315,18 @@ func (c *Cluster) startAPIServerLocked(ctx context.Context) error {
 		// a single-user test server does not need.
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
+	}
+	if len(c.opts.Nodes) == 0 {
+		argv = append(argv, "--authorization-mode=RBAC")
+	} else {
+		argv = append(argv, "--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--allow-privileged=true",
+			"--kubelet-client-certificate="+c.pki.kubeletClientCert,
+			"--kubelet-client-key="+c.pki.kubeletClientKey,
+			// A node's Hostname address is this machine's name, the same
+			// on every node.
+			"--kubelet-preferred-address-types=InternalIP")
 	}
 	t0 := time.Now()
 	p, err := startProc("kube-apiserver", c.opts.NetNS, filepath.Join(d, "kube-apiserver.log"), argv)
@@ -253,12 +342,12 @@ func (c *Cluster) startAPIServerLocked(ctx context.Context) error {
 		_, err := get(ctx, hc, c.URL()+"/readyz", c.pki.adminToken)
 		return err
 	})
-	if err == nil && c.etcd.exited() {
+	if err == nil && c.etcd.Exited() {
 		// Our etcd died (lost its port?) while the apiserver came up.
-		err = fmt.Errorf("etcd exited (%v):\n%s", c.etcd.err, c.etcd.logTail())
+		err = fmt.Errorf("etcd exited (%v):\n%s", c.etcd.err, c.etcd.LogTail())
 	}
 	if err != nil {
-		_ = p.stop()
+		_ = p.Stop()
 		c.apiserver = nil
 		return fmt.Errorf("starting kube-apiserver on %s: %w", c.URL(), err)
 	}
@@ -305,15 +394,15 @@ func get(ctx context.Context, hc *http.Client, url, token string) (string, error
 // waitUntil polls check until it succeeds, p exits, ctx ends or timeout
 // passes. Errors carry the last check error and the tail of p's log, which
 // is where the reason a server did not come up is.
-func waitUntil(ctx context.Context, timeout time.Duration, p *proc, check func(context.Context) error) error {
+func waitUntil(ctx context.Context, timeout time.Duration, p *Process, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
-		if p.exited() {
-			tail := p.logTail()
+		if p.Exited() {
+			tail := p.LogTail()
 			err := fmt.Errorf("%s exited (%v); log %s:\n%s", p.name, p.err, p.logPath, tail)
 			if strings.Contains(tail, "address already in use") {
 				err = fmt.Errorf("%w: %w", errAddrInUse, err)
@@ -326,7 +415,7 @@ func waitUntil(ctx context.Context, timeout time.Duration, p *proc, check func(c
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not ready after %s (%v; last check: %v); log %s:\n%s",
-				timeout, context.Cause(ctx), last, p.logPath, p.logTail())
+				timeout, context.Cause(ctx), last, p.logPath, p.LogTail())
 		case <-p.done:
 		case <-tick.C:
 		}
@@ -430,7 +519,7 @@ func (c *Cluster) StopAPIServer() error {
 	if c.apiserver == nil {
 		return nil
 	}
-	err := c.apiserver.stop()
+	err := c.apiserver.Stop()
 	c.apiserver = nil
 	if err != nil {
 		return fmt.Errorf("stopping kube-apiserver: %w", err)
@@ -450,24 +539,25 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 		return errors.New("starting kube-apiserver: the cluster is stopped")
 	case c.apiserver != nil:
 		return errors.New("starting kube-apiserver: already running")
-	case c.etcd == nil || c.etcd.exited():
+	case c.etcd == nil || c.etcd.Exited():
 		return errors.New("starting kube-apiserver: etcd is not running")
 	}
 	return c.startAPIServerLocked(ctx)
 }
 
-// Stop kills kube-apiserver and etcd and waits for them to exit. It may be
-// called more than once. Files stay in Dir, which belongs to the caller.
+// Stop kills the controllers, kube-apiserver and etcd and waits for them
+// to exit. It may be called more than once. Files stay in Dir, which
+// belongs to the caller.
 func (c *Cluster) Stop() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stopped = true
 	var errs []error
-	for _, p := range []**proc{&c.apiserver, &c.etcd} {
+	for _, p := range []**Process{&c.scheduler, &c.kcm, &c.apiserver, &c.etcd} {
 		if *p == nil {
 			continue
 		}
-		errs = append(errs, (*p).stop())
+		errs = append(errs, (*p).Stop())
 		*p = nil
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -63,8 +63,9 @@ func netnsCommand(netns string, argv ...string) []string {
 	return append([]string{"ip", "netns", "exec", netns}, argv...)
 }
 
-// proc is a long-running child: etcd or kube-apiserver.
-type proc struct {
+// Process is a long-running child: etcd, kube-apiserver, a kubelet. It is
+// SIGKILLed if this process dies first.
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -74,9 +75,16 @@ type proc struct {
 
 // startProc starts argv (inside netns if set) with stdout and stderr
 // appended to logPath. It is not tied to a context: the process lives
-// until stop, or until this test process dies.
-func startProc(name, netns, logPath string, argv []string) (*proc, error) {
-	argv = netnsCommand(netns, argv...)
+// until Stop, or until this test process dies.
+func startProc(name, netns, logPath string, argv []string) (*Process, error) {
+	return StartProcess(name, logPath, netnsCommand(netns, argv...))
+}
+
+// StartProcess starts argv with stdout and stderr appended to logPath,
+// killed (SIGKILL) when this process dies. argv[0] must exec the program
+// in place (nsenter and `ip netns exec` do), so that the PID and the death
+// signal are the program's.
+func StartProcess(name, logPath string, argv []string) (*Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -88,7 +96,7 @@ func startProc(name, netns, logPath string, argv []string) (*proc, error) {
 	if err := startChild(cmd); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -96,7 +104,20 @@ func startProc(name, netns, logPath string, argv []string) (*proc, error) {
 	return p, nil
 }
 
-func (p *proc) exited() bool {
+// PID is the process's ID.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// LogPath is the file its output goes to.
+func (p *Process) LogPath() string { return p.logPath }
+
+// Done is closed when the process has exited and been reaped.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Exited reports whether the process has exited.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -105,14 +126,14 @@ func (p *proc) exited() bool {
 	}
 }
 
-// stop kills the process and waits, with a bound, until it is reaped.
+// Stop kills the process and waits, with a bound, until it is reaped.
 // SIGKILL, not SIGTERM: everything it wrote is scratch, and a graceful
 // kube-apiserver shutdown takes seconds for nothing.
-func (p *proc) stop() error {
-	if p.exited() {
+func (p *Process) Stop() error {
+	if p.Exited() {
 		return nil
 	}
-	if err := p.cmd.Process.Kill(); err != nil && !p.exited() {
+	if err := p.cmd.Process.Kill(); err != nil && !p.Exited() {
 		return fmt.Errorf("killing %s (pid %d): %w", p.name, p.cmd.Process.Pid, err)
 	}
 	select {
@@ -123,8 +144,8 @@ func (p *proc) stop() error {
 	}
 }
 
-// logTail is the end of the process's log, for error messages.
-func (p *proc) logTail() string {
+// LogTail is the end of the process's log, for error messages.
+func (p *Process) LogTail() string {
 	return fileTail(p.logPath, 40)
 }
 

@@ -1,0 +1,49 @@
+package kubenodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/keepvip/keepvip/test/framework/ociimage"
+)
+
+// KeepvipImage builds keepvip as make build does (static, -trimpath,
+// version stamped) and writes its image (ociimage.Keepvip) as ref into
+// dir. The race-enabled binary of the other suites cannot be used: it is
+// linked against the C library, which the image does not have.
+func KeepvipImage(ctx context.Context, dir, ref, version string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("building the keepvip image: finding the module: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("building the keepvip image: not inside keepvip's module")
+	}
+	bin := filepath.Join(dir, "keepvip-"+version)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version, "-o", bin, "./cmd/keepvip")
+	cmd.Dir = filepath.Dir(gomod)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the keepvip image: go build: %w\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		return "", err
+	}
+	files, cfg := ociimage.Keepvip(b)
+	path := filepath.Join(dir, "keepvip-"+version+".tar")
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := errors.Join(ociimage.Write(f, ref, files, cfg), f.Close()); err != nil {
+		return "", fmt.Errorf("building the keepvip image: %w", err)
+	}
+	return path, nil
+}
