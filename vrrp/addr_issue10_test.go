@@ -126,6 +126,10 @@ func TestAddrIssue10ReleaseKeepsForeignAddresses(t *testing.T) {
 							t.Fatal(err)
 						}
 						defer m.Stop()
+						// No instance claims them: the first Sync removes them.
+						if err := m.Sync(nil); err != nil {
+							t.Fatal(err)
+						}
 						mon.sync(t, va.Index)
 						mon.check(t, mark, "after the start-up cleanup", foreign, nil)
 						for _, n := range []string{"a1", "a2", "b1"} {

@@ -216,9 +216,51 @@ func (a *netlinkAddrs) missing() ([]addrKey, error) {
 	return out, nil
 }
 
-// pruneStale removes every address marked AddrProto: at startup no
-// instance holds a VIP yet, so any such address is left over from a
-// keepvip that did not stop cleanly.
+// listStale returns the addresses marked AddrProto that this process does
+// not own: what a keepvip that did not stop cleanly left.
+func (a *netlinkAddrs) listStale() (map[addrKey]bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[addrKey]bool{}
+	var errs []error
+	for _, fam := range []Family{IPv4, IPv6} {
+		addrs, err := listAddrs(a.sock, fam)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range addrs {
+			if key := (addrKey{e.ifindex, e.prefix}); e.proto == AddrProto && !a.owned[key] {
+				out[key] = true
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// removeStale removes the given addresses of listStale that are still not
+// owned by this process (an instance may have taken one over since).
+func (a *netlinkAddrs) removeStale(keys map[addrKey]bool) ([]netip.Prefix, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var removed []netip.Prefix
+	var errs []error
+	for key := range keys {
+		if a.owned[key] {
+			continue
+		}
+		if err := a.delAddr(key.ifindex, key.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("removing stale VIP %s: %w", key.prefix, err))
+			continue
+		}
+		removed = append(removed, key.prefix)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// pruneStale removes every address marked AddrProto that this process
+// does not own: what a keepvip that did not stop cleanly left (keepvip
+// cleanup).
 func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -92,6 +92,10 @@ type Instance struct {
 	handoff             handoff // a stopping master handing its VIPs over
 	linkUp              map[string]bool
 	stopped             bool
+	// inherited are this router's VIPs that an earlier keepvip left on the
+	// interface (it was master when it died); start decides what becomes
+	// of them.
+	inherited []netip.Prefix
 
 	// wait is set while an expired timer waits for the adverts that were
 	// queued when it expired (see onTimer).
@@ -338,6 +342,9 @@ func (in *Instance) start(now time.Time) {
 		in.becomeMaster(now, "priority 255: address owner")
 		return
 	}
+	if in.resume(now) {
+		return
+	}
 	in.warmUp()
 	// (150)-(160): Master_Adver_Interval = Advertisement_Interval,
 	// Master_Down_Timer = Master_Down_Interval.
@@ -442,8 +449,9 @@ func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 // HandoffHold is set.
 func (in *Instance) shutdown(now time.Time) {
 	if in.state != StateMaster {
+		took := in.releaseVIPs(now) // a backup still holding what it resumed with
 		in.clearTimers()
-		in.setState(now, StateInit, "shutdown", 0)
+		in.setState(now, StateInit, "shutdown", took)
 		in.stopped = true
 		return
 	}
@@ -459,6 +467,44 @@ func (in *Instance) shutdown(now time.Time) {
 	}
 	in.finishStop(now, "shutdown")
 }
+
+// resume decides what becomes of the VIPs an earlier keepvip left (it was
+// master when it died, and nothing since has removed them) and reports
+// whether the instance starts from them. The usual start — Backup, the VIPs
+// removed — would leave nobody holding them until the backups'
+// Master_Down_Interval ran out; the other routers may not even have
+// noticed the restart. So it keeps them and listens, as a backup, for one
+// Advertisement_Interval and its Skew_Time (resumeWait): a master elected
+// meanwhile advertises within that, and the election goes on as the RFC
+// says — a better master, or any master when preemption is off, is
+// followed and the VIPs go; a worse one is preempted at once when
+// preemption is on. If no master is heard, this router still is the
+// master as far as the others know (their Master_Down_Interval is three
+// intervals): it resumes, its VIPs never having left.
+func (in *Instance) resume(now time.Time) bool {
+	if len(in.inherited) == 0 {
+		return false
+	}
+	vips := in.inherited
+	in.inherited = nil
+	in.installVIPs() // takes them over, in place
+	in.vips.resumed = true
+	in.masterAdverInterval = in.cfg.Interval
+	in.timers.masterDown = now.Add(in.resumeWait())
+	in.timers.preempt = now.Add(in.cfg.PreemptDelay)
+	in.heard.master, in.heard.prio = netip.Addr{}, 0
+	in.log.Info("restarted with its VIPs in place: keeping them, listening for a master", "vips", vips, "for", in.resumeWait())
+	in.setState(now, StateBackup, "restarted holding its VIPs: listening for a master", 0)
+	return true
+}
+
+// resumeWait is how long a router that restarted holding its VIPs listens
+// for a master before it resumes (see resume).
+func (in *Instance) resumeWait() time.Duration { return in.cfg.Interval + in.skew() }
+
+// resuming reports whether the router is a backup that restarted holding
+// its VIPs and has not heard a master yet.
+func (in *Instance) resuming() bool { return in.state == StateBackup && in.vips.resumed }
 
 // nextZero returns when a stopping master sends priority 0 again, or zero
 // if that would not be before the hold ends. One priority 0 is all a
@@ -500,6 +546,9 @@ func (in *Instance) handleTimers(now time.Time) {
 			reason := fmt.Sprintf("no advert for %v (Master_Down_Interval %v)", now.Sub(in.lastAdvertOr(in.since)).Round(time.Millisecond), in.masterDownInterval())
 			if !in.heard.left.IsZero() {
 				reason = fmt.Sprintf("master %s sent priority 0 (Skew_Time %v)", in.heard.master, in.skew())
+			}
+			if in.resuming() && !in.heard.master.IsValid() {
+				reason = fmt.Sprintf("restarted holding its VIPs, and no master within %v: resumed", in.resumeWait())
 			}
 			in.becomeMaster(now, reason)
 		}
@@ -664,6 +713,19 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 		}
 		if !in.preemptAllowed(came) || adv.Priority >= in.cfg.Priority {
 			in.follow(came, p, adv)
+			if in.resuming() {
+				// Restarted holding its VIPs, it heard a master it
+				// does not preempt: the VIPs are that master's.
+				in.vips.resumed = false
+				in.releaseVIPs(now)
+				in.log.Info("restarted holding its VIPs: another router is master, VIPs released", "master", p.Src, "priority", adv.Priority)
+			}
+			return
+		}
+		if in.resuming() {
+			// A worse master was elected while it was down: preempt it
+			// now, with the VIPs it never gave up.
+			in.becomeMaster(now, fmt.Sprintf("restarted holding its VIPs: preempting %s (priority %d, ours %d)", p.Src, adv.Priority, in.cfg.Priority))
 			return
 		}
 		// (470) a lower-priority master: discard and let
@@ -740,6 +802,9 @@ func (in *Instance) sendAdvert(prio uint8) {
 }
 
 func (in *Instance) setState(now time.Time, to State, reason string, took time.Duration) {
+	if to != StateBackup {
+		in.vips.resumed = false
+	}
 	from := in.state
 	in.state = to
 	// A wait for queued adverts belongs to the timer of the state it

@@ -79,6 +79,8 @@ func (in *Instance) enterFault(now time.Time, reason string) {
 			in.sendAdvert(PriorityStop)
 		}
 		took = in.releaseVIPs(now)
+	} else if in.vips.resumed {
+		took = in.releaseVIPs(now) // kept from before a restart
 	}
 	in.clearTimers()
 	if in.state == StateFault && in.fault == reason {

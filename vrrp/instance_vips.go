@@ -16,6 +16,9 @@ type vipBook struct {
 	blocked   map[netip.Addr]bool   // filtered for Accept_Mode false
 	retryAt   time.Time             // an add or delete failed: try again then
 	backoff   time.Duration         // wait before the next retry; 0: vipRetry
+	// resumed: installed holds VIPs kept from before a restart while the
+	// router, a backup, listens for a master (Instance.resume).
+	resumed bool
 }
 
 // checkAddresses logs when an advert's address list differs from ours (RFC

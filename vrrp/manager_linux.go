@@ -280,6 +280,11 @@ type Manager struct {
 	links        linkWatcher
 	lockDir      string
 	lock         *netnsLock
+	// leftovers are the VIPs an earlier keepvip left here (marked
+	// AddrProto), found by Start and kept until the first Sync says whose
+	// they are: an instance that had them resumes with them (see
+	// Instance.start), the rest are removed. nil once dealt with.
+	leftovers map[addrKey]bool
 	// peerLog bounds the log lines that received packets cause, for the
 	// socket readers and every instance together.
 	peerLog *logLimiter
@@ -366,9 +371,13 @@ func NewManager(o Options) *Manager {
 
 // Start makes sure no other keepvip runs in this network namespace (it
 // takes the namespace's lock in Options.LockDir; see netnsLock), follows
-// links and addresses, and removes VIPs that a previous keepvip left behind
-// (marked with AddrProto): no instance holds a VIP before it has been
-// elected.
+// links and addresses, and finds the VIPs that a previous keepvip left
+// behind (marked with AddrProto). It does not remove them yet: a keepvip
+// that crashed and restarted while it was master still holds them, and
+// clients still reach it there; removing them would leave nobody holding
+// them until a backup's Master_Down_Interval ran out. The first Sync hands
+// each to the instance it belongs to, which resumes as master with it or
+// hands it off (Instance.start), and removes the others.
 func (m *Manager) Start() error {
 	lock, err := lockNetns(m.lockDir, m.log)
 	if err != nil {
@@ -384,7 +393,31 @@ func (m *Manager) Start() error {
 	if err := pruneFilter(); err != nil {
 		return err
 	}
-	removed, err := m.addrs.pruneStale()
+	left, err := m.addrs.listStale()
+	if err != nil {
+		return fmt.Errorf("looking for VIPs an earlier keepvip left: %w", err)
+	}
+	if len(left) > 0 {
+		var vips []netip.Prefix
+		for k := range left {
+			vips = append(vips, k.prefix)
+		}
+		m.log.Info("found VIPs left by an earlier keepvip; they stay until the configuration says whose they are", "vips", vips)
+	}
+	m.mu.Lock()
+	m.leftovers = left
+	m.mu.Unlock()
+	return nil
+}
+
+// settleLeftoversLocked removes the leftover VIPs no instance took over,
+// once: at the end of the first Sync, or at Stop without one.
+func (m *Manager) settleLeftoversLocked() error {
+	if m.leftovers == nil {
+		return nil
+	}
+	removed, err := m.addrs.removeStale(m.leftovers)
+	m.leftovers = nil
 	for _, p := range removed {
 		m.log.Warn("removed a VIP left behind by an earlier keepvip", "vip", p)
 	}
@@ -507,6 +540,7 @@ func (m *Manager) Sync(cfgs []Config) error {
 			errs = append(errs, fmt.Errorf("instance %q: %w", name, err))
 		}
 	}
+	errs = append(errs, m.settleLeftoversLocked())
 	return errors.Join(errs...)
 }
 
@@ -556,6 +590,12 @@ func (m *Manager) startLocked(c Config) error {
 	}
 	in := newInstance(c, io, m.clock, m.log, m.metrics, m.links.snapshot(c.tracked()))
 	in.onChange = m.onTransition
+	for _, p := range c.VIPs {
+		if key := (addrKey{ifi.Index, p}); m.leftovers[key] {
+			in.inherited = append(in.inherited, p)
+			delete(m.leftovers, key)
+		}
+	}
 	sock.mu.Lock()
 	sock.byVRID[c.VRID] = in
 	sock.mu.Unlock()
@@ -853,7 +893,7 @@ func (m *Manager) Stop() error {
 		delete(m.insts, name)
 	}
 	m.closeIdleLocked()
-	err := m.addrs.releaseAll()
+	err := errors.Join(m.settleLeftoversLocked(), m.addrs.releaseAll())
 	if err == nil {
 		// No VIP of keepvip's is left whose removal it could matter to.
 		err = m.addrs.restorePromote()

@@ -378,8 +378,9 @@ func TestManagerPrunesStaleAndChecksReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Stop()
-	if _, ok := hasAddr(t, va.Index, stale.Addr()); ok {
-		t.Error("stale VIP marked as keepvip's was not removed at start")
+	// Kept until the configuration says whose it is.
+	if _, ok := hasAddr(t, va.Index, stale.Addr()); !ok {
+		t.Error("a VIP an earlier keepvip left was removed before the first Sync")
 	}
 	// Bad instances are reported; good ones still start.
 	good := testConfig("good", "va", 60, "192.0.2.60/24")
@@ -390,6 +391,9 @@ func TestManagerPrunesStaleAndChecksReuse(t *testing.T) {
 		t.Fatal("Sync accepted a duplicate VRID and a missing interface")
 	}
 	t.Logf("Sync error (expected): %v", err)
+	if _, ok := hasAddr(t, va.Index, stale.Addr()); ok {
+		t.Error("the stale VIP, no instance's, was not removed by the first Sync")
+	}
 	waitState(t, m, "good", StateMaster)
 	if n := len(m.Status()); n != 1 {
 		t.Errorf("%d instances running; want 1", n)
@@ -952,5 +956,50 @@ func TestManagerLogFloodFromSpoofedSources(t *testing.T) {
 	}
 	if n := after - before; n > 60 {
 		t.Errorf("%d log records for %d adverts from distinct sources; want at most 60", n, sources)
+	}
+}
+
+// A VIP an earlier keepvip left (it died as master) is its instance's
+// again after a restart: the instance, hearing no other master, resumes as
+// master with it in place, and it is never removed; a leftover no
+// instance claims goes at the first Sync.
+func TestManagerResumesWithLeftoverVIPs(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, _ := vethPair(t)
+	mine := netip.MustParsePrefix("192.0.2.70/24")
+	other := netip.MustParsePrefix("192.0.2.71/32")
+	for _, p := range []netip.Prefix{mine, other} {
+		if err := addrRequest(nil, 0x14 /* RTM_NEWADDR */, 0x400|0x200, va.Index, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := NewManager(Options{Logger: discard()})
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	if err := m.Sync([]Config{testConfig("vi", "va", 70, mine.String())}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "vi", StateMaster)
+	st := m.Status()
+	if len(st) != 1 || len(st[0].Transitions) != 2 || !strings.Contains(st[0].Transitions[0].Reason, "listening for a master") ||
+		!strings.Contains(st[0].Transitions[1].Reason, "resumed") {
+		t.Fatalf("status %+v; want vi BACKUP listening, then MASTER resumed", st)
+	}
+	if _, ok := hasAddr(t, va.Index, mine.Addr()); !ok {
+		t.Error("the instance's own leftover VIP was removed")
+	}
+	if _, ok := hasAddr(t, va.Index, other.Addr()); ok {
+		t.Error("a leftover VIP no instance has was kept")
+	}
+	// It is the instance's now: a stop removes it.
+	if err := m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := hasAddr(t, va.Index, mine.Addr()); ok {
+		t.Error("the resumed VIP stayed after Stop")
 	}
 }

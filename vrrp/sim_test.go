@@ -170,6 +170,17 @@ func (h *countingHandler) total() (int, map[string]int) {
 
 // add creates a router from cfg at address addr; it starts at once.
 func (s *sim) add(addr string, mod func(*Config)) *simRouter {
+	return s.addRouter(addr, mod, false)
+}
+
+// addRestarted adds a router whose VIPs an earlier run left in place: it
+// was master when its keepvip died (Manager.Start finds them, Sync hands
+// them over).
+func (s *sim) addRestarted(addr string, mod func(*Config)) *simRouter {
+	return s.addRouter(addr, mod, true)
+}
+
+func (s *sim) addRouter(addr string, mod func(*Config), restarted bool) *simRouter {
 	cfg := DefaultConfig()
 	cfg.Name = fmt.Sprintf("r%d", len(s.routers))
 	cfg.Interface = "eth0"
@@ -193,6 +204,12 @@ func (s *sim) add(addr string, mod func(*Config)) *simRouter {
 		source: func(*Config) (netip.Addr, error) { return r.addr, nil },
 	}
 	r.in = newInstance(cfg, io, s.clock, discard(), NewMetrics(nil), map[string]bool{"eth0": true})
+	if restarted {
+		for _, p := range cfg.VIPs {
+			r.vips.on[p] = true
+		}
+		r.in.inherited = slices.Clone(cfg.VIPs)
+	}
 	s.routers = append(s.routers, r)
 	r.in.start(s.clock.Now())
 	return r

@@ -680,8 +680,9 @@ func TestFaultPausedMaster(t *testing.T) {
 // leaves its VIPs behind) and starts it again, with an operator's
 // addresses in the VIPs' subnets of both families, added before keepvip
 // took the VIPs and after: the backup takes over within its
-// Master_Down_Interval, the restarted master removes what it left and
-// takes the VIPs back, and the operator's addresses stay throughout.
+// Master_Down_Interval, the restarted master resumes with the VIPs it left
+// (it has the higher priority: b yields), and the operator's addresses stay
+// throughout.
 func TestFaultCrashRestart(t *testing.T) {
 	c := newClCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*clWait)
@@ -745,8 +746,8 @@ func TestFaultCrashRestart(t *testing.T) {
 		c.wantReachedVia(adVIPs4[0].Addr(), "a")
 		// The client's longest outage in the round, from the kill to a
 		// master again: a's kernel answers for the VIPs it left until
-		// b's gratuitous ARP moves the client, the restarted a removes
-		// them while b holds them, and takes them back with its own.
+		// b's gratuitous ARP moves the client, and the restarted a
+		// resumes with them and moves the client back with its own.
 		wctx, wcancel := context.WithTimeout(ctx, clWait)
 		if _, err := p.WaitReplyAfter(wctx, time.Now()); err != nil {
 			t.Fatalf("round %d: the client does not reach the VIP through a: %v", i, err)
