@@ -687,8 +687,11 @@ func bindUnix(path string, perm os.FileMode) (net.Listener, error) {
 	return lc.Listen(context.Background(), "unix", path)
 }
 
-// serveReady answers /readyz: ready once the configuration runs.
-func (d *daemon) serveReady(w http.ResponseWriter, _ *http.Request) {
+// serveReady answers /readyz: ready once the configuration runs and every
+// VRRP instance has joined the election (joined). A DaemonSet rolling out
+// waits for that before it replaces the next node's keepvip, so that the
+// node just replaced can take the VIPs over when the next one hands off.
+func (d *daemon) serveReady(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	ready := d.ready
 	d.mu.Unlock()
@@ -696,7 +699,37 @@ func (d *daemon) serveReady(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "starting", http.StatusServiceUnavailable)
 		return
 	}
+	sts, err := d.health.check(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	var waiting []string
+	for _, st := range sts {
+		if !joined(st) {
+			waiting = append(waiting, st.Name)
+		}
+	}
+	if len(waiting) > 0 {
+		http.Error(w, fmt.Sprintf("instances not in the election yet (no master heard, not master): %s", strings.Join(waiting, ", ")), http.StatusServiceUnavailable)
+		return
+	}
 	fmt.Fprintln(w, "ok")
+}
+
+// joined reports whether an instance takes part in the election: master,
+// a backup that follows a master (and would take over from it), or in
+// fault (a settled state, reported as such; waiting for it would stop a
+// rollout). A backup that has heard no master yet becomes master within
+// Master_Down_Interval, or hears one.
+func joined(st vrrp.Status) bool {
+	switch st.State {
+	case vrrp.StateMaster, vrrp.StateFault:
+		return true
+	case vrrp.StateBackup:
+		return st.Master.IsValid()
+	}
+	return false
 }
 
 // fileKind names what a non-socket file is, for an error.
@@ -758,6 +791,7 @@ type health struct {
 type healthCheck struct {
 	started time.Time
 	done    chan struct{}
+	result  []vrrp.Status // once done
 }
 
 func newHealth(inst instanceStatus, timeout time.Duration) *health {
@@ -765,6 +799,18 @@ func newHealth(inst instanceStatus, timeout time.Duration) *health {
 }
 
 func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, err := h.check(r.Context()); err != nil {
+		if r.Context().Err() == nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		}
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// check asks the instances for their status, joining the check under way
+// if there is one, and gives up when it has taken timeout.
+func (h *health) check(ctx context.Context) ([]vrrp.Status, error) {
 	h.mu.Lock()
 	c := h.running
 	if c == nil {
@@ -773,7 +819,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The one goroutine a stuck manager keeps; its owner is h,
 		// which starts no other until it returns.
 		go func() {
-			h.inst.Status()
+			c.result = h.inst.Status()
 			h.mu.Lock()
 			h.running = nil
 			h.mu.Unlock()
@@ -785,17 +831,17 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer wait.Stop()
 	select {
 	case <-c.done:
+		return c.result, nil
 	case <-wait.C:
 		select {
 		case <-c.done: // answered as the time ran out
+			return c.result, nil
 		default:
-			http.Error(w, fmt.Sprintf("VRRP instances have not answered for %s", time.Since(c.started).Round(time.Millisecond)), http.StatusServiceUnavailable)
-			return
+			return nil, fmt.Errorf("VRRP instances have not answered for %s", time.Since(c.started).Round(time.Millisecond))
 		}
-	case <-r.Context().Done():
-		return
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	fmt.Fprintln(w, "ok")
 }
 
 // vipListener closes, before reading anything, the connections made to

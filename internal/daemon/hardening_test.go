@@ -330,3 +330,36 @@ routing:
 		}
 	}
 }
+
+type fixedInstances []vrrp.Status
+
+func (f fixedInstances) Status() []vrrp.Status { return f }
+
+// Ready means in the election: a rolling update must not go on to the
+// next node before the node it replaced can take the VIPs over.
+func TestReadyMeansJoinedTheElection(t *testing.T) {
+	master := netip.MustParseAddr("192.0.2.1")
+	for _, c := range []struct {
+		name  string
+		insts []vrrp.Status
+		want  string // "" for ready
+	}{
+		{"no instances", nil, ""},
+		{"master", []vrrp.Status{{Name: "a", State: vrrp.StateMaster, Master: master}}, ""},
+		{"backup following a master", []vrrp.Status{{Name: "a", State: vrrp.StateBackup, Master: master}}, ""},
+		{"fault", []vrrp.Status{{Name: "a", State: vrrp.StateFault}}, ""},
+		{"backup that has heard nobody", []vrrp.Status{{Name: "a", State: vrrp.StateMaster}, {Name: "b", State: vrrp.StateBackup}}, "instances not in the election yet (no master heard, not master): b"},
+		{"init", []vrrp.Status{{Name: "c", State: vrrp.StateInit}}, "instances not in the election yet (no master heard, not master): c"},
+	} {
+		d := &daemon{ready: true, health: newHealth(fixedInstances(c.insts), time.Second)}
+		w := httptest.NewRecorder()
+		d.serveReady(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		got := ""
+		if w.Code != http.StatusOK {
+			got = strings.TrimSpace(w.Body.String())
+		}
+		if got != c.want {
+			t.Errorf("%s: /readyz %d %q, want %q", c.name, w.Code, got, c.want)
+		}
+	}
+}
