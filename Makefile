@@ -94,6 +94,7 @@ bench: deps build lab
 	@$(MAKE) --no-print-directory bench-kube
 	@$(MAKE) --no-print-directory bench-configmap
 	@$(MAKE) --no-print-directory bench-fault
+	@$(MAKE) --no-print-directory bench-nodes
 
 # The fault suite (test/e2e TestFault*, the paused backups next to
 # keepalived) in its long form: floods of 10,000 frames/s for 20 s, 20
@@ -104,6 +105,13 @@ bench-fault: deps build lab
 	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 KEEPVIP_BIN=$(abspath bin/keepvip) KEEPVIP_FAULT_LONG=1 KEEPVIP_STALL_ROUNDS=20 \
 	  $(GO) test -count=1 -p 1 -timeout 20m -run '^(TestFault|TestStalledBackup)' -v ./test/e2e/ 2>&1); rc=$$?; \
 	  grep '^BENCH ' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | grep -v '^=== ' | tail -80; exit $$rc; fi
+
+# A rolling restart of keepvip on three real nodes (test/nodes): the
+# client's longest gap, TCP connections lost, moves of the VIP.
+.PHONY: bench-nodes
+bench-nodes: deps kubebin
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 15m -run '^TestRollingRestart$$' -v ./test/nodes/ 2>&1); rc=$$?; \
+	  grep -o 'BENCH .*' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit $$rc; fi
 
 # Parse and Resolve of a vip-configmap of 1,000 instances, 1,000 virtual
 # servers and 250 VIP keys: fresh, with history, config.yaml unreadable,
