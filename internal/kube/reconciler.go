@@ -367,11 +367,13 @@ func (r *Reconciler) Run(ctx context.Context, apply func(Update)) error {
 			AddFunc:    func(any) { r.flag() },
 			DeleteFunc: func(any) { r.flag() },
 			// Nodes change every few seconds (heartbeats, conditions);
-			// only their names, labels and addresses matter here.
+			// only their names, labels, addresses and cordoning matter
+			// here.
 			UpdateFunc: func(oldObj, newObj any) {
 				a, ok1 := oldObj.(*corev1.Node)
 				b, ok2 := newObj.(*corev1.Node)
-				if !ok1 || !ok2 || !reflect.DeepEqual(a.Labels, b.Labels) || !reflect.DeepEqual(a.Status.Addresses, b.Status.Addresses) {
+				if !ok1 || !ok2 || !reflect.DeepEqual(a.Labels, b.Labels) || !reflect.DeepEqual(a.Status.Addresses, b.Status.Addresses) ||
+					a.Spec.Unschedulable != b.Spec.Unschedulable {
 					r.flag()
 				}
 			},

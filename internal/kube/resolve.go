@@ -560,7 +560,24 @@ func (r *resolver) selectNodes() bool {
 		// Not an error: the selector leaves this node out on purpose.
 		return false
 	}
-	return true
+	// Cordoned or excluded: out of the election, as if not selected (its
+	// instances stop: a master hands off), but it keeps its place in the
+	// node order, so that the others' priorities do not change.
+	return excludedBy(r.self) == ""
+}
+
+// excludedBy says why a selected node takes no part — cordoned (kubectl
+// cordon, kubectl drain) or labelled
+// node.kubernetes.io/exclude-from-external-load-balancers, as Kubernetes'
+// own load balancers read it — or "" if it does.
+func excludedBy(n *corev1.Node) string {
+	if _, ok := n.Labels[corev1.LabelNodeExcludeBalancers]; ok {
+		return "labelled " + corev1.LabelNodeExcludeBalancers
+	}
+	if n.Spec.Unschedulable {
+		return "cordoned"
+	}
+	return ""
 }
 
 // nodeAddress is a node's InternalIP of the family of a.
@@ -632,7 +649,7 @@ func (r *resolver) instance(in configmap.Instance) {
 		}
 		out.UnicastPeers = nil
 		for _, n := range r.selected {
-			if n == r.self {
+			if n == r.self || excludedBy(n) != "" {
 				continue
 			}
 			// One peer per address, and never this node's own: two Node

@@ -426,3 +426,42 @@ func TestResolveGuardrails(t *testing.T) {
 		})
 	}
 }
+
+// A cordoned node (kubectl cordon, kubectl drain) or one labelled
+// node.kubernetes.io/exclude-from-external-load-balancers leaves the
+// election: nothing runs there (its master hands off), the others stop
+// sending it unicast adverts, and their priorities stay as they were (the
+// node keeps its place in the node order). Uncordoned or unlabelled, it
+// takes part again.
+func TestResolveCordonedAndExcludedNodes(t *testing.T) {
+	d := configmap.DefaultDefaults()
+	d.Unicast = true
+	spec := parse(t, map[string]string{"10.0.0.50": "default/web"}, d)
+	for _, exclude := range []func(*corev1.Node){
+		func(n *corev1.Node) { n.Spec.Unschedulable = true },
+		func(n *corev1.Node) { n.Labels = map[string]string{corev1.LabelNodeExcludeBalancers: ""} },
+	} {
+		w := threeNodes()
+		before, ps := Resolve(spec, w.cluster("node-b"), host)
+		if len(ps) != 0 || len(before.Instances) != 1 {
+			t.Fatalf("before: %+v %v", before, ps)
+		}
+		for _, n := range w.nodes {
+			if n.Name == "node-a" {
+				exclude(n)
+			}
+		}
+		cfg, ps := Resolve(spec, w.cluster("node-a"), host)
+		if len(ps) != 0 || len(cfg.Instances) != 0 || len(cfg.VirtualServers) != 0 {
+			t.Errorf("the excluded node-a runs %+v (problems %v); want nothing", cfg, ps)
+		}
+		cfg, ps = Resolve(spec, w.cluster("node-b"), host)
+		if len(ps) != 0 || len(cfg.Instances) != 1 {
+			t.Fatalf("node-b: %+v %v", cfg, ps)
+		}
+		in, was := cfg.Instances[0], before.Instances[0]
+		if *in.Priority != *was.Priority || strings.Join(in.UnicastPeers, ",") != "192.168.1.3" {
+			t.Errorf("node-b with node-a excluded: priority %d (was %d), peers %v; want the same priority, node-a no longer a peer", *in.Priority, *was.Priority, in.UnicastPeers)
+		}
+	}
+}

@@ -322,3 +322,50 @@ func parseEpoch(s string) (time.Time, error) {
 	}
 	return time.Unix(secs, ns), nil
 }
+
+// kubectl cordon (and drain, which cordons first) of the master's node,
+// and the label node.kubernetes.io/exclude-from-external-load-balancers:
+// the node hands its VIP off as a stopping keepvip does (priority 0, the
+// VIP kept until the new master advertises): no client gap. Uncordoned or
+// unlabelled, it takes part again.
+func TestCordonAndExcludeHandOff(t *testing.T) {
+	c := cluster(t)
+	const vip = "192.0.2.105"
+	withVIP(t, c, vip)
+	probe, err := lab.StartProber(t.Context(), c.Client, mustAddr(vip), time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Stop()
+	for _, step := range []struct{ name, out, in string }{
+		{"cordon", "cordon %s", "uncordon %s"},
+		{"exclude label", "label node %s node.kubernetes.io/exclude-from-external-load-balancers=", "label node %s node.kubernetes.io/exclude-from-external-load-balancers-"},
+	} {
+		master := holders(t.Context(), c, vip)[0]
+		t0 := time.Now()
+		if _, err := c.Kubectl(t.Context(), strings.Fields(fmt.Sprintf(step.out, master))...); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, "another node to hold "+vip, func(ctx context.Context) bool {
+			h := holders(ctx, c, vip)
+			return len(h) == 1 && h[0] != master
+		})
+		took := time.Since(t0)
+		if _, err := probe.WaitReplyAfter(t.Context(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		gap, _ := probe.LongestGap(t0, time.Now())
+		if _, err := c.Kubectl(t.Context(), strings.Fields(fmt.Sprintf(step.in, master))...); err != nil {
+			t.Fatal(err)
+		}
+		// Back in the election: its pod follows the master again.
+		waitFor(t, 30*time.Second, master+" back in the election", func(ctx context.Context) bool {
+			st, err := status(ctx, c, pods(t, c)[master].Name)
+			return err == nil && len(st.Instances) == 1 && st.Instances[0].Master.IsValid()
+		})
+		t.Logf("figure: %s of the master %s: VIP on another node %v later, client gap %v", step.name, master, took.Round(time.Millisecond), gap.Duration.Round(time.Millisecond))
+		if gap.Duration > 50*time.Millisecond {
+			t.Errorf("%s: client gap %v, want the planned handoff's (none)", step.name, gap.Duration)
+		}
+	}
+}
