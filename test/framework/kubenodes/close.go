@@ -76,6 +76,9 @@ func (c *Cluster) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := c.restoreSysctls(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("closing the kube nodes: %w", err)
 	}

@@ -10,8 +10,10 @@
 // and /var/log are its own directories: a hostPath (keepvip's
 // /var/lib/keepvip), the kubelet's and containerd's state and the pods'
 // logs are per node, as on separate machines, and nothing is written to
-// the host's. The host keeps only what cannot be per node: the cgroups of
-// the containers (/k8s.io/ID in each hierarchy), removed by Close.
+// the host's. What cannot be per node is undone by Close: the cgroups of
+// the containers (/k8s.io/ID in each hierarchy) are removed, and the
+// host-wide kernel settings every kubelet changes as it starts
+// (kernel.panic, vm.overcommit_memory, ...) are put back.
 //
 // No registry and no image pulls: images are OCI archives
 // (test/framework/ociimage) imported into every node's containerd; the
@@ -97,6 +99,7 @@ type Cluster struct {
 	Clientset *kubernetes.Clientset
 
 	dir     string
+	sysctls map[string]string // the host's, before the kubelets changed them
 	logf    func(format string, args ...any)
 	cp      *lab.Node
 	apiPort string
@@ -144,6 +147,9 @@ func Start(ctx context.Context, l *lab.Lab, opts Options) (c *Cluster, err error
 		}
 	}()
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := c.saveSysctls(); err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
@@ -321,7 +327,10 @@ func (n *Node) writeConfigs() error {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %[5]q
-`, n.socket(), n.socket()+".ttrpc", PauseImage, snapshotter, filepath.Join(n.dir, "cni"))
+# Its default is the host's /opt/containerd.
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[6]q
+`, n.socket(), n.socket()+".ttrpc", PauseImage, snapshotter, filepath.Join(n.dir, "cni"), filepath.Join(n.dir, "opt"))
 	// A CNI network only so that the runtime reports NetworkReady and the
 	// node goes Ready; hostNetwork pods do not use it.
 	cni := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"kubenodes","plugins":[
