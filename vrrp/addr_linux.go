@@ -238,6 +238,14 @@ func (a *netlinkAddrs) listStale() (map[addrKey]bool, error) {
 	return out, errors.Join(errs...)
 }
 
+// adopt makes an address an earlier keepvip left this process's, as if it
+// had added it.
+func (a *netlinkAddrs) adopt(key addrKey) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.owned[key] = true
+}
+
 // removeStale removes the given addresses of listStale that are still not
 // owned by this process (an instance may have taken one over since).
 func (a *netlinkAddrs) removeStale(keys map[addrKey]bool) ([]netip.Prefix, error) {

@@ -325,6 +325,16 @@ func (in *Instance) preemptAllowed(now time.Time) bool {
 // when a Fault clears.
 func (in *Instance) start(now time.Time) {
 	in.timers.retry = time.Time{}
+	if len(in.inherited) > 0 {
+		// Held already, and this process's (the Manager adopted them):
+		// whatever follows — resume, Fault, the owner's takeover — has
+		// them to keep or to release.
+		for _, p := range in.inherited {
+			in.vips.installed[p] = true
+		}
+		in.inherited = nil
+		in.vips.resumed = true
+	}
 	if down := in.downLink(); down != "" {
 		in.enterFault(now, "link "+down+" is down")
 		return
@@ -449,7 +459,7 @@ func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 // HandoffHold is set.
 func (in *Instance) shutdown(now time.Time) {
 	if in.state != StateMaster {
-		took := in.releaseVIPs(now) // a backup still holding what it resumed with
+		took := in.abandonResume(now) // a backup still holding what it resumed with
 		in.clearTimers()
 		in.setState(now, StateInit, "shutdown", took)
 		in.stopped = true
@@ -482,13 +492,25 @@ func (in *Instance) shutdown(now time.Time) {
 // master as far as the others know (their Master_Down_Interval is three
 // intervals): it resumes, its VIPs never having left.
 func (in *Instance) resume(now time.Time) bool {
-	if len(in.inherited) == 0 {
+	if !in.vips.resumed {
 		return false
 	}
-	vips := in.inherited
-	in.inherited = nil
-	in.installVIPs() // takes them over, in place
-	in.vips.resumed = true
+	var vips []netip.Prefix
+	for p := range in.vips.installed {
+		// With Accept_Mode off they are filtered as a master's are; one
+		// that cannot be goes (a VIP is never held unfiltered).
+		if in.mustFilter() && !in.blockVIP(p.Addr()) {
+			if err := in.io.addrs.DeleteVIP(in.io.ifindex, p); err != nil {
+				in.fail("vip-delete", err)
+				in.retryVIPs()
+				continue
+			}
+			delete(in.vips.installed, p)
+			continue
+		}
+		vips = append(vips, p)
+	}
+	slices.SortFunc(vips, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	in.masterAdverInterval = in.cfg.Interval
 	in.timers.masterDown = now.Add(in.resumeWait())
 	in.timers.preempt = now.Add(in.cfg.PreemptDelay)
@@ -505,6 +527,22 @@ func (in *Instance) resumeWait() time.Duration { return in.cfg.Interval + in.ske
 // resuming reports whether the router is a backup that restarted holding
 // its VIPs and has not heard a master yet.
 func (in *Instance) resuming() bool { return in.state == StateBackup && in.vips.resumed }
+
+// abandonResume gives up the VIPs a restarted router kept (it stops, its
+// link fails, its configuration changed before it resumed). The others
+// may still take it for their master, waiting out a Master_Down_Interval
+// from its last advert before it died: priority 0 tells them to take over
+// now.
+func (in *Instance) abandonResume(now time.Time) time.Duration {
+	if !in.vips.resumed {
+		return 0
+	}
+	in.vips.resumed = false
+	if !in.heard.master.IsValid() && in.local.IsValid() && in.linkUp[in.cfg.Interface] {
+		in.sendAdvert(PriorityStop)
+	}
+	return in.releaseVIPs(now)
+}
 
 // nextZero returns when a stopping master sends priority 0 again, or zero
 // if that would not be before the hold ends. One priority 0 is all a

@@ -80,7 +80,7 @@ func (in *Instance) enterFault(now time.Time, reason string) {
 		}
 		took = in.releaseVIPs(now)
 	} else if in.vips.resumed {
-		took = in.releaseVIPs(now) // kept from before a restart
+		took = in.abandonResume(now) // kept from before a restart
 	}
 	in.clearTimers()
 	if in.state == StateFault && in.fault == reason {

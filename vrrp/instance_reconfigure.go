@@ -52,6 +52,11 @@ func (in *Instance) reconfigure(now time.Time, cfg Config, links map[string]bool
 			}
 		}
 	case StateBackup:
+		if in.resuming() && (!slices.Equal(old.VIPs, cfg.VIPs) || old.Accept != cfg.Accept || old.Priority != cfg.Priority) {
+			// Changed before it resumed: what it kept may no longer be
+			// right (a VIP gone, the filter); it gives them up.
+			in.abandonResume(now)
+		}
 		if cfg.Priority == PriorityOwner {
 			in.becomeMaster(now, "priority raised to 255: address owner")
 			return

@@ -89,7 +89,7 @@ func (in *Instance) reconcileVIPs(now time.Time) {
 		}
 		return
 	}
-	if !in.handoff.active {
+	if !in.handoff.active && !in.resuming() {
 		in.releaseVIPs(now)
 	}
 }

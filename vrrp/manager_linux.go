@@ -592,6 +592,9 @@ func (m *Manager) startLocked(c Config) error {
 	in.onChange = m.onTransition
 	for _, p := range c.VIPs {
 		if key := (addrKey{ifi.Index, p}); m.leftovers[key] {
+			// This process's now, as if it had added it: whatever
+			// the instance does with it, it can remove it.
+			m.addrs.adopt(key)
 			in.inherited = append(in.inherited, p)
 			delete(m.leftovers, key)
 		}

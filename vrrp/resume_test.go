@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +111,67 @@ func TestRestartedRouterStopsOrFaultsWhileListening(t *testing.T) {
 	wantState(t, a, StateFault)
 	if len(a.vips.on) != 0 {
 		t.Errorf("in fault, a still holds %v", a.vips.on)
+	}
+}
+
+// Whatever start does instead of resuming, the kept VIPs are this
+// router's to release: in fault at start (a tracked link down), they go.
+func TestRestartedRouterInFaultAtStartReleasesItsVIPs(t *testing.T) {
+	s := newSim(t)
+	a := s.addRestarted("192.0.2.1", func(c *Config) { c.Track = []string{"uplink"} })
+	wantState(t, a, StateFault)
+	if len(a.vips.on) != 0 || len(a.in.vips.installed) != 0 {
+		t.Errorf("in fault at start, a holds %v (installed %v)", a.vips.on, a.in.vips.installed)
+	}
+	// The link comes back: an ordinary start, nothing kept any more.
+	a.in.handleLink(s.clock.Now(), "uplink", true)
+	wantState(t, a, StateBackup)
+	if a.in.vips.resumed || len(a.vips.on) != 0 {
+		t.Errorf("after the link came back a holds %v, resumed %v", a.vips.on, a.in.vips.resumed)
+	}
+}
+
+// Giving the kept VIPs up before it resumed (a stop, a changed
+// configuration), it sends priority 0: the others still take it for the
+// master and would otherwise wait out their Master_Down_Interval.
+func TestRestartedRouterGivesUpWithPriorityZero(t *testing.T) {
+	for _, how := range []string{"shutdown", "reconfigure"} {
+		s := newSim(t)
+		b := s.add("192.0.2.2", nil)
+		a := s.addRestarted("192.0.2.1", func(c *Config) { c.Priority = 150 })
+		s.runFor(100 * ms)
+		switch how {
+		case "shutdown":
+			a.in.shutdown(s.clock.Now())
+		case "reconfigure":
+			cfg := a.in.cfg
+			cfg.VIPs = []netip.Prefix{netip.MustParsePrefix("192.0.2.101/24")}
+			a.in.reconfigure(s.clock.Now(), cfg, map[string]bool{"eth0": true})
+		}
+		if len(s.capture) != 1 || s.capture[0].from != a.index || s.capture[0].adv.Priority != PriorityStop {
+			t.Fatalf("%s: adverts %+v; want a's priority 0", how, s.capture)
+		}
+		if a.vips.on[netip.MustParsePrefix("192.0.2.100/24")] {
+			t.Errorf("%s: a still holds the kept VIP", how)
+		}
+		// b takes over after its Skew_Time, not Master_Down_Interval.
+		s.runFor(time.Second)
+		wantState(t, b, StateMaster)
+	}
+}
+
+// With Accept_Mode off the kept VIPs are filtered while it listens; one
+// that cannot be filtered goes at once.
+func TestRestartedRouterFiltersWhatItKeeps(t *testing.T) {
+	s := newSim(t)
+	f := &fakeFilter{blocked: map[netip.Addr]bool{}}
+	a := s.addRouterWith("192.0.2.1", func(c *Config) { c.Accept = false }, true, f)
+	if !f.blocked[netip.MustParseAddr("192.0.2.100")] || len(a.vips.on) != 1 {
+		t.Errorf("filtered %v, held %v; want the kept VIP held and filtered", f.blocked, a.vips.on)
+	}
+	s = newSim(t)
+	a = s.addRouterWith("192.0.2.1", func(c *Config) { c.Accept = false }, true, nil) // no filter
+	if len(a.vips.on) != 0 {
+		t.Errorf("with no filter, a holds %v unfiltered", a.vips.on)
 	}
 }

@@ -181,6 +181,10 @@ func (s *sim) addRestarted(addr string, mod func(*Config)) *simRouter {
 }
 
 func (s *sim) addRouter(addr string, mod func(*Config), restarted bool) *simRouter {
+	return s.addRouterWith(addr, mod, restarted, nil)
+}
+
+func (s *sim) addRouterWith(addr string, mod func(*Config), restarted bool, filter filterer) *simRouter {
 	cfg := DefaultConfig()
 	cfg.Name = fmt.Sprintf("r%d", len(s.routers))
 	cfg.Interface = "eth0"
@@ -200,7 +204,7 @@ func (s *sim) addRouter(addr string, mod func(*Config), restarted bool) *simRout
 		sim:   s,
 	}
 	io := instanceIO{
-		tx: tx{r}, addrs: r.vips, announce: r.ann, ifindex: 2,
+		tx: tx{r}, addrs: r.vips, announce: r.ann, ifindex: 2, filter: filter,
 		source: func(*Config) (netip.Addr, error) { return r.addr, nil },
 	}
 	r.in = newInstance(cfg, io, s.clock, discard(), NewMetrics(nil), map[string]bool{"eth0": true})
