@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -146,5 +147,43 @@ func TestCleanupDaemonSet(t *testing.T) {
 	var out, errb strings.Builder
 	if code := run([]string{"cleanup", "--done", "--marker", t.TempDir() + "/none"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "cleanup not done yet") {
 		t.Errorf("cleanup --done = %d: %s", code, errb.String())
+	}
+}
+
+// What the real nodes showed (test/nodes) the DaemonSet needs: the status
+// socket's directory an emptyDir on disk (0777, which keepvip makes
+// root's; medium Memory is a tmpfs of mode 1777, a shared directory,
+// refused: every pod crash-looped), the state directory the host's (a
+// restarted pod resumes with its VIPs only from the configuration it
+// kept there), and a rolling update that waits for each node to be back
+// in the election (readiness probed often, minReadySeconds).
+func TestDaemonSetForRealNodes(t *testing.T) {
+	ds, c := readDaemonSet(t)
+	vol := func(mountPath string) *corev1.Volume {
+		for _, m := range c.VolumeMounts {
+			if m.MountPath == mountPath {
+				for i, v := range ds.Spec.Template.Spec.Volumes {
+					if v.Name == m.Name {
+						return &ds.Spec.Template.Spec.Volumes[i]
+					}
+				}
+			}
+		}
+		return nil
+	}
+	sockDir := ""
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--status-socket="); ok {
+			sockDir = filepath.Dir(v)
+		}
+	}
+	if v := vol(sockDir); v == nil || v.EmptyDir == nil || v.EmptyDir.Medium != corev1.StorageMediumDefault {
+		t.Errorf("the status socket's directory %s is %+v; want an emptyDir on disk", sockDir, v)
+	}
+	if v := vol("/var/lib/keepvip"); v == nil || v.HostPath == nil || v.HostPath.Path != "/var/lib/keepvip" {
+		t.Errorf("the state directory is %+v; want the host's /var/lib/keepvip", v)
+	}
+	if ds.Spec.MinReadySeconds < 1 || c.ReadinessProbe == nil || c.ReadinessProbe.PeriodSeconds > 2 {
+		t.Errorf("minReadySeconds %d, readiness probed every %v s; want a rolling update that waits for the election", ds.Spec.MinReadySeconds, c.ReadinessProbe)
 	}
 }

@@ -145,6 +145,8 @@ func TestVIPFromConfigMap(t *testing.T) {
 		t.Errorf("%s held by %v", vip, held)
 	}
 	master := held[0]
+	// Every backup has heard the new master before its status is read.
+	waitFor(t, 30*time.Second, "every pod to follow "+master, func(ctx context.Context) bool { return steady(ctx, c, master) })
 	ps := pods(t, c)
 	for node, p := range ps {
 		out, err := c.Kubectl(ctx, "exec", "-n", namespace, p.Name, "--", "keepvip", "status")

@@ -25,6 +25,7 @@ type holderWatch struct {
 
 	mu      sync.Mutex
 	changes []holderChange
+	end     time.Time // when sampling stopped
 	err     error
 }
 
@@ -61,6 +62,12 @@ func watchHolders(t *testing.T, c *kubenodes.Cluster, vip string) *holderWatch {
 		tick := time.NewTicker(holderEvery)
 		defer tick.Stop()
 		var last []string
+		defer func() {
+			// The last sample ends the timeline.
+			w.mu.Lock()
+			w.end = time.Now()
+			w.mu.Unlock()
+		}()
 		for first := true; ; first = false {
 			var now []string
 			for name, h := range handles {
@@ -96,6 +103,14 @@ func watchHolders(t *testing.T, c *kubenodes.Cluster, vip string) *holderWatch {
 	return w
 }
 
+// Err is why sampling stopped early, if it did: the figures are not to be
+// trusted then.
+func (w *holderWatch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
 // Stop ends the sampling; the changes stay.
 func (w *holderWatch) Stop() {
 	select {
@@ -111,7 +126,10 @@ func (w *holderWatch) Stop() {
 func (w *holderWatch) held(t0 time.Time, n int) (longest, total time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	end := time.Now()
+	end := w.end
+	if end.IsZero() {
+		end = time.Now()
+	}
 	for i, c := range w.changes {
 		until := end
 		if i+1 < len(w.changes) {

@@ -171,6 +171,9 @@ func TestRollingRestart(t *testing.T) {
 	conns.stop()
 	hw.Stop()
 	probe.Stop()
+	if err := hw.Err(); err != nil {
+		t.Fatal(err)
+	}
 	gap, _ := probe.LongestGap(start, time.Time{})
 	two, twoTotal := hw.held(start, 2)
 	nobody, _ := hw.held(start, 0)
@@ -192,8 +195,19 @@ func TestRollingRestart(t *testing.T) {
 	if moves > 2 {
 		t.Errorf("the VIP moved %d times in one rollout, want at most twice:\n%s", moves, hw)
 	}
-	if st.Dups > 0 {
-		t.Errorf("%d pings were answered twice: two nodes answered for %s", st.Dups, vip)
+	// Never nobody; two at once only for the handoff's grace, the 20 ms
+	// the stopping master keeps the VIP after the new master's first
+	// advert (its GARP reaches the clients meanwhile), measured to the
+	// 5 ms sampling. Connections go with each move (no connection sync
+	// without IPVS), and only then.
+	if nobody > 0 {
+		t.Errorf("nobody held %s for %v during the rollout:\n%s", vip, nobody, hw)
+	}
+	if two > 100*time.Millisecond {
+		t.Errorf("two nodes held %s for %v at once:\n%s", vip, two, hw)
+	}
+	if lost := conns.lost.Load(); lost > int64(20*moves) {
+		t.Errorf("%d TCP connections lost, more than the 20 that each of %d moves costs", lost, moves)
 	}
 	if t.Failed() {
 		conns.mu.Lock()
