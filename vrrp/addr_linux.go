@@ -270,31 +270,9 @@ func (a *netlinkAddrs) removeStale(keys map[addrKey]bool) ([]netip.Prefix, error
 // does not own: what a keepvip that did not stop cleanly left (keepvip
 // cleanup).
 func (a *netlinkAddrs) pruneStale() ([]netip.Prefix, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var removed []netip.Prefix
-	var errs []error
-	for _, fam := range []Family{IPv4, IPv6} {
-		addrs, err := listAddrs(a.sock, fam)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, e := range addrs {
-			if e.proto != AddrProto {
-				continue
-			}
-			if a.owned[addrKey{e.ifindex, e.prefix}] {
-				continue
-			}
-			if err := a.delAddr(e.ifindex, e.prefix); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-				errs = append(errs, fmt.Errorf("removing stale VIP %s: %w", e.prefix, err))
-				continue
-			}
-			removed = append(removed, e.prefix)
-		}
-	}
-	return removed, errors.Join(errs...)
+	left, err := a.listStale()
+	removed, rerr := a.removeStale(left)
+	return removed, errors.Join(err, rerr)
 }
 
 // releaseAll removes every address this process still owns.
