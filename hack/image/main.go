@@ -8,11 +8,9 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/keepvip/keepvip/test/framework/ociimage"
 )
@@ -34,19 +32,7 @@ func write(binary, ref, out string) error {
 		return err
 	}
 	files, cfg := ociimage.Keepvip(b)
-	f, err := os.CreateTemp(filepath.Dir(out), ".keepvip-image-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := ociimage.Write(f, ref, files, cfg); err != nil {
-		f.Close()
-		return err
-	}
-	if err := errors.Join(f.Chmod(0o644), f.Close()); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), out); err != nil {
+	if err := ociimage.WriteFile(out, ref, files, cfg); err != nil {
 		return err
 	}
 	fmt.Printf("%s: %s\n", out, ref)

@@ -38,11 +38,7 @@ func KeepvipImage(ctx context.Context, dir, ref, version string) (string, error)
 	}
 	files, cfg := ociimage.Keepvip(b)
 	path := filepath.Join(dir, "keepvip-"+version+".tar")
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	if err := errors.Join(ociimage.Write(f, ref, files, cfg), f.Close()); err != nil {
+	if err := ociimage.WriteFile(path, ref, files, cfg); err != nil {
 		return "", fmt.Errorf("building the keepvip image: %w", err)
 	}
 	return path, nil

@@ -28,7 +28,6 @@ package kubenodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -475,12 +474,7 @@ func writeBusyboxImage(path, ref string, entrypoint []string) error {
 		}
 	}
 	files = append(files, ociimage.File{Path: "/tmp", Mode: os.ModeDir | os.ModeSticky | 0o777})
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	err = ociimage.Write(f, ref, files, ociimage.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin"}})
-	return errors.Join(err, f.Close())
+	return ociimage.WriteFile(path, ref, files, ociimage.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin"}})
 }
 
 // run runs a command on the host with a bound, returning its output; the

@@ -23,6 +23,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+
+	"github.com/keepvip/keepvip/internal/durable"
 )
 
 // File is one entry of the image's single layer.
@@ -242,4 +244,17 @@ func layerTar(files []File) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// WriteFile writes the image to path, complete or not at all
+// (internal/durable: a temporary file renamed into place).
+func WriteFile(path, ref string, files []File, cfg Config) error {
+	var b bytes.Buffer
+	if err := Write(&b, ref, files, cfg); err != nil {
+		return err
+	}
+	if err := durable.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("writing image %s: %w", ref, err)
+	}
+	return nil
 }
