@@ -73,7 +73,18 @@ func Peer(path string) (*unix.Ucred, error) {
 		return nil, fmt.Errorf("%w: %w", ErrNoListener, err)
 	}
 	defer c.Close()
-	raw, err := c.(*net.UnixConn).SyscallConn()
+	cred, err := ConnPeer(c.(*net.UnixConn))
+	if err != nil {
+		return nil, fmt.Errorf("asking who listens on %s: %w", path, err)
+	}
+	return cred, nil
+}
+
+// ConnPeer returns the credentials of the process at the other end of c:
+// for a connection made, the listener's when it listened; for one
+// accepted, the connecting process's when it connected.
+func ConnPeer(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +95,5 @@ func Peer(path string) (*unix.Ucred, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if cerr != nil {
-		return nil, fmt.Errorf("asking who listens on %s: %w", path, cerr)
-	}
-	return cred, nil
+	return cred, cerr
 }
