@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -287,6 +288,20 @@ func (a *netlinkAddrs) releaseAll() error {
 		delete(a.owned, key)
 	}
 	return errors.Join(errs...)
+}
+
+// leave forgets the VIPs this process owns, leaving them on their
+// interfaces for the keepvip that takes over (Manager.Leave), and returns
+// the interfaces where it turned promote_secondaries on, which that
+// keepvip is to turn off in the end.
+func (a *netlinkAddrs) leave() []int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	clear(a.owned)
+	promote := slices.Sorted(maps.Keys(a.turnedOn))
+	clear(a.turnedOn)
+	clear(a.promoteOn)
+	return promote
 }
 
 // ipv4DevconfPromoteSecondaries is IPV4_DEVCONF_PROMOTE_SECONDARIES

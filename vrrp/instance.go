@@ -96,6 +96,12 @@ type Instance struct {
 	// interface (it was master when it died); start decides what becomes
 	// of them.
 	inherited []netip.Prefix
+	// takeOver: the keepvip before this one on the host handed this
+	// router over as master (Options.Inherit); it is master again at
+	// once with the inherited VIPs (see resume).
+	takeOver bool
+	// leftMaster: it left as master (see leave), for Manager.Leave.
+	leftMaster bool
 
 	// wait is set while an expired timer waits for the adverts that were
 	// queued when it expired (see onTimer).
@@ -458,6 +464,10 @@ func (in *Instance) follow(now time.Time, p Packet, adv Advertisement) {
 // §6.4.3 (610)-(640)) and gives up its VIPs, after the handoff if
 // HandoffHold is set.
 func (in *Instance) shutdown(now time.Time) {
+	if in.state == StateMaster && in.io.leaving != nil && in.io.leaving() {
+		in.leave(now)
+		return
+	}
 	if in.state != StateMaster {
 		took := in.abandonResume(now) // a backup still holding what it resumed with
 		in.clearTimers()
@@ -476,6 +486,26 @@ func (in *Instance) shutdown(now time.Time) {
 		return
 	}
 	in.finishStop(now, "shutdown")
+}
+
+// leave is the Shutdown event when another keepvip takes over on this
+// host (Manager.Leave): to the other routers, nothing happens. A master
+// sends one last advert at its own priority, which starts their
+// Master_Down_Timer again and gives the successor a whole
+// Master_Down_Interval to be heard, and keeps its VIPs (and their
+// filters) for it; the successor is master again with them at once (see
+// resume). Backups stop as usual: one still listening with the VIPs it
+// restarted with gives them up (abandonResume), as they are not known to
+// be its own.
+func (in *Instance) leave(now time.Time) {
+	in.sendAdvert(in.cfg.Priority)
+	in.leftMaster = true
+	in.garp = garpSchedule{}
+	in.clearTimers()
+	clear(in.vips.installed)
+	clear(in.vips.blocked)
+	in.setState(now, StateInit, "left to the keepvip taking over on this host, VIPs in place", 0)
+	in.stopped = true
 }
 
 // resume decides what becomes of the VIPs an earlier keepvip left (it was
@@ -511,6 +541,15 @@ func (in *Instance) resume(now time.Time) bool {
 		vips = append(vips, p)
 	}
 	slices.SortFunc(vips, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if in.takeOver {
+		// Handed over by the keepvip before this one on the host, which
+		// was master until a moment ago and sent a last advert as it
+		// left: the others still follow this router.
+		in.takeOver = false
+		in.log.Info("taking over from the keepvip before this one on the host: master with its VIPs in place", "vips", vips)
+		in.becomeMaster(now, "took over from the keepvip before this one on the host, VIPs in place")
+		return true
+	}
 	in.masterAdverInterval = in.cfg.Interval
 	in.timers.masterDown = now.Add(in.resumeWait())
 	in.timers.preempt = now.Add(in.cfg.PreemptDelay)

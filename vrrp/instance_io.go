@@ -60,6 +60,10 @@ type instanceIO struct {
 	// instance has its own). A Manager shares one among all its instances
 	// and socket readers, so that its budget bounds the whole process.
 	peerLog *logLimiter
+	// leaving, if set, reports whether the instance stops for a keepvip
+	// that takes over on this host (Manager.Leave): it leaves instead of
+	// handing off.
+	leaving func() bool
 }
 
 // received is an advert that passed decode, on its way to its instance.

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +43,26 @@ type Options struct {
 	// write to is made so, unless it is sticky: then it is refused). ""
 	// is DefaultLockDir.
 	LockDir string
+	// Inherit is what the keepvip before this one on the host left it
+	// when it handed over (Manager.Leave): nil when this keepvip started
+	// on its own.
+	Inherit *Handover
+}
+
+// Handover is what a Manager that leaves (Leave) passes to the keepvip
+// taking over on the same host, which gets it as Options.Inherit: with it,
+// the VIPs stay where they are and the other routers never notice that
+// the process changed.
+type Handover struct {
+	// Masters are the instances that were master as it left, by name.
+	// The successor's instance of the same name, finding its VIPs in
+	// place, is master again at once instead of listening first (see
+	// Instance.resume).
+	Masters []string `json:"masters,omitempty"`
+	// Promote are the interfaces (by index) where keepvip turned
+	// promote_secondaries on: the successor turns it off again when it
+	// no longer needs it, as the one that turned it on would have.
+	Promote []int `json:"promote,omitempty"`
 }
 
 // DefaultLockDir is where Managers lock their network namespaces: the
@@ -254,6 +275,17 @@ func abstractHolder() (*unix.Ucred, error) {
 	return cred, err
 }
 
+// Running reports whether a keepvip runs in the caller's network
+// namespace, and its pid: a process of root's holds the socket that every
+// Manager binds while it runs (see netnsLock).
+func Running() (int32, bool) {
+	cred, err := abstractHolder()
+	if err != nil || cred.Uid != 0 {
+		return 0, false
+	}
+	return cred.Pid, true
+}
+
 // release gives the lock up.
 func (lk *netnsLock) release() {
 	if lk.l != nil {
@@ -285,6 +317,11 @@ type Manager struct {
 	// they are: an instance that had them resumes with them (see
 	// Instance.start), the rest are removed. nil once dealt with.
 	leftovers map[addrKey]bool
+	// takeOver are the instances that the keepvip before this one handed
+	// over as master (Options.Inherit), until they start.
+	takeOver map[string]bool
+	// leaving is set by Leave: instances stop without a handoff.
+	leaving atomic.Bool
 	// peerLog bounds the log lines that received packets cause, for the
 	// socket readers and every instance together.
 	peerLog *logLimiter
@@ -361,6 +398,15 @@ func NewManager(o Options) *Manager {
 		sockets:      map[sockKey]*socket{},
 		announcers:   map[int]*linkAnnouncer{},
 		peerLog:      newLogLimiter(logEvery, peerLogBudget),
+	}
+	if h := o.Inherit; h != nil {
+		m.takeOver = map[string]bool{}
+		for _, name := range h.Masters {
+			m.takeOver[name] = true
+		}
+		for _, ifindex := range h.Promote {
+			m.addrs.turnedOn[ifindex] = true
+		}
 	}
 	m.links.log = o.Logger
 	m.links.onLink = m.onLink
@@ -576,6 +622,7 @@ func (m *Manager) startLocked(c Config) error {
 		filter:   m.filter,
 		ifindex:  ifi.Index,
 		peerLog:  m.peerLog,
+		leaving:  m.leaving.Load,
 		source: func(c *Config) (netip.Addr, error) {
 			// An owner's VIPs are its own addresses and may be its
 			// source; other routers never send from a VIP.
@@ -598,6 +645,10 @@ func (m *Manager) startLocked(c Config) error {
 			in.inherited = append(in.inherited, p)
 			delete(m.leftovers, key)
 		}
+	}
+	if m.takeOver[c.Name] {
+		delete(m.takeOver, c.Name)
+		in.takeOver = len(in.inherited) > 0
 	}
 	sock.mu.Lock()
 	sock.byVRID[c.VRID] = in
@@ -908,4 +959,42 @@ func (m *Manager) Stop() error {
 		m.lock = nil
 	}
 	return err
+}
+
+// Leave stops every instance for a keepvip that takes over on this host
+// (see Handover), as a process that is replaced in place should: nothing
+// the other routers or the clients see changes. A master sends one last
+// advert at its own priority, so that the backups' Master_Down_Timer
+// starts again from now, and keeps its VIPs, their filters and
+// promote_secondaries; a backup simply stops. The namespace's lock is
+// released for the successor, which starts with the Handover as
+// Options.Inherit. An instance handing off at the moment (its
+// configuration was removed) finishes its handoff.
+func (m *Manager) Leave() Handover {
+	m.mu.Lock()
+	m.leaving.Store(true)
+	m.cancel()
+	m.mu.Unlock()
+	m.wg.Wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var h Handover
+	for name, mi := range m.insts {
+		if mi.in.leftMaster {
+			h.Masters = append(h.Masters, name)
+		}
+		mi.sock.mu.Lock()
+		delete(mi.sock.byVRID, mi.cfg.VRID)
+		mi.sock.mu.Unlock()
+		delete(m.insts, name)
+	}
+	slices.Sort(h.Masters)
+	m.closeIdleLocked()
+	h.Promote = m.addrs.leave()
+	m.addrs.close()
+	if m.lock != nil {
+		m.lock.release()
+		m.lock = nil
+	}
+	return h
 }

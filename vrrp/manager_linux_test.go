@@ -1003,3 +1003,87 @@ func TestManagerResumesWithLeftoverVIPs(t *testing.T) {
 		t.Error("the resumed VIP stayed after Stop")
 	}
 }
+
+// A Manager that leaves for a successor on the same host (Leave, then a
+// Manager with Options.Inherit) keeps the VIP on the interface the whole
+// time, and the wire sees what a peer sees of an uninterrupted master: a
+// last advert at its priority, never priority 0, and the successor's
+// adverts from the moment it starts. promote_secondaries, which the first
+// turned on, is turned off by the successor when it stops, as the first
+// would have.
+func TestManagerLeavesForASuccessor(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	va, vb := vethPair(t)
+	vip := netip.MustParsePrefix("192.0.2.70/24")
+	mon := startAddrMonitor(t)
+	p := newPeer(t, vb, IPv4)
+	cfg := testConfig("vi", "va", 70, vip.String())
+
+	first := NewManager(Options{Logger: discard()})
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, first, "vi", StateMaster)
+	mark := mon.mark()
+	for drained := false; !drained; {
+		select {
+		case <-p.ch:
+		default:
+			drained = true
+		}
+	}
+	h := first.Leave()
+	if !slices.Equal(h.Masters, []string{"vi"}) || !slices.Equal(h.Promote, []int{va.Index}) {
+		t.Fatalf("handover %+v; want masters [vi], promote [%d]", h, va.Index)
+	}
+	if _, ok := hasAddr(t, va.Index, vip.Addr()); !ok {
+		t.Fatal("the VIP left the interface with Leave")
+	}
+
+	second := NewManager(Options{Logger: discard(), Inherit: &h})
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Stop()
+	if err := second.Sync([]Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, second, "vi", StateMaster)
+	if len(st.Transitions) != 1 || !strings.Contains(st.Transitions[0].Reason, "took over") {
+		t.Fatalf("successor's transitions %+v; want one, to MASTER, taken over", st.Transitions)
+	}
+	// Every advert the peer got from the first's last on: all at
+	// priority 100, spaced by the interval (and scheduling), and the
+	// successor's first at most one interval after the first's last.
+	var prev time.Time
+	for i := range 5 {
+		pkt, adv := p.next(func(Packet, Advertisement) bool { return true })
+		if adv.Priority != cfg.Priority || pkt.Src != netip.MustParseAddr("192.0.2.1") {
+			t.Fatalf("advert %d from %v at priority %d; want %d", i, pkt.Src, adv.Priority, cfg.Priority)
+		}
+		if pkt.At.IsZero() {
+			t.Fatal("no receive time on the peer's packets")
+		}
+		if !prev.IsZero() && pkt.At.Sub(prev) > cfg.Interval+50*time.Millisecond {
+			t.Errorf("advert %d came %v after the one before; want within the interval", i, pkt.At.Sub(prev))
+		}
+		prev = pkt.At
+	}
+	mon.sync(t, va.Index)
+	mon.check(t, mark, "across the handover", nil, []netip.Prefix{vip})
+
+	if err := second.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := hasAddr(t, va.Index, vip.Addr()); ok {
+		t.Error("the successor's Stop left the VIP")
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/va/promote_secondaries"); err != nil || string(b) != "0\n" {
+		t.Errorf("promote_secondaries of va after the successor's Stop = %q (%v); want 0, as found", b, err)
+	}
+}

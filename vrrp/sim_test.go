@@ -35,6 +35,9 @@ type sim struct {
 	// lose, if set, is asked for each copy of a packet on its way to
 	// router to; true loses that copy.
 	lose func(w wirePacket, to int) bool
+	// beforeStart, if set, is called on each router added, before its
+	// instance starts.
+	beforeStart func(r *simRouter)
 }
 
 type flight struct {
@@ -215,6 +218,9 @@ func (s *sim) addRouterWith(addr string, mod func(*Config), restarted bool, filt
 		r.in.inherited = slices.Clone(cfg.VIPs)
 	}
 	s.routers = append(s.routers, r)
+	if s.beforeStart != nil {
+		s.beforeStart(r)
+	}
 	r.in.start(s.clock.Now())
 	return r
 }
