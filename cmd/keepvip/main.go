@@ -147,6 +147,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 	fs.StringVar(&kd.Interface, "interface", "", "Kubernetes mode: interface of the instance \"vips\"; default the one holding the node's address")
 	fs.BoolVar(&kd.Unicast, "use-unicast", false, "Kubernetes mode: the instance \"vips\" sends adverts to the other nodes instead of multicast")
 	fs.StringVar(&kd.AdvertInterval, "advert-interval", kd.AdvertInterval, "Kubernetes mode: advert interval of the instance \"vips\"")
+	takeOver := fs.Bool("take-over", envOr("KEEPVIP_TAKE_OVER", "") == "true", "if a keepvip runs on this host already, wait (saying ready) until it stops, and take over its VIPs and virtual servers where they are, without moving them: how deploy/ upgrades a node. Without it, a second keepvip refuses to start (env KEEPVIP_TAKE_OVER=true)")
 	format := fs.String("log-format", envOr("KEEPVIP_LOG_FORMAT", "text"), "text or json (env KEEPVIP_LOG_FORMAT)")
 	kkv := addKkvFlags(fs, &kd.Interface)
 	if err := fs.Parse(args); err != nil {
@@ -223,6 +224,7 @@ func runDaemon(args []string, stderr io.Writer) error {
 		Logger:       log,
 		Reload:       reload,
 		Kube:         kopts,
+		TakeOver:     *takeOver,
 	})
 }
 

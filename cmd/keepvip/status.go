@@ -35,7 +35,19 @@ func printStatus(w io.Writer, s *daemon.Status, format string, now time.Time) er
 }
 
 func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
+	if h := s.Handover; h != nil && h.WaitingFor != 0 {
+		fmt.Fprintf(w, "keepvip %s, waiting to take over from keepvip pid %d on this host (it holds the VIPs; nothing moves when it stops)\n", s.Version, h.WaitingFor)
+		return nil
+	}
 	fmt.Fprintf(w, "keepvip %s, configuration %s loaded %s ago\n", s.Version, s.ConfigFile, ago(now, s.ConfigLoaded))
+	if h := s.Handover; h != nil {
+		if !h.TookOver.IsZero() {
+			fmt.Fprintf(w, "took over from the keepvip before it on this host %s ago, master of %s with the VIPs in place\n", ago(now, h.TookOver), orNone(h.Masters))
+		}
+		if h.Successor != 0 {
+			fmt.Fprintf(w, "keepvip pid %d waits to take over when this one stops (VIPs stay where they are)\n", h.Successor)
+		}
+	}
 	if k := s.Kubernetes; k != nil {
 		api := k.APIServer
 		if !k.APIServerSince.IsZero() {
@@ -223,4 +235,11 @@ func printRouting(w io.Writer, r *daemon.RoutingStatus, now time.Time) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "  error: %s\n", r.Error)
 	}
+}
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "no instance"
+	}
+	return strings.Join(names, ", ")
 }

@@ -41,6 +41,7 @@ import (
 
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/configmap"
+	"github.com/keepvip/keepvip/internal/handover"
 	"github.com/keepvip/keepvip/internal/kube"
 	"github.com/keepvip/keepvip/internal/rootonly"
 	"github.com/keepvip/keepvip/vrrp"
@@ -71,6 +72,11 @@ type Options struct {
 	// Kube, when set, takes the configuration from the vip-configmap
 	// instead of ConfigFile.
 	Kube *KubeOptions
+	// TakeOver: if another keepvip runs on this host (in this network
+	// namespace), wait for it to stop and take over what it holds
+	// without moving it (see package handover); it says Ready meanwhile.
+	// Without it, a second keepvip refuses to start.
+	TakeOver bool
 }
 
 // KubeOptions configure the Kubernetes mode.
@@ -108,6 +114,9 @@ type Status struct {
 	Routing *RoutingStatus `json:"routing,omitempty"`
 	// Metrics is the metrics listener, if there is one.
 	Metrics *MetricsStatus `json:"metrics,omitempty"`
+	// Handover is keepvip's replacement in place, if one is under way
+	// or this keepvip took over from another.
+	Handover *HandoverStatus `json:"handover,omitempty"`
 }
 
 type daemon struct {
@@ -131,6 +140,8 @@ type daemon struct {
 	lb       *loadBalancer // nil until there are virtual servers
 	ipvs     string
 	metrics  *metricsServer // nil without one (or until it is made)
+	// handover waits for a successor (nil if it could not listen).
+	handover *handover.Listener
 	// source says where the configuration in force came from.
 	source string
 
@@ -139,6 +150,10 @@ type daemon struct {
 
 	// health answers /healthz and the status socket's /v1/health.
 	health *health
+
+	// tookOver is what this keepvip took over, if it did (set before
+	// the status socket serves).
+	tookOver *HandoverStatus
 
 	// vips are the addresses the metrics listener never answers on:
 	// every VIP of the configuration in force (and, while it is being
@@ -152,6 +167,18 @@ type daemon struct {
 func Run(ctx context.Context, o Options) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	var inherit *vrrp.Handover
+	if o.TakeOver {
+		h, err := waitToTakeOver(ctx, o)
+		if err != nil {
+			if ctx.Err() != nil {
+				o.Logger.Info("stopped while waiting to take over")
+				return nil
+			}
+			return err
+		}
+		inherit = h
 	}
 	var cfg *config.Config
 	var err error
@@ -196,7 +223,10 @@ func Run(ctx context.Context, o Options) error {
 	if lockDir == "" {
 		lockDir = vrrp.DefaultLockDir
 	}
-	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDir})
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDir, Inherit: inherit})
+	if inherit != nil {
+		d.tookOver = &HandoverStatus{TookOver: time.Now(), Masters: inherit.Masters}
+	}
 	d.health = newHealth(d.mgr, healthTimeout)
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
@@ -242,6 +272,16 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if err := d.mgr.Start(); err != nil {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
+	}
+	// Holding the namespace's lock now: the one to wait for, for a
+	// keepvip started with TakeOver.
+	if hl, err := handover.Listen(handover.Name, d.log); err != nil {
+		d.log.Warn("this keepvip cannot be replaced in place (keepvip run --take-over)", "err", err)
+	} else {
+		d.mu.Lock()
+		d.handover = hl
+		d.mu.Unlock()
+		defer hl.Close()
 	}
 	if err := d.startLB(&want); err != nil {
 		if o.Kube == nil {
@@ -314,6 +354,9 @@ func Run(ctx context.Context, o Options) error {
 			stopRec()
 			if kubeDone != nil {
 				<-kubeDone
+			}
+			if s := d.handover.Claim(); s != nil {
+				return d.leave(s, servers)
 			}
 			d.log.Info("shutting down: handing off VIPs")
 			err := d.mgr.Stop()
@@ -558,8 +601,14 @@ func (d *daemon) syncVRRP() error {
 func (d *daemon) status() Status {
 	d.mu.Lock()
 	s := Status{Version: d.opts.Version, ConfigFile: d.source, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
-	lb, metrics := d.lb, d.metrics
+	lb, metrics, hl := d.lb, d.metrics, d.handover
 	d.mu.Unlock()
+	if pid := hl.Waiting(); pid != 0 || d.tookOver != nil {
+		s.Handover = &HandoverStatus{Successor: pid}
+		if d.tookOver != nil {
+			s.Handover.TookOver, s.Handover.Masters = d.tookOver.TookOver, d.tookOver.Masters
+		}
+	}
 	if metrics != nil {
 		s.Metrics = metrics.status()
 	}
@@ -591,8 +640,42 @@ func (d *daemon) status() Status {
 // if it is root's (an emptyDir volume is made 0777), and refused if it is
 // shared (sticky, as /tmp) or someone else's.
 func (d *daemon) serveStatus(path string) (*http.Server, error) {
+	l, err := listenStatus(path, d.log)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { writeStatus(w, d.status()) })
+	// What /healthz and /readyz say, for `keepvip health`: probes that
+	// no other user of the node can answer in keepvip's place, as they
+	// can on a port they took first.
+	mux.HandleFunc("GET /v1/health", d.health.ServeHTTP)
+	mux.HandleFunc("GET /v1/ready", d.serveReady)
+	return serveHTTP(l, mux, d.log), nil
+}
+
+func writeStatus(w http.ResponseWriter, s Status) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(s)
+}
+
+// serveHTTP serves h on the status socket l.
+func serveHTTP(l net.Listener, h http.Handler, log *slog.Logger) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("status socket", "err", err)
+		}
+	}()
+	return srv
+}
+
+// listenStatus listens on the status socket path (see serveStatus).
+func listenStatus(path string, log *slog.Logger) (net.Listener, error) {
 	dir := filepath.Dir(path)
-	if err := rootonly.Dir(dir, "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", d.log); err != nil {
+	if err := rootonly.Dir(dir, "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", log); err != nil {
 		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	switch cred, err := socketHolder(path); {
@@ -603,7 +686,7 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 	case cred != nil:
 		// Put there while the directory was open to others: not
 		// keepvip's, and no longer possible now.
-		d.log.Warn("a process that is not root was listening on the status socket's path; replaced", "path", path, "uid", cred.Uid, "pid", cred.Pid)
+		log.Warn("a process that is not root was listening on the status socket's path; replaced", "path", path, "uid", cred.Uid, "pid", cred.Pid)
 	}
 	// Only a stale socket (nobody answers on it, or someone who is not
 	// root) is removed: anything else at the path is someone's file,
@@ -623,25 +706,7 @@ func (d *daemon) serveStatus(path string) (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on status socket: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.status())
-	})
-	// What /healthz and /readyz say, for `keepvip health`: probes that
-	// no other user of the node can answer in keepvip's place, as they
-	// can on a port they took first.
-	mux.HandleFunc("GET /v1/health", d.health.ServeHTTP)
-	mux.HandleFunc("GET /v1/ready", d.serveReady)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("status socket", "err", err)
-		}
-	}()
-	return srv, nil
+	return l, nil
 }
 
 // socketHolder returns the credentials of the process listening on the

@@ -96,6 +96,14 @@ func (n *Node) startKeepvip(args []string) (*Keepvip, error) {
 		return nil, err
 	}
 	k := &Keepvip{node: n, socket: filepath.Join(n.lab.dir, "keepvip-"+n.Name+".sock")}
+	// A second keepvip on the node (--take-over) has a socket of its own.
+	for i, a := range args {
+		if a == "--status-socket" && i+1 < len(args) {
+			k.socket = args[i+1]
+		} else if v, ok := strings.CutPrefix(a, "--status-socket="); ok {
+			k.socket = v
+		}
+	}
 	// env execs the daemon (same PID); a race-built daemon otherwise
 	// sleeps 1 s at exit (GORACE atexit_sleep_ms).
 	argv := []string{"env", "GORACE=atexit_sleep_ms=0", bin, "run", "--status-socket", k.socket, "--log-level", "debug"}
