@@ -106,11 +106,12 @@ bench-fault: deps build lab
 	  $(GO) test -count=1 -p 1 -timeout 20m -run '^(TestFault|TestStalledBackup)' -v ./test/e2e/ 2>&1); rc=$$?; \
 	  grep '^BENCH ' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | grep -v '^=== ' | tail -80; exit $$rc; fi
 
-# A rolling restart of keepvip on three real nodes (test/nodes): the
-# client's longest gap, TCP connections lost, moves of the VIP.
+# keepvip on three real nodes (test/nodes): rolling updates (a restart, an
+# image change) with the client's longest gap, TCP connections lost and
+# moves of the VIP; kubectl apply -k deploy/ to the VIP answering.
 .PHONY: bench-nodes
 bench-nodes: deps kubebin
-	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 15m -run '^TestRollingRestart$$' -v ./test/nodes/ 2>&1); rc=$$?; \
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 15m -run '^(TestRollingUpdate|TestApplyToVIPAnswering)$$' -v ./test/nodes/ 2>&1); rc=$$?; \
 	  grep -o 'BENCH .*' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit $$rc; fi
 
 # Parse and Resolve of a vip-configmap of 1,000 instances, 1,000 virtual

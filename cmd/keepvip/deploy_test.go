@@ -186,4 +186,18 @@ func TestDaemonSetForRealNodes(t *testing.T) {
 	if ds.Spec.MinReadySeconds < 1 || c.ReadinessProbe == nil || c.ReadinessProbe.PeriodSeconds > 2 {
 		t.Errorf("minReadySeconds %d, readiness probed every %v s; want a rolling update that waits for the election", ds.Spec.MinReadySeconds, c.ReadinessProbe)
 	}
+	// Upgrades replace keepvip in place: the new pod beside the old one
+	// (which its host port, if it declared one, would forbid), taking
+	// over from it.
+	ru := ds.Spec.UpdateStrategy.RollingUpdate
+	if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 ||
+		ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("update strategy %+v; want a rolling update with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
+	if !slices.Contains(c.Args, "--take-over") {
+		t.Errorf("args %v; want --take-over, for the new pod of an upgrade to take over from the old", c.Args)
+	}
+	for _, p := range c.Ports {
+		t.Errorf("port %+v declared: on the host network it is a host port, and the new pod of an upgrade cannot be scheduled beside the old", p)
+	}
 }

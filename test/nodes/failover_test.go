@@ -143,6 +143,14 @@ func TestKeepvipCrashOnMaster(t *testing.T) {
 	if gap.Duration > advert {
 		t.Errorf("client gap %v after the kill, want under one advert interval (%v)", gap.Duration, advert)
 	}
+	// Restarted once: a keepvip that does not start again at once (it
+	// crash-looped on its own status socket once) leaves the node
+	// holding a VIP nobody runs for the kubelet's back-off.
+	if cur, err := c.Clientset.CoreV1().Pods(namespace).Get(t.Context(), p.Name, metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	} else if n := cur.Status.ContainerStatuses[0].RestartCount; n != restarts+1 {
+		t.Errorf("keepvip's container restarted %d times after one kill; want once", n-restarts)
+	}
 	logs, err := c.Kubectl(t.Context(), "logs", "-n", namespace, p.Name)
 	if err != nil || !strings.Contains(string(logs), "restarted with its VIPs in place") {
 		t.Errorf("the restarted keepvip does not say it resumed: %v\n%s", err, logs)

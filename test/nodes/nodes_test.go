@@ -16,14 +16,12 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/keepvip/keepvip/internal/daemon"
 	"github.com/keepvip/keepvip/test/framework/kubenodes"
@@ -33,6 +31,8 @@ import (
 const (
 	namespace = "keepvip"
 	imageRef  = "localhost/keepvip:test"
+	// imageRef2 is another build (version test2), for an upgrade.
+	imageRef2 = "localhost/keepvip:test2"
 )
 
 var shared struct {
@@ -41,6 +41,9 @@ var shared struct {
 	lab  *lab.Lab
 	c    *kubenodes.Cluster
 	dir  string // scratch: images, the kustomize overlay
+	// overlay is deploy/ with the test image: what `kubectl apply -k`
+	// applies.
+	overlay string
 }
 
 func TestMain(m *testing.M) {
@@ -94,7 +97,11 @@ func startShared() error {
 	if err != nil {
 		return err
 	}
-	if shared.c, err = kubenodes.Start(ctx, l, kubenodes.Options{Images: []string{image}, Logf: logf}); err != nil {
+	image2, err := kubenodes.KeepvipImage(ctx, shared.dir, imageRef2, "test2")
+	if err != nil {
+		return err
+	}
+	if shared.c, err = kubenodes.Start(ctx, l, kubenodes.Options{Images: []string{image, image2}, Logf: logf}); err != nil {
 		return err
 	}
 	return deploy(ctx, shared.c)
@@ -107,35 +114,11 @@ func deploy(ctx context.Context, c *kubenodes.Cluster) error {
 	if err != nil {
 		return err
 	}
-	overlay := filepath.Join(shared.dir, "overlay")
-	if err := os.MkdirAll(overlay, 0o755); err != nil {
-		return err
-	}
-	deployDir := filepath.Join(wd, "..", "..", "deploy")
-	base, err := filepath.Rel(overlay, deployDir)
+	overlay, err := kubenodes.Overlay(shared.dir, filepath.Join(wd, "..", "..", "deploy"), imageRef)
 	if err != nil {
 		return err
 	}
-	// The base already renames the image "keepvip" to the published one:
-	// the overlay renames that.
-	b, err := os.ReadFile(filepath.Join(deployDir, "kustomization.yaml"))
-	if err != nil {
-		return err
-	}
-	var kz struct {
-		Images []struct {
-			Name    string `json:"name"`
-			NewName string `json:"newName"`
-		} `json:"images"`
-	}
-	if err := yaml.Unmarshal(b, &kz); err != nil || len(kz.Images) != 1 || kz.Images[0].NewName == "" {
-		return fmt.Errorf("deploy/kustomization.yaml: want one image: %v", err)
-	}
-	name, tag, _ := strings.Cut(imageRef, ":")
-	k := fmt.Sprintf("resources: [%s]\nimages: [{name: %s, newName: %s, newTag: %s}]\n", base, kz.Images[0].NewName, name, tag)
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-		return err
-	}
+	shared.overlay = overlay
 	t0 := time.Now()
 	if _, err := c.Kubectl(ctx, "apply", "-k", overlay); err != nil {
 		return err
