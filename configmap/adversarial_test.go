@@ -194,3 +194,26 @@ func TestAKeyOutcomeFollowsTheFormHoldingIt(t *testing.T) {
 		}
 	}
 }
+
+// A VIP key whose value cannot be applied (kube-keepalived-vip's PROXY
+// mode, an unknown mode, a bad Service name) still gives its VIP, and the
+// problem says so: "not applied" alone read as if the VIP were not held
+// either, while keepvip status listed it.
+func TestAVIPKeyWithABadValueSaysItsVIPIsHeld(t *testing.T) {
+	for _, value := range []string{"default/web:PROXY", "default/web:FOO", "not a service"} {
+		s, ps := Parse(map[string]string{"192.0.2.101": value, "192.0.2.102": ""}, DefaultDefaults(), nil)
+		if !reviewHolds(s, "192.0.2.101") {
+			t.Errorf("%q: the key's VIP is not held: %v", value, names(s))
+		}
+		var got []string
+		for _, p := range ps {
+			got = append(got, p.Error())
+			if p.Key == "192.0.2.101" && p.Outcome != outcomeVIPOnly {
+				t.Errorf("%q: %q; want the outcome %q", value, p.Error(), outcomeVIPOnly)
+			}
+		}
+		if len(ps) != 1 {
+			t.Errorf("%q: problems %q; want one, for the value", value, got)
+		}
+	}
+}

@@ -186,6 +186,8 @@ func (p Problem) Error() string {
 const (
 	outcomeNotApplied = "it is not applied"
 	outcomeKept       = "it keeps running here as it was"
+	// outcomeVIPOnly: a VIP key's value is refused, its VIP is held.
+	outcomeVIPOnly = "its virtual server is not applied; the VIP is held"
 )
 
 // keyInstanceSource is the Source of the instance of the VIP keys.

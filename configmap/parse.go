@@ -688,6 +688,20 @@ func (p *parser) assemble() *Spec {
 		kept[e], done[k] = f, f
 		e.outcome = outcomeKept
 	}
+	// A VIP key whose value (its virtual server) is refused still gives
+	// its VIP: say so, or "not applied" reads as if the VIP were not
+	// held either.
+	vipRefused := map[string]bool{}
+	for _, e := range p.entries {
+		if e.kind == kindVIPKey && e.refused {
+			vipRefused[e.key] = true
+		}
+	}
+	for _, e := range refused {
+		if e.kind == kindVirtualServer && e.key != StructuredKey && e.outcome == outcomeNotApplied && !vipRefused[e.key] {
+			e.outcome = outcomeVIPOnly
+		}
+	}
 
 	selector := false
 	for _, e := range p.entries {
