@@ -10,193 +10,227 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/keepvip/keepvip/test/framework/kubenodes"
 	"github.com/keepvip/keepvip/test/framework/kubetest"
 	"github.com/keepvip/keepvip/test/framework/lab"
-	"github.com/keepvip/keepvip/vrrp"
 )
 
-// KubeDemo shows the Kubernetes path: a real API server, `kubectl apply
-// -k deploy/`, two nodes running keepvip with the ServiceAccount of
-// deploy/, the vip-configmap edited, a bad entry reported, the API
-// server stopped while a failover happens. It needs the API server
-// binaries (make kubebin); without them it says so and returns.
+// KubeDemo shows the Kubernetes path as a user walks it, on real nodes:
+// three kubelets with their containerds on this machine (package
+// kubenodes), the image make image writes, `kubectl apply -k deploy/`, the
+// vip-configmap edited with kubectl, a bad entry reported, `kubectl exec
+// … keepvip status`, an upgrade of keepvip measured from a client, and a
+// failover with the API server down. It needs the Kubernetes binaries
+// (make kubebin); without them it says so and returns.
 func KubeDemo(ctx context.Context) error {
 	if _, err := kubetest.CachedBinaries(); err != nil {
 		if errors.Is(err, kubetest.ErrNotBuilt) {
-			fmt.Println("\nThe Kubernetes part of the demo needs a kube-apiserver: `make kubebin` builds one (several minutes, once).")
+			fmt.Println("\nThe Kubernetes part of the demo needs the Kubernetes binaries: `make kubebin` builds them (several minutes, once).")
 			return nil
 		}
 		return err
 	}
-	bin, err := lab.KeepvipBinary()
+	wd, err := os.Getwd()
 	if err != nil {
 		return err
+	}
+	deployDir := filepath.Join(wd, "deploy")
+	if _, err := os.Stat(filepath.Join(deployDir, "kustomization.yaml")); err != nil {
+		return fmt.Errorf("run the demo from keepvip's source tree (make demo): %w", err)
 	}
 	l, err := lab.New(func(string, ...any) {})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		fmt.Println("\n   Cleaning up: the API server, etcd, the nodes and their namespaces are removed.")
+		fmt.Println("\n   Cleaning up: the kubelets, containerds, control plane, namespaces and mounts are removed.")
 		if err := l.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "cleanup:", err)
 		}
 	}()
-	scratch, err := os.MkdirTemp("", "keepvip-kubedemo-")
-	if err != nil {
+	scratch := filepath.Join(l.Dir(), "kubedemo")
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		return err
 	}
-	defer os.RemoveAll(scratch)
 
-	fmt.Println("\nKubernetes: a kube-apiserver with etcd, two nodes running keepvip as the DaemonSet's pods would")
-	apiNode, err := l.AddNode("api", netip.MustParsePrefix("192.0.2.250/24"), netip.Prefix{})
+	fmt.Println("\nKubernetes on real nodes: three kubelets, each with its containerd in a network namespace of its own,")
+	fmt.Println("a control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) and a client, on one segment")
+	const ref, ref2 = "localhost/keepvip:demo", "localhost/keepvip:demo2"
+	image, err := kubenodes.KeepvipImage(ctx, scratch, ref, "demo")
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	cl, err := kubetest.Start(ctx, kubetest.Options{Dir: filepath.Join(scratch, "cluster"), NetNS: apiNode.NS,
-		BindAddress: apiNode.IPv4.Addr()})
+	image2, err := kubenodes.KeepvipImage(ctx, scratch, ref2, "demo2")
 	if err != nil {
 		return err
 	}
-	defer cl.Stop()
-	fmt.Printf("   API server ready at %s in %s\n", cl.URL(), time.Since(start).Round(100*time.Millisecond))
-	wd, _ := os.Getwd()
-	out, err := cl.Kubectl(ctx, "apply", "-k", filepath.Join(wd, "deploy"))
+	t0 := time.Now()
+	c, err := kubenodes.Start(ctx, l, kubenodes.Options{Images: []string{image, image2}, Logf: func(string, ...any) {}})
 	if err != nil {
 		return err
 	}
-	fmt.Println("\n   $ kubectl apply -k deploy/")
+	defer c.Close()
+	var names []string
+	for _, n := range c.Nodes {
+		names = append(names, fmt.Sprintf("%s %s", n.Name, n.Addr))
+	}
+	fmt.Printf("   %s Ready in %s; the keepvip image (as make image writes it) imported into each containerd\n", strings.Join(names, ", "), time.Since(t0).Round(100*time.Millisecond))
+
+	kubectl := func(args ...string) ([]byte, error) {
+		fmt.Printf("\n   $ kubectl %s\n", strings.Join(args, " "))
+		out, err := c.Kubectl(ctx, args...)
+		indent(string(out))
+		return out, err
+	}
+	overlay, err := kubenodes.Overlay(scratch, deployDir, ref)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n   $ kubectl apply -k deploy/        # through an overlay that only sets the image to %s\n", ref)
+	applied := time.Now()
+	out, err := c.Kubectl(ctx, "apply", "-k", overlay)
 	indent(string(out))
-
-	api := kubernetes.NewForConfigOrDie(cl.RestConfig())
-	sa, err := cl.ServiceAccountKubeconfig(ctx, "keepvip", "keepvip", "")
 	if err != nil {
 		return err
 	}
-	type kubeNode struct {
-		name, addr string
-		node       *lab.Node
-		k          *lab.Keepvip
+	if _, err := kubectl("-n", "keepvip", "rollout", "status", "daemonset/keepvip", "--timeout=3m"); err != nil {
+		return err
 	}
-	nodes := []*kubeNode{{name: "node-a", addr: "192.0.2.11"}, {name: "node-b", addr: "192.0.2.12"}}
-	for _, n := range nodes {
-		if n.node, err = l.AddNode(n.name, netip.PrefixFrom(netip.MustParseAddr(n.addr), 24), netip.Prefix{}); err != nil {
-			return err
-		}
-		obj, err := api.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name}}, metav1.CreateOptions{})
-		if err != nil {
-			return err
-		}
-		obj.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.addr}}
-		if _, err := api.CoreV1().Nodes().UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
-			return err
-		}
-		n.k, err = n.node.StartKeepvipArgs("--configmap", "keepvip/vip-configmap", "--node-name", n.name, "--kubeconfig", sa,
-			"--state-dir", filepath.Join(scratch, n.name), "--advert-interval", "100ms")
-		if err != nil {
-			return err
-		}
+	fmt.Printf("   every keepvip pod Ready %s after kubectl apply\n", time.Since(applied).Round(100*time.Millisecond))
+	if _, err := kubectl("-n", "keepvip", "get", "pods", "-o", "wide"); err != nil {
+		return err
 	}
-	fmt.Println("   node-a 192.0.2.11, node-b 192.0.2.12: keepvip run --configmap keepvip/vip-configmap, with the ServiceAccount keepvip")
 
-	wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wait, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	vip := netip.MustParseAddr("192.0.2.100")
-	setData := func(data map[string]string) error {
-		cm, err := api.CoreV1().ConfigMaps("keepvip").Get(wait, "vip-configmap", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		cm.Data = data
-		_, err = api.CoreV1().ConfigMaps("keepvip").Update(wait, cm, metav1.UpdateOptions{})
-		return err
-	}
-	holder := func() *kubeNode {
-		for _, n := range nodes {
-			if ok, _ := n.node.HasAddr(wait, vip); ok {
+	holder := func() *kubenodes.Node {
+		for _, n := range c.Nodes {
+			if ok, _ := n.Lab.HasAddr(wait, vip); ok {
 				return n
 			}
 		}
 		return nil
 	}
+	pod := func(n *kubenodes.Node) (string, error) {
+		list, err := c.Clientset.CoreV1().Pods("keepvip").List(wait, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=keepvip", FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil {
+			return "", err
+		}
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil {
+				return p.Name, nil
+			}
+		}
+		return "", fmt.Errorf("no keepvip pod on %s", n.Name)
+	}
 
 	fmt.Println("\n1. The vip-configmap gets a VIP (kube-keepalived-vip's form, no Service: the VIP alone)")
-	fmt.Println(`   data: {"192.0.2.100": ""}`)
 	edit := time.Now()
-	if err := setData(map[string]string{vip.String(): ""}); err != nil {
+	if _, err := kubectl("-n", "keepvip", "patch", "configmap", "vip-configmap", "--type=merge", "-p", `{"data":{"192.0.2.100":""}}`); err != nil {
 		return err
 	}
-	var m *kubeNode
+	var m *kubenodes.Node
 	for m = holder(); m == nil; m = holder() {
 		if wait.Err() != nil {
 			return fmt.Errorf("no node holds %s after the ConfigMap edit", vip)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	fmt.Printf("   %s holds %s %s after the edit (the election included)\n", m.name, vip, ms(time.Since(edit)))
+	fmt.Printf("   %s holds %s %s after the edit (the first election: three 1 s adverts and the skew)\n", m.Name, vip, time.Since(edit).Round(10*time.Millisecond))
+	probe, err := lab.StartProber(wait, c.Client, vip, time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer probe.Stop()
+	if _, err := probe.WaitReplyAfter(wait, time.Now()); err != nil {
+		return fmt.Errorf("the client gets no answer from %s: %w", vip, err)
+	}
+	fmt.Printf("   the client (%s) pings %s every millisecond from now on\n", kubenodes.ClientIP, vip)
 
 	fmt.Println("\n2. A bad entry: reported as an Event and in the status; the good VIP stays")
-	fmt.Println(`   data: {"192.0.2.100": "", "192.0.2.101": "default/web:PROXY"}`)
-	if err := setData(map[string]string{vip.String(): "", "192.0.2.101": "default/web:PROXY"}); err != nil {
+	if _, err := kubectl("-n", "keepvip", "patch", "configmap", "vip-configmap", "--type=merge", "-p", `{"data":{"192.0.2.101":"default/web:PROXY"}}`); err != nil {
 		return err
 	}
-	var events []string
-	for len(events) == 0 && wait.Err() == nil {
-		time.Sleep(100 * time.Millisecond)
-		evs, err := api.CoreV1().Events("keepvip").List(wait, metav1.ListOptions{FieldSelector: "involvedObject.name=vip-configmap"})
-		if err != nil {
-			return err
-		}
-		for _, e := range evs.Items {
-			events = append(events, fmt.Sprintf("%s %s %s", e.Type, e.Reason, e.Message))
-		}
-	}
-	fmt.Println("\n   $ kubectl get events -n keepvip --field-selector involvedObject.name=vip-configmap")
-	indent(strings.Join(events, "\n"))
-	if holder() != m {
-		return fmt.Errorf("the good VIP moved because of a bad entry")
-	}
-
-	fmt.Printf("\n3. The API server stops; then %s dies (link cut, SIGKILL)\n", m.name)
-	if err := cl.StopAPIServer(); err != nil {
-		return err
-	}
-	other := nodes[0]
-	if other == m {
-		other = nodes[1]
-	}
-	t0 := time.Now()
-	if err := l.CutLink(m.node); err != nil {
-		return err
-	}
-	if err := m.k.Kill(); err != nil {
-		return err
-	}
-	if err := other.k.WaitState(wait, "vips", vrrp.StateMaster); err != nil {
-		return err
-	}
-	for ok, _ := other.node.HasAddr(wait, vip); !ok; ok, _ = other.node.HasAddr(wait, vip) {
-		if wait.Err() != nil {
-			return fmt.Errorf("%s did not take %s over", other.name, vip)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	fmt.Printf("   %s took %s over %s later, without the API server: failover never waits on it\n", other.name, vip, ms(time.Since(t0)))
-	// Let the probe of /readyz notice, for the status below.
 	for wait.Err() == nil {
-		st, err := other.k.Status(wait)
-		if err == nil && st.Kubernetes != nil && st.Kubernetes.APIServer != "ok" {
+		evs, err := c.Clientset.CoreV1().Events("keepvip").List(wait, metav1.ListOptions{FieldSelector: "involvedObject.name=vip-configmap"})
+		if err == nil && len(evs.Items) > 0 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fmt.Printf("\n   $ kubectl exec -n keepvip keepvip-%s -- keepvip status\n", other.name)
-	return showStatus(bin, other.k)
+	if _, err := kubectl("-n", "keepvip", "get", "events", "--field-selector", "involvedObject.name=vip-configmap", "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"); err != nil {
+		return err
+	}
+	if holder() != m {
+		return fmt.Errorf("the good VIP moved because of a bad entry")
+	}
+	mp, err := pod(m)
+	if err != nil {
+		return err
+	}
+	if _, err := kubectl("-n", "keepvip", "exec", mp, "--", "keepvip", "status"); err != nil {
+		return err
+	}
+
+	fmt.Println("\n3. An upgrade: keepvip is replaced on each node in turn, in place (the new pod beside the old one")
+	fmt.Println("   takes over its VIPs where they are), while the client pings the VIP")
+	before := probe.Stats()
+	up := time.Now()
+	if _, err := kubectl("-n", "keepvip", "set", "image", "daemonset/keepvip", "keepvip="+ref2); err != nil {
+		return err
+	}
+	if _, err := kubectl("-n", "keepvip", "rollout", "status", "daemonset/keepvip", "--timeout=3m"); err != nil {
+		return err
+	}
+	rolled := time.Now()
+	time.Sleep(time.Second)
+	gap, _ := probe.LongestGap(up, time.Time{})
+	after := probe.Stats()
+	now := holder()
+	where := "none"
+	if now != nil {
+		where = now.Name
+	}
+	fmt.Printf("   rolled out in %s: the client's longest gap %s, %d of %d pings lost; %s held the VIP before, %s after\n",
+		rolled.Sub(up).Round(100*time.Millisecond), ms(gap.Duration), (after.Sent-after.Replied)-(before.Sent-before.Replied), after.Sent-before.Sent, m.Name, where)
+	if now != m {
+		return fmt.Errorf("the VIP moved in the upgrade")
+	}
+	if mp, err = pod(m); err != nil {
+		return err
+	}
+	if _, err := kubectl("-n", "keepvip", "exec", mp, "--", "keepvip", "status"); err != nil {
+		return err
+	}
+
+	fmt.Printf("\n4. The API server stops; then %s's link is cut\n", m.Name)
+	if err := c.API.StopAPIServer(); err != nil {
+		return err
+	}
+	time.Sleep(500 * time.Millisecond)
+	cut := time.Now()
+	if err := l.CutLink(m.Lab); err != nil {
+		return err
+	}
+	var other *kubenodes.Node
+	for other = holder(); other == nil || other == m; other = holder() {
+		if wait.Err() != nil {
+			return fmt.Errorf("no node took %s over", vip)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(cut)
+	if _, err := probe.WaitReplyAfter(wait, time.Now()); err != nil {
+		return err
+	}
+	gap, _ = probe.LongestGap(cut, time.Time{})
+	fmt.Printf("   %s took %s over %s after the cut, without the API server; the client's gap %s\n", other.Name, vip, took.Round(time.Millisecond), ms(gap.Duration))
+	fmt.Println("   (1 s adverts, the DaemonSet's default: Master_Down_Interval is about 3 s; see docs/performance.md for faster)")
+	return nil
 }
 
 func indent(s string) {
