@@ -33,6 +33,8 @@ const (
 	imageRef  = "localhost/keepvip:test"
 	// imageRef2 is another build (version test2), for an upgrade.
 	imageRef2 = "localhost/keepvip:test2"
+	// keepalivedRef is Debian's keepalived, for reference figures.
+	keepalivedRef = "localhost/keepalived:ref"
 )
 
 var shared struct {
@@ -101,7 +103,14 @@ func startShared() error {
 	if err != nil {
 		return err
 	}
-	if shared.c, err = kubenodes.Start(ctx, l, kubenodes.Options{Images: []string{image, image2}, Logf: logf}); err != nil {
+	if err := lab.EnsureTools(logf, "keepalived"); err != nil {
+		return err
+	}
+	keepalived := filepath.Join(shared.dir, "keepalived.tar")
+	if err := kubenodes.KeepalivedImage(keepalived, keepalivedRef); err != nil {
+		return err
+	}
+	if shared.c, err = kubenodes.Start(ctx, l, kubenodes.Options{Images: []string{image, image2, keepalived}, Logf: logf}); err != nil {
 		return err
 	}
 	return deploy(ctx, shared.c)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -155,7 +157,26 @@ func TestRollingUpdate(t *testing.T) {
 	}
 }
 
-func rollingUpdate(t *testing.T, c *kubenodes.Cluster, vip, master, name string, args []string) {
+// rollout is what a client saw of a DaemonSet's rolling update.
+type rollout struct {
+	took                 time.Duration
+	gap                  time.Duration // the client's longest
+	pingsLost, pingsSent int
+	dups                 int
+	moves                int
+	nobody, two          time.Duration // longest time with no holder, with two
+	twoTotal             time.Duration
+	connsLost            int64
+	hw                   *holderWatch
+	conns                *connWatch
+}
+
+// measureRollout runs kubectl args (which start a rolling update of the
+// DaemonSet ds in namespace ns) while the client pings vip every
+// millisecond and keeps 20 TCP connections to the echo service behind it,
+// and waits for the rollout to end. before runs just before args.
+func measureRollout(t *testing.T, c *kubenodes.Cluster, vip, ns, ds string, args []string) rollout {
+	t.Helper()
 	probe, err := lab.StartProber(t.Context(), c.Client, mustAddr(vip), time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -164,15 +185,46 @@ func rollingUpdate(t *testing.T, c *kubenodes.Cluster, vip, master, name string,
 	hw := watchHolders(t, c, vip)
 	conns := keepConnections(t, c, vip, 20)
 	time.Sleep(500 * time.Millisecond)
-	before := pods(t, c)
 	start := time.Now()
 	if _, err := c.Kubectl(t.Context(), args...); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Kubectl(t.Context(), "rollout", "status", "-n", namespace, "daemonset/keepvip", "--timeout=5m"); err != nil {
-		t.Fatalf("%v\n%s", err, c.Describe(context.Background(), namespace))
+	if _, err := c.Kubectl(t.Context(), "rollout", "status", "-n", ns, ds, "--timeout=5m"); err != nil {
+		t.Fatalf("%v\n%s", err, c.Describe(context.Background(), ns))
 	}
-	rolled := time.Now()
+	r := rollout{took: time.Since(start), hw: hw, conns: conns}
+	time.Sleep(3 * advert)
+	conns.stop()
+	hw.Stop()
+	probe.Stop()
+	if err := hw.Err(); err != nil {
+		t.Fatal(err)
+	}
+	gap, _ := probe.LongestGap(start, time.Time{})
+	st := probe.Stats()
+	r.gap, r.pingsLost, r.pingsSent, r.dups = gap.Duration, st.Sent-st.Replied, st.Sent, st.Dups
+	r.two, r.twoTotal = hw.held(start, 2)
+	r.nobody, _ = hw.held(start, 0)
+	r.moves = hw.moves(start)
+	r.connsLost = conns.lost.Load()
+	return r
+}
+
+func (r rollout) String() string {
+	return fmt.Sprintf("in %v: client's longest gap %v (%d pings lost of %d), VIP moved %d times, nobody held it %v, two held it %v at most (%v in all), %d duplicate replies, %d of 20 TCP connections lost",
+		r.took.Round(100*time.Millisecond), r.gap.Round(time.Millisecond), r.pingsLost, r.pingsSent, r.moves, r.nobody, r.two, r.twoTotal, r.dups, r.connsLost)
+}
+
+func (r rollout) bench(t *testing.T, name string) {
+	t.Logf("BENCH kube_rollout_%s_client_gap_max_ms %.1f ms", name, float64(r.gap)/1e6)
+	t.Logf("BENCH kube_rollout_%s_connections_lost %d count", name, r.connsLost)
+	t.Logf("BENCH kube_rollout_%s_vip_moves %d count", name, r.moves)
+	t.Logf("BENCH kube_rollout_%s_seconds %.1f s", name, r.took.Seconds())
+}
+
+func rollingUpdate(t *testing.T, c *kubenodes.Cluster, vip, master, name string, args []string) {
+	before := pods(t, c)
+	r := measureRollout(t, c, vip, namespace, "daemonset/keepvip", args)
 	// The order the DaemonSet controller replaced the pods in (it picks
 	// the nodes in no particular order).
 	var order []string
@@ -180,6 +232,19 @@ func rollingUpdate(t *testing.T, c *kubenodes.Cluster, vip, master, name string,
 	for n, p := range byTime {
 		if p.UID == before[n].UID {
 			t.Errorf("node %s still runs pod %s after the rollout", n, p.Name)
+		}
+	}
+	// Every new keepvip took over from the old one on its node; the
+	// master's with the VIP's instance as master.
+	for n, p := range byTime {
+		st, err := status(t.Context(), c, p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Handover == nil || st.Handover.TookOver.IsZero() {
+			t.Errorf("%s's keepvip did not take over from the one before it: %+v", n, st.Handover)
+		} else if n == master && len(st.Handover.Masters) == 0 {
+			t.Errorf("the master's keepvip took over no instance as master: %+v", st.Handover)
 		}
 	}
 	for len(byTime) > 0 {
@@ -192,59 +257,112 @@ func rollingUpdate(t *testing.T, c *kubenodes.Cluster, vip, master, name string,
 		order = append(order, first)
 		delete(byTime, first)
 	}
-	// Every new keepvip took over from the old one on its node; the
-	// master's with the VIP's instance as master.
-	for n, p := range pods(t, c) {
-		st, err := status(t.Context(), c, p.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Handover == nil || st.Handover.TookOver.IsZero() {
-			t.Errorf("%s's keepvip did not take over from the one before it: %+v", n, st.Handover)
-		} else if n == master && len(st.Handover.Masters) == 0 {
-			t.Errorf("the master's keepvip took over no instance as master: %+v", st.Handover)
-		}
-	}
-	time.Sleep(3 * advert)
-	conns.stop()
-	hw.Stop()
-	probe.Stop()
-	if err := hw.Err(); err != nil {
-		t.Fatal(err)
-	}
-	gap, _ := probe.LongestGap(start, time.Time{})
-	two, twoTotal := hw.held(start, 2)
-	nobody, _ := hw.held(start, 0)
-	moves := hw.moves(start)
-	st := probe.Stats()
-	t.Logf("figure: rollout (%s) of 3 nodes in %v (master %s, replaced in the order %v): client's longest gap %v (%d pings lost of %d), VIP moved %d times, nobody held it %v, two held it %v at most (%v in all), %d duplicate replies, %d TCP connections lost",
-		name, rolled.Sub(start).Round(100*time.Millisecond), master, order, gap.Duration.Round(time.Millisecond), st.Sent-st.Replied, st.Sent, moves, nobody, two, twoTotal, st.Dups, conns.lost.Load())
-	t.Logf("BENCH kube_rollout_%s_client_gap_max_ms %.1f ms", name, float64(gap.Duration)/1e6)
-	t.Logf("BENCH kube_rollout_%s_connections_lost %d count", name, conns.lost.Load())
-	t.Logf("BENCH kube_rollout_%s_vip_moves %d count", name, moves)
-	t.Logf("BENCH kube_rollout_%s_seconds %.1f s", name, rolled.Sub(start).Seconds())
-	if gap.Duration > advert {
-		t.Errorf("client gap %v, want at most one advert interval (%v)", gap.Duration, advert)
+	t.Logf("figure: rollout (%s) of 3 nodes (master %s, replaced in the order %v) %v", name, master, order, r)
+	r.bench(t, name)
+	if r.gap > advert {
+		t.Errorf("client gap %v, want at most one advert interval (%v)", r.gap, advert)
 	}
 	// Replaced in place, each node's keepvip takes over from the one
 	// before it: the VIP stays on its node, which is never without it
 	// and never shares it, and the connections through it stay up.
-	if moves > 0 {
-		t.Errorf("the VIP moved %d times in one rollout; want it kept in place:\n%s", moves, hw)
+	if r.moves > 0 {
+		t.Errorf("the VIP moved %d times in one rollout; want it kept in place:\n%s", r.moves, r.hw)
 	}
-	if nobody > 0 {
-		t.Errorf("nobody held %s for %v during the rollout:\n%s", vip, nobody, hw)
+	if r.nobody > 0 {
+		t.Errorf("nobody held %s for %v during the rollout:\n%s", vip, r.nobody, r.hw)
 	}
-	if two > 0 {
-		t.Errorf("two nodes held %s for %v at once:\n%s", vip, two, hw)
+	if r.two > 0 {
+		t.Errorf("two nodes held %s for %v at once:\n%s", vip, r.two, r.hw)
 	}
-	if lost := conns.lost.Load(); lost > 0 {
-		t.Errorf("%d TCP connections lost; want none", lost)
+	if r.connsLost > 0 {
+		t.Errorf("%d TCP connections lost; want none", r.connsLost)
 	}
 	if t.Failed() {
-		conns.mu.Lock()
-		t.Logf("connections lost:\n%v", conns.reasons)
-		conns.mu.Unlock()
+		r.conns.mu.Lock()
+		t.Logf("connections lost:\n%v", r.conns.reasons)
+		r.conns.mu.Unlock()
+	}
+}
+
+// keepalivedDaemonSet runs keepalived the way kube-keepalived-vip did: a
+// privileged host-network DaemonSet with the default rolling update (one
+// node at a time, no readiness probe), keepalived.conf rendered at start
+// with the VIP in one vrrp_instance, priority by node (here from its
+// address), nopreempt, 1 s adverts; on SIGTERM keepalived sends priority
+// 0 and removes the VIP.
+const keepalivedDaemonSet = `apiVersion: v1
+kind: Namespace
+metadata: {name: keepalived-ref}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: keepalived, namespace: keepalived-ref}
+spec:
+  selector: {matchLabels: {app: keepalived}}
+  template:
+    metadata: {labels: {app: keepalived}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: keepalived
+        image: ` + keepalivedRef + `
+        securityContext: {privileged: true}
+        env:
+        - name: NODE_IP
+          valueFrom: {fieldRef: {fieldPath: status.hostIP}}
+        args:
+        - |
+          prio=$((90 + ${NODE_IP##*.}))
+          cat > /etc/keepalived/keepalived.conf <<EOF
+          vrrp_instance vips {
+            state BACKUP
+            interface eth0
+            virtual_router_id 60
+            priority $prio
+            nopreempt
+            advert_int 1
+            virtual_ipaddress {
+              ` + keepalivedVIP + `/32
+            }
+          }
+          EOF
+          exec keepalived --dont-fork --log-console --log-detail --vrrp -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid
+`
+
+const keepalivedVIP = "192.0.2.105"
+
+// The same rolling restart done the way kube-keepalived-vip did it
+// (keepalived restarted by its DaemonSet), on the same nodes, with the
+// same client, for reference: the figures are reported, not judged.
+func TestRollingUpdateKeepalivedReference(t *testing.T) {
+	c := cluster(t)
+	serveEcho(t, c)
+	dir := t.TempDir()
+	manifest := filepath.Join(dir, "keepalived.yaml")
+	if err := os.WriteFile(manifest, []byte(keepalivedDaemonSet), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl(t.Context(), "apply", "-f", manifest); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Kubectl(context.Background(), "delete", "-f", manifest, "--wait=true", "--timeout=2m")
+	})
+	if _, err := c.Kubectl(t.Context(), "rollout", "status", "-n", "keepalived-ref", "daemonset/keepalived", "--timeout=3m"); err != nil {
+		t.Fatalf("%v\n%s", err, c.Describe(context.Background(), "keepalived-ref"))
+	}
+	waitFor(t, time.Minute, "one node holding "+keepalivedVIP, func(ctx context.Context) bool {
+		return len(holders(ctx, c, keepalivedVIP)) == 1
+	})
+	time.Sleep(2 * advert) // every backup has heard the master
+	master := oneHolder(t, c, keepalivedVIP)
+	r := measureRollout(t, c, keepalivedVIP, "keepalived-ref", "daemonset/keepalived",
+		[]string{"rollout", "restart", "-n", "keepalived-ref", "daemonset/keepalived"})
+	t.Logf("figure: rollout (restart) of keepalived as kube-keepalived-vip ran it, 3 nodes (master %s) %v", master, r)
+	r.bench(t, "keepalived_restart")
+	if after := holders(t.Context(), c, keepalivedVIP); len(after) != 1 {
+		t.Errorf("after the rollout %s is held by %v; want one node", keepalivedVIP, after)
 	}
 }
 

@@ -80,3 +80,45 @@ func Overlay(dir, deployDir, ref string) (string, error) {
 	}
 	return overlay, nil
 }
+
+// KeepalivedImage writes, at path, an image of the host's keepalived (the
+// binary and every shared library ldd names, at the paths it names) with
+// busybox for a shell: keepalived run the way kube-keepalived-vip ran it,
+// for reference figures on the same nodes.
+func KeepalivedImage(path, ref string) error {
+	bin, err := exec.LookPath("keepalived")
+	if err != nil {
+		return fmt.Errorf("keepalived image: %w", err)
+	}
+	files, err := busyboxFiles()
+	if err != nil {
+		return fmt.Errorf("keepalived image: %w", err)
+	}
+	out, err := exec.Command("ldd", bin).Output()
+	if err != nil {
+		return fmt.Errorf("keepalived image: ldd %s: %w", bin, err)
+	}
+	paths := []string{bin}
+	for _, line := range strings.Split(string(out), "\n") {
+		// "libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x...)"
+		// or "/lib64/ld-linux-x86-64.so.2 (0x...)"; linux-vdso has no file.
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			paths = append(paths, f[2])
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+			paths = append(paths, f[0])
+		}
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p) // through links: the library itself
+		if err != nil {
+			return fmt.Errorf("keepalived image: %w", err)
+		}
+		files = append(files, ociimage.File{Path: p, Mode: 0o755, Data: b})
+	}
+	files = append(files,
+		ociimage.File{Path: "/etc/keepalived", Mode: os.ModeDir | 0o755},
+		ociimage.File{Path: "/run", Mode: os.ModeDir | 0o755})
+	return ociimage.WriteFile(path, ref, files, ociimage.Config{Entrypoint: []string{"/bin/sh", "-c"}, Env: []string{"PATH=/bin:/usr/sbin"}})
+}

@@ -455,18 +455,28 @@ func (n *Node) LogFiles() (containerd, kubelet string) {
 // writeBusyboxImage writes an image of Debian's static busybox with its
 // applets in /bin.
 func writeBusyboxImage(path, ref string, entrypoint []string) error {
-	bb, err := exec.LookPath("busybox")
+	files, err := busyboxFiles()
 	if err != nil {
 		return err
 	}
+	return ociimage.WriteFile(path, ref, files, ociimage.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin"}})
+}
+
+// busyboxFiles are the host's static busybox as /bin/busybox, its applets
+// as links to it in /bin, and /tmp.
+func busyboxFiles() ([]ociimage.File, error) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(bb)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	files := []ociimage.File{{Path: "/bin/busybox", Mode: 0o755, Data: b}}
 	out, err := exec.Command(bb, "--list").Output()
 	if err != nil {
-		return fmt.Errorf("busybox --list: %w", err)
+		return nil, fmt.Errorf("busybox --list: %w", err)
 	}
 	for _, a := range strings.Fields(string(out)) {
 		if a != "busybox" {
@@ -474,7 +484,7 @@ func writeBusyboxImage(path, ref string, entrypoint []string) error {
 		}
 	}
 	files = append(files, ociimage.File{Path: "/tmp", Mode: os.ModeDir | os.ModeSticky | 0o777})
-	return ociimage.WriteFile(path, ref, files, ociimage.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin"}})
+	return files, nil
 }
 
 // run runs a command on the host with a bound, returning its output; the
