@@ -788,7 +788,16 @@ func (in *Instance) handlePacket(now time.Time, p Packet, adv Advertisement) {
 			in.logLimited(now, "prio0:"+p.Src.String(), "master sent priority 0, taking over after skew time", "master", p.Src, "skew", in.skew())
 			return
 		}
-		if !in.preemptAllowed(came) || adv.Priority >= in.cfg.Priority {
+		// Preemption is judged as of when the advert came, but not
+		// before the instance could act on it: an advert that waited in
+		// the socket while the instance started (a restarted master
+		// hearing the backup that took over) finds preemption allowed
+		// from the start, not held because the advert was older.
+		judged := came
+		if judged.Before(in.since) {
+			judged = in.since
+		}
+		if !in.preemptAllowed(judged) || adv.Priority >= in.cfg.Priority {
 			in.follow(came, p, adv)
 			if in.resuming() {
 				// Restarted holding its VIPs, it heard a master it

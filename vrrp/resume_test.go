@@ -175,3 +175,35 @@ func TestRestartedRouterFiltersWhatItKeeps(t *testing.T) {
 		t.Errorf("with no filter, a holds %v unfiltered", a.vips.on)
 	}
 }
+
+// A restarted router's socket may hold an advert of the worse master
+// elected meanwhile from before the instance started (it came while the
+// process set up). Judged as of its arrival, preemption looked held, not
+// yet allowed: the router followed the worse master and released the
+// VIPs it had kept (seen once in CI). Preemption counts from when the
+// instance could act, so it preempts at once with them in place.
+func TestRestartedRouterPreemptsWithAnAdvertFromBeforeItStarted(t *testing.T) {
+	s := newSim(t)
+	b := s.add("192.0.2.2", func(c *Config) { c.Priority = 50 })
+	s.runFor(mdi(50, time.Second) + ms)
+	wantState(t, b, StateMaster)
+	a := s.addRestarted("192.0.2.1", nil)
+	wantState(t, a, StateBackup)
+	adv := Advertisement{Version: 3, VRID: a.in.cfg.VRID, Priority: 50, Interval: time.Second, Addrs: a.in.cfg.vipAddrs()}
+	src, dst := netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("224.0.0.18")
+	raw, err := adv.Marshal(src, dst, ChecksumPseudoHeader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := s.clock.Now()
+	pkt := Packet{Payload: raw, Src: src, Dst: dst, TTL: 255, At: now.Add(-5 * ms)}
+	dec, reason, _ := decode(pkt, IPv4)
+	if reason != "" {
+		t.Fatal(reason)
+	}
+	a.in.handlePacket(now, pkt, dec)
+	wantState(t, a, StateMaster)
+	if d := removals(a); len(d) > 0 || !a.vips.on[a.in.cfg.VIPs[0]] {
+		t.Errorf("a's VIPs: removals %v, held %v; want kept", d, a.vips.on)
+	}
+}
