@@ -26,6 +26,9 @@ type nftFilter struct {
 	set4    *nftables.Set
 	set6    *nftables.Set
 	blocked map[netip.Addr]bool
+	// adopted: the table is one a keepvip that handed over left (see
+	// adopt); what it blocks that this one does not goes at settle.
+	adopted bool
 }
 
 func newNFTFilter() *nftFilter { return &nftFilter{blocked: map[netip.Addr]bool{}} }
@@ -43,6 +46,76 @@ func pruneFilter() error {
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("removing stale nftables table %s: %w", FilterTable, err)
+	}
+	return nil
+}
+
+// adopt takes over the table a keepvip that handed over to this one left
+// (Manager.Leave), instead of pruning it: its VIPs stay filtered without
+// a moment's gap until this keepvip's instances block them again. settle
+// then removes what they no longer block.
+func (f *nftFilter) adopt() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	t, err := c.ListTableOfFamily(FilterTable, nftables.TableFamilyINet)
+	if err != nil || t == nil {
+		return nil // none left
+	}
+	s4, err4 := c.GetSetByName(t, "noaccept4")
+	s6, err6 := c.GetSetByName(t, "noaccept6")
+	if err4 != nil || err6 != nil {
+		// Not the table this keepvip makes: start afresh.
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("removing the nftables table %s left before: %w", FilterTable, err)
+		}
+		return nil
+	}
+	f.table, f.set4, f.set6, f.adopted = t, s4, s6, true
+	return nil
+}
+
+// settle removes, from an adopted table, the addresses this keepvip does
+// not block, and the table if it blocks none. Once: after the first Sync.
+func (f *nftFilter) settle() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.adopted {
+		return nil
+	}
+	f.adopted = false
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	if len(f.blocked) == 0 {
+		c.DelTable(f.table)
+		f.table = nil
+	} else {
+		for _, set := range []*nftables.Set{f.set4, f.set6} {
+			elems, err := c.GetSetElements(set)
+			if err != nil {
+				return fmt.Errorf("reading the non-accept set %s: %w", set.Name, err)
+			}
+			var stale []nftables.SetElement
+			for _, e := range elems {
+				if a, ok := netip.AddrFromSlice(e.Key); ok && !f.blocked[a] {
+					stale = append(stale, nftables.SetElement{Key: e.Key})
+				}
+			}
+			if len(stale) > 0 {
+				if err := c.SetDeleteElements(set, stale); err != nil {
+					return fmt.Errorf("removing addresses from the non-accept set %s: %w", set.Name, err)
+				}
+			}
+		}
+	}
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing what the keepvip before this one blocked: %w", err)
 	}
 	return nil
 }

@@ -49,16 +49,29 @@ type Options struct {
 	Inherit *Handover
 }
 
+// HandedOver names an instance handed over as master.
+type HandedOver struct {
+	Name      string `json:"name"`
+	Interface string `json:"interface"`
+	VRID      uint8  `json:"vrid"`
+	Family    string `json:"family"`
+}
+
+func handedOver(c *Config) HandedOver {
+	return HandedOver{Name: c.Name, Interface: c.Interface, VRID: c.VRID, Family: c.Family().String()}
+}
+
 // Handover is what a Manager that leaves (Leave) passes to the keepvip
 // taking over on the same host, which gets it as Options.Inherit: with it,
 // the VIPs stay where they are and the other routers never notice that
 // the process changed.
 type Handover struct {
-	// Masters are the instances that were master as it left, by name.
-	// The successor's instance of the same name, finding its VIPs in
-	// place, is master again at once instead of listening first (see
-	// Instance.resume).
-	Masters []string `json:"masters,omitempty"`
+	// Masters are the instances that were master as it left. The
+	// successor's instance of the same name, interface, VRID and family,
+	// finding its VIPs in place, is master again at once instead of
+	// listening first (see Instance.resume); one that differs in any of
+	// them starts as after a crash.
+	Masters []HandedOver `json:"masters,omitempty"`
 	// Promote are the interfaces (by index) where keepvip turned
 	// promote_secondaries on: the successor turns it off again when it
 	// no longer needs it, as the one that turned it on would have.
@@ -318,8 +331,8 @@ type Manager struct {
 	// Instance.start), the rest are removed. nil once dealt with.
 	leftovers map[addrKey]bool
 	// takeOver are the instances that the keepvip before this one handed
-	// over as master (Options.Inherit), until they start.
-	takeOver map[string]bool
+	// over as master (Options.Inherit), by name, until the first Sync.
+	takeOver map[string]HandedOver
 	// leaving is set by Leave: instances stop without a handoff.
 	leaving atomic.Bool
 	// peerLog bounds the log lines that received packets cause, for the
@@ -400,9 +413,9 @@ func NewManager(o Options) *Manager {
 		peerLog:      newLogLimiter(logEvery, peerLogBudget),
 	}
 	if h := o.Inherit; h != nil {
-		m.takeOver = map[string]bool{}
-		for _, name := range h.Masters {
-			m.takeOver[name] = true
+		m.takeOver = map[string]HandedOver{}
+		for _, mi := range h.Masters {
+			m.takeOver[mi.Name] = mi
 		}
 		for _, ifindex := range h.Promote {
 			m.addrs.turnedOn[ifindex] = true
@@ -436,7 +449,13 @@ func (m *Manager) Start() error {
 	if err := m.links.start(m.ctx.Done()); err != nil {
 		return err
 	}
-	if err := pruneFilter(); err != nil {
+	if m.takeOver != nil {
+		// Handed over: what the keepvip before this one filtered stays
+		// filtered until this one's instances take it over.
+		if err := m.filter.adopt(); err != nil {
+			return err
+		}
+	} else if err := pruneFilter(); err != nil {
 		return err
 	}
 	left, err := m.addrs.listStale()
@@ -586,7 +605,16 @@ func (m *Manager) Sync(cfgs []Config) error {
 			errs = append(errs, fmt.Errorf("instance %q: %w", name, err))
 		}
 	}
-	errs = append(errs, m.settleLeftoversLocked())
+	if m.takeOver != nil {
+		// The first Sync after a handover: each instance has started
+		// (and blocked what it filters) before the table left by the
+		// keepvip before this one loses what it no longer blocks.
+		for _, mi := range m.insts {
+			mi.in.do(func() {})
+		}
+	}
+	errs = append(errs, m.settleLeftoversLocked(), m.filter.settle())
+	m.takeOver = nil // only the first Sync takes over
 	return errors.Join(errs...)
 }
 
@@ -646,9 +674,9 @@ func (m *Manager) startLocked(c Config) error {
 			delete(m.leftovers, key)
 		}
 	}
-	if m.takeOver[c.Name] {
+	if t, ok := m.takeOver[c.Name]; ok {
 		delete(m.takeOver, c.Name)
-		in.takeOver = len(in.inherited) > 0
+		in.takeOver = len(in.inherited) > 0 && t == handedOver(&c)
 	}
 	sock.mu.Lock()
 	sock.byVRID[c.VRID] = in
@@ -981,14 +1009,14 @@ func (m *Manager) Leave() Handover {
 	var h Handover
 	for name, mi := range m.insts {
 		if mi.in.leftMaster {
-			h.Masters = append(h.Masters, name)
+			h.Masters = append(h.Masters, handedOver(&mi.cfg))
 		}
 		mi.sock.mu.Lock()
 		delete(mi.sock.byVRID, mi.cfg.VRID)
 		mi.sock.mu.Unlock()
 		delete(m.insts, name)
 	}
-	slices.Sort(h.Masters)
+	slices.SortFunc(h.Masters, func(a, b HandedOver) int { return strings.Compare(a.Name, b.Name) })
 	m.closeIdleLocked()
 	h.Promote = m.addrs.leave()
 	m.addrs.close()

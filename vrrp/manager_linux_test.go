@@ -1038,8 +1038,8 @@ func TestManagerLeavesForASuccessor(t *testing.T) {
 		}
 	}
 	h := first.Leave()
-	if !slices.Equal(h.Masters, []string{"vi"}) || !slices.Equal(h.Promote, []int{va.Index}) {
-		t.Fatalf("handover %+v; want masters [vi], promote [%d]", h, va.Index)
+	if want := []HandedOver{{Name: "vi", Interface: "va", VRID: 70, Family: "ipv4"}}; !slices.Equal(h.Masters, want) || !slices.Equal(h.Promote, []int{va.Index}) {
+		t.Fatalf("handover %+v; want masters %+v, promote [%d]", h, want, va.Index)
 	}
 	if _, ok := hasAddr(t, va.Index, vip.Addr()); !ok {
 		t.Fatal("the VIP left the interface with Leave")

@@ -36,7 +36,11 @@ func printStatus(w io.Writer, s *daemon.Status, format string, now time.Time) er
 
 func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 	if h := s.Handover; h != nil && h.WaitingFor != 0 {
-		fmt.Fprintf(w, "keepvip %s, waiting to take over from keepvip pid %d on this host (it holds the VIPs; nothing moves when it stops)\n", s.Version, h.WaitingFor)
+		if h.InPlace {
+			fmt.Fprintf(w, "keepvip %s, waiting to take over from keepvip pid %d on this host, in place: when it stops, its VIPs stay where they are and this keepvip runs them\n", s.Version, h.WaitingFor)
+		} else {
+			fmt.Fprintf(w, "keepvip %s, waiting for keepvip pid %d on this host to stop; it cannot hand over in place (an older keepvip, or it could not listen for a successor): its VIPs will be handed off to the other routers, and this keepvip starts on its own\n", s.Version, h.WaitingFor)
+		}
 		return nil
 	}
 	fmt.Fprintf(w, "keepvip %s, configuration %s loaded %s ago\n", s.Version, s.ConfigFile, ago(now, s.ConfigLoaded))
@@ -46,6 +50,9 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 		}
 		if h.Successor != 0 {
 			fmt.Fprintf(w, "keepvip pid %d waits to take over when this one stops (VIPs stay where they are)\n", h.Successor)
+		}
+		if h.Unavailable != "" {
+			fmt.Fprintf(w, "cannot be replaced in place (a successor will find the VIPs handed off as usual): %s\n", h.Unavailable)
 		}
 	}
 	if k := s.Kubernetes; k != nil {

@@ -140,8 +140,10 @@ type daemon struct {
 	lb       *loadBalancer // nil until there are virtual servers
 	ipvs     string
 	metrics  *metricsServer // nil without one (or until it is made)
-	// handover waits for a successor (nil if it could not listen).
-	handover *handover.Listener
+	// handover waits for a successor (nil if it could not listen, and
+	// handoverErr says why).
+	handover    *handover.Listener
+	handoverErr string
 	// source says where the configuration in force came from.
 	source string
 
@@ -168,9 +170,12 @@ func Run(ctx context.Context, o Options) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	var inherit *vrrp.Handover
+	var took *takeOverState
 	if o.TakeOver {
-		h, err := waitToTakeOver(ctx, o)
+		if err := preflight(o); err != nil {
+			return err
+		}
+		st, err := waitToTakeOver(ctx, o)
 		if err != nil {
 			if ctx.Err() != nil {
 				o.Logger.Info("stopped while waiting to take over")
@@ -178,7 +183,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 			return err
 		}
-		inherit = h
+		took = st
 	}
 	var cfg *config.Config
 	var err error
@@ -215,18 +220,17 @@ func Run(ctx context.Context, o Options) error {
 	// Kubernetes mode may hold VIPs from the start.
 	want := cfg.Desired()
 	d.refuseVIPs(want.VIPs())
-	// The one-keepvip-per-network-namespace lock lives in the state
-	// directory when there is one: on a node it outlives a pod (deploy/
-	// mounts it from the host), so that two pods on one node are one too
-	// many, as two processes are.
-	lockDir := o.StateDir
-	if lockDir == "" {
-		lockDir = vrrp.DefaultLockDir
+	var inherit *vrrp.Handover
+	if took != nil {
+		inherit = &took.VRRP
+		d.tookOver = &HandoverStatus{TookOver: time.Now(), Masters: masterNames(took.VRRP)}
+		// Devices the ECMP VIPs were left on: released by the first
+		// holdECMP unless the configuration has them.
+		for _, dev := range took.ECMP {
+			d.heldDevs[dev] = false
+		}
 	}
-	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDir, Inherit: inherit})
-	if inherit != nil {
-		d.tookOver = &HandoverStatus{TookOver: time.Now(), Masters: inherit.Masters}
-	}
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDirOf(o), Inherit: inherit})
 	d.health = newHealth(d.mgr, healthTimeout)
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
@@ -253,10 +257,17 @@ func Run(ctx context.Context, o Options) error {
 	var servers []shutdowner
 	if o.StatusSocket != "" {
 		srv, err := d.serveStatus(o.StatusSocket)
+		// Taking over from a keepvip of this host with the same path (not
+		// pods: they have one each), which closes it a moment after it
+		// handed over.
+		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, errSocketInUse) && took != nil && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+			srv, err = d.serveStatus(o.StatusSocket)
+		}
 		if err != nil {
 			return err
 		}
-		servers = append(servers, srv)
+		servers = append(servers, named{"status socket", srv})
 	}
 	if o.MetricsAddr != "" {
 		// Only a VIP as the address is an error here: an address that
@@ -268,7 +279,7 @@ func Run(ctx context.Context, o Options) error {
 		d.mu.Lock()
 		d.metrics = m
 		d.mu.Unlock()
-		servers = append(servers, m)
+		servers = append(servers, named{"metrics listener", m})
 	}
 	if err := d.mgr.Start(); err != nil {
 		return errors.Join(fmt.Errorf("starting VRRP: %w", err), shutdownAll(servers))
@@ -276,7 +287,10 @@ func Run(ctx context.Context, o Options) error {
 	// Holding the namespace's lock now: the one to wait for, for a
 	// keepvip started with TakeOver.
 	if hl, err := handover.Listen(handover.Name, d.log); err != nil {
-		d.log.Warn("this keepvip cannot be replaced in place (keepvip run --take-over)", "err", err)
+		d.log.Warn("this keepvip cannot be replaced in place (keepvip run --take-over): a successor will find it hands its VIPs off as usual", "err", err)
+		d.mu.Lock()
+		d.handoverErr = err.Error()
+		d.mu.Unlock()
 	} else {
 		d.mu.Lock()
 		d.handover = hl
@@ -601,10 +615,10 @@ func (d *daemon) syncVRRP() error {
 func (d *daemon) status() Status {
 	d.mu.Lock()
 	s := Status{Version: d.opts.Version, ConfigFile: d.source, ConfigLoaded: d.loadedAt, ConfigErrors: d.errs, IPVS: d.ipvs}
-	lb, metrics, hl := d.lb, d.metrics, d.handover
+	lb, metrics, hl, hlErr := d.lb, d.metrics, d.handover, d.handoverErr
 	d.mu.Unlock()
-	if pid := hl.Waiting(); pid != 0 || d.tookOver != nil {
-		s.Handover = &HandoverStatus{Successor: pid}
+	if pid := hl.Waiting(); pid != 0 || d.tookOver != nil || hlErr != "" {
+		s.Handover = &HandoverStatus{Successor: pid, Unavailable: hlErr}
 		if d.tookOver != nil {
 			s.Handover.TookOver, s.Handover.Masters = d.tookOver.TookOver, d.tookOver.Masters
 		}
@@ -672,6 +686,9 @@ func serveHTTP(l net.Listener, h http.Handler, log *slog.Logger) *http.Server {
 	return srv
 }
 
+// errSocketInUse: a process of root's listens on the status socket.
+var errSocketInUse = errors.New("in use")
+
 // listenStatus listens on the status socket path (see serveStatus).
 func listenStatus(path string, log *slog.Logger) (net.Listener, error) {
 	dir := filepath.Dir(path)
@@ -682,7 +699,7 @@ func listenStatus(path string, log *slog.Logger) (net.Listener, error) {
 	case err != nil:
 		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	case cred != nil && cred.Uid == 0:
-		return nil, fmt.Errorf("status socket %s is in use (by pid %d): is another keepvip running?", path, cred.Pid)
+		return nil, fmt.Errorf("status socket %s is %w (by pid %d): is another keepvip running?", path, errSocketInUse, cred.Pid)
 	case cred != nil:
 		// Put there while the directory was open to others: not
 		// keepvip's, and no longer possible now.
@@ -943,6 +960,26 @@ func shutdownAll(servers []shutdowner) error {
 		errs = append(errs, s.Shutdown(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// named is a server with a name for its shutdown error.
+type named struct {
+	name string
+	s    shutdowner
+}
+
+func (n named) Shutdown(ctx context.Context) error {
+	err := n.s.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		if c, ok := n.s.(interface{ Close() error }); ok {
+			c.Close()
+		}
+		return fmt.Errorf("closing the %s: clients kept connections open past 2s; cut", n.name)
+	}
+	if err != nil {
+		return fmt.Errorf("closing the %s: %w", n.name, err)
+	}
+	return nil
 }
 
 // GetStatus asks the daemon on socket for its status. Each call uses one

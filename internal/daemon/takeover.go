@@ -5,11 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/keepvip/keepvip/internal/handover"
+	"github.com/keepvip/keepvip/internal/rootonly"
+	"github.com/keepvip/keepvip/lvs"
 	"github.com/keepvip/keepvip/vrrp"
 )
 
@@ -17,16 +22,75 @@ import (
 // package handover and Options.TakeOver).
 type HandoverStatus struct {
 	// WaitingFor: this keepvip waits to take over from the keepvip of
-	// that pid, which runs on this host.
+	// that pid, which runs on this host; InPlace: that keepvip will hand
+	// over in place when it stops. If not (an older keepvip, one that
+	// could not listen for a successor), it hands its VIPs off to the
+	// other routers as usual and this one starts on its own.
 	WaitingFor int32 `json:"waitingFor,omitempty"`
+	InPlace    bool  `json:"inPlace,omitempty"`
 	// Successor: the keepvip of that pid waits to take over from this
 	// one; when this one stops, it leaves its VIPs and virtual servers
 	// in place for it.
 	Successor int32 `json:"successor,omitempty"`
+	// Unavailable says why this keepvip cannot be replaced in place: a
+	// successor will find it stops as usual, handing its VIPs off.
+	Unavailable string `json:"unavailable,omitempty"`
 	// TookOver is when this keepvip took over from the one before it,
 	// and Masters the instances it took over as master.
 	TookOver time.Time `json:"tookOver,omitzero"`
 	Masters  []string  `json:"masters,omitempty"`
+}
+
+// takeOverState is what a keepvip that leaves passes to its successor.
+type takeOverState struct {
+	VRRP vrrp.Handover `json:"vrrp"`
+	// ECMP are the devices its ECMP VIPs are on, left in place: the
+	// successor releases those its configuration does not have.
+	ECMP []string `json:"ecmp,omitempty"`
+}
+
+// preflight does, before a keepvip that is to take over says it is ready,
+// what could make it fail once it had: once the running keepvip has left
+// for it, a successor that exits leaves the VIPs on the node with no
+// keepvip to run them (until it is restarted; in a crash loop, for good),
+// while the other routers take them over too. So the configuration is
+// loaded and checked (in Kubernetes mode the cluster's is checked entry
+// by entry and never stops keepvip), IPVS is asked for if it is required,
+// and the lock's and the status socket's directories are made root's. A
+// keepvip that fails here is never ready: a rollout waits, the running one
+// keeps everything.
+func preflight(o Options) error {
+	if o.Kube == nil {
+		cfg, err := load(o.ConfigFile)
+		if err != nil {
+			return err
+		}
+		if want := cfg.Desired(); want.IPVSRequired && len(want.VirtualServers) > 0 {
+			if err := lvs.Available(); err != nil {
+				return fmt.Errorf("load balancing (kernel.ipvs: required): %w", err)
+			}
+		}
+	}
+	if err := rootonly.Dir(lockDirOf(o), "lock directory", "hold keepvip's lock", o.Logger); err != nil {
+		return fmt.Errorf("locking the network namespace: %w", err)
+	}
+	if o.StatusSocket != "" {
+		if err := rootonly.Dir(filepath.Dir(o.StatusSocket), "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", o.Logger); err != nil {
+			return fmt.Errorf("status socket %s: %w", o.StatusSocket, err)
+		}
+	}
+	return nil
+}
+
+// lockDirOf is where the one-keepvip-per-network-namespace lock lives.
+func lockDirOf(o Options) string {
+	// The state directory when there is one: on a node it outlives a pod
+	// (deploy/ mounts it from the host), so that two pods on one node are
+	// one too many, as two processes are.
+	if o.StateDir != "" {
+		return o.StateDir
+	}
+	return vrrp.DefaultLockDir
 }
 
 // waitToTakeOver waits, if another keepvip runs in this network namespace,
@@ -36,8 +100,13 @@ type HandoverStatus struct {
 // can be had (two pods on a node have one each; two processes on one host
 // may share the path, and the running one has it), says whom it waits for,
 // and says ready: the keepvip it waits for can be stopped now.
-func waitToTakeOver(ctx context.Context, o Options) (*vrrp.Handover, error) {
-	var waitingFor atomic.Int32
+func waitToTakeOver(ctx context.Context, o Options) (*takeOverState, error) {
+	type waiting struct {
+		pid     int32
+		inPlace bool
+	}
+	var now atomic.Pointer[waiting]
+	now.Store(&waiting{})
 	if o.StatusSocket != "" {
 		l, err := listenStatus(o.StatusSocket, o.Logger)
 		if err != nil {
@@ -45,16 +114,20 @@ func waitToTakeOver(ctx context.Context, o Options) (*vrrp.Handover, error) {
 		} else {
 			mux := http.NewServeMux()
 			mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-				writeStatus(w, Status{Version: o.Version, ConfigFile: o.ConfigFile, IPVS: "not used yet", Handover: &HandoverStatus{WaitingFor: waitingFor.Load()}})
+				w0 := now.Load()
+				writeStatus(w, Status{Version: o.Version, ConfigFile: o.ConfigFile, IPVS: "not used yet",
+					Handover: &HandoverStatus{WaitingFor: w0.pid, InPlace: w0.inPlace}})
 			})
 			mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 			mux.HandleFunc("GET /v1/ready", func(w http.ResponseWriter, _ *http.Request) {
-				pid := waitingFor.Load()
-				if pid == 0 {
+				switch w0 := now.Load(); {
+				case w0.pid == 0:
 					http.Error(w, "starting", http.StatusServiceUnavailable)
-					return
+				case w0.inPlace:
+					fmt.Fprintf(w, "ok: waiting to take over from keepvip pid %d in place\n", w0.pid)
+				default:
+					fmt.Fprintf(w, "ok: waiting for keepvip pid %d to stop (it hands its VIPs off: it cannot hand over in place)\n", w0.pid)
 				}
-				fmt.Fprintf(w, "ok: waiting to take over from keepvip pid %d\n", pid)
 			})
 			srv := serveHTTP(l, mux, o.Logger)
 			defer func() {
@@ -66,50 +139,82 @@ func waitToTakeOver(ctx context.Context, o Options) (*vrrp.Handover, error) {
 			}()
 		}
 	}
-	state, err := handover.Wait(ctx, handover.WaitOptions{
+	raw, err := handover.Wait(ctx, handover.WaitOptions{
 		Name:      handover.Name,
 		Running:   vrrp.Running,
-		OnWaiting: func(pid int32) { waitingFor.Store(pid) },
+		OnWaiting: func(pid int32, inPlace bool) { now.Store(&waiting{pid, inPlace}) },
 		Logger:    o.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if state == nil {
+	if raw == nil {
 		o.Logger.Info("no keepvip to take over from: starting on its own")
 		return nil, nil
 	}
-	var h vrrp.Handover
-	if err := json.Unmarshal(state, &h); err != nil {
+	var st takeOverState
+	if err := json.Unmarshal(raw, &st); err != nil {
 		// Whatever it left is found as a crashed keepvip's would be.
 		o.Logger.Error("the keepvip before this one handed over something unreadable; starting as after a crash", "err", err)
 		return nil, nil
 	}
-	o.Logger.Info("taking over from the keepvip before this one on this host", "masters", h.Masters)
-	return &h, nil
+	o.Logger.Info("taking over from the keepvip before this one on this host", "masters", masterNames(st.VRRP))
+	return &st, nil
+}
+
+func masterNames(h vrrp.Handover) []string {
+	var names []string
+	for _, m := range h.Masters {
+		names = append(names, m.Name)
+	}
+	return names
 }
 
 // leave stops this keepvip for the successor s, which waits on this host
 // to take over: the VIPs stay on their interfaces (masters send a last
-// advert, see vrrp.Manager.Leave), the IPVS services and the ECMP VIPs
-// stay, and the servers close, freeing the metrics port and the status
-// socket's path for it. Only then is it told to go, with what it needs.
-// BGP sessions and routes in a kernel table end with this process: the
-// successor announces again once its sessions are up.
+// advert, see vrrp.Manager.Leave), as do the IPVS services and the ECMP
+// VIPs, and the successor is told to go at once, with what it needs; the
+// rest (BGP sessions, health checks, the servers) stops after, so that
+// nothing a client could hold open delays the successor's first advert.
+// If the word does not get through (the successor died since it said it
+// was ready), this keepvip takes the VIPs back and hands them off as a
+// stopping keepvip does. BGP sessions and routes in a kernel table end
+// with this process: the successor announces again once its sessions are
+// up.
 func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 	d.log.Info("shutting down: a keepvip waits to take over on this host; leaving the VIPs and virtual servers in place for it", "successor", s.Pid)
 	h := d.mgr.Leave()
+	st := takeOverState{VRRP: h, ECMP: slices.Sorted(maps.Keys(d.heldDevs))}
+	var errs []error
+	if err := s.Go(st); err != nil {
+		d.log.Error("the successor did not get the word; taking the VIPs back to hand them off", "err", err)
+		errs = append(errs, err, d.reclaim(h))
+	} else {
+		d.log.Info("handed over", "successor", s.Pid, "masters", masterNames(h))
+	}
 	d.routing.stop()
 	if d.lb != nil {
 		d.lb.stop()
 	}
-	err := shutdownAll(servers)
-	if gerr := s.Go(h); gerr != nil {
-		// It died after it said it was ready: what was left is found
-		// by the next keepvip as a crashed one's would be.
-		d.log.Error("the successor did not get the word; the VIPs left for it wait for the next keepvip", "err", gerr)
-		err = errors.Join(err, gerr)
+	errs = append(errs, shutdownAll(servers))
+	d.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// reclaim takes back what Leave left for a successor that did not get the
+// word, and hands it off as a stopping keepvip does: a Manager inherits it
+// (its masters are master again at once, their VIPs in place) and stops
+// (priority 0, the VIPs kept until a new master advertises). The ECMP VIPs
+// go too.
+func (d *daemon) reclaim(h vrrp.Handover) error {
+	defer d.releaseECMP()
+	m := vrrp.NewManager(vrrp.Options{Logger: d.log, LockDir: lockDirOf(d.opts), Inherit: &h})
+	if err := m.Start(); err != nil {
+		return fmt.Errorf("taking the VIPs back from the successor that did not take them: %w", err)
 	}
-	d.log.Info("stopped: handed over", "successor", s.Pid, "masters", h.Masters)
-	return err
+	var cfgs []vrrp.Config
+	if d.want != nil {
+		cfgs = slices.Clone(d.want.VRRP)
+	}
+	return errors.Join(m.Sync(cfgs), m.Stop())
 }

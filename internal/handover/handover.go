@@ -158,7 +158,7 @@ func (hl *Listener) greet(c *net.UnixConn) {
 		return
 	}
 	if err := send(c, message{Holder: int32(os.Getpid())}); err != nil {
-		hl.drop(w)
+		hl.drop(w, true)
 		return
 	}
 	hl.log.Info("a keepvip waits to take over on this host", "pid", w.pid)
@@ -173,15 +173,18 @@ func (hl *Listener) greet(c *net.UnixConn) {
 		}
 	}
 	close(w.rx)
-	hl.drop(w)
+	hl.drop(w, true)
 }
 
-// drop forgets a successor whose connection ended.
-func (hl *Listener) drop(w *waiting) {
+// drop forgets a successor whose connection ended (or was ended: gone
+// says whether to log that it went away).
+func (hl *Listener) drop(w *waiting, gone bool) {
 	hl.mu.Lock()
 	if hl.succ == w {
 		hl.succ = nil
-		hl.log.Info("the keepvip that waited to take over is gone", "pid", w.pid)
+		if gone {
+			hl.log.Info("the keepvip that waited to take over is gone", "pid", w.pid)
+		}
 	}
 	hl.mu.Unlock()
 	w.c.Close()
@@ -224,7 +227,7 @@ func (hl *Listener) Claim() *Successor {
 	}
 	if err := send(w.c, message{Prepare: true}); err != nil {
 		hl.log.Warn("the keepvip waiting to take over did not take the word", "pid", w.pid, "err", err)
-		hl.drop(w)
+		hl.drop(w, false)
 		return nil
 	}
 	t := time.NewTimer(ioTimeout)
@@ -241,7 +244,7 @@ func (hl *Listener) Claim() *Successor {
 			}
 		case <-t.C:
 			hl.log.Warn("the keepvip waiting to take over did not answer", "pid", w.pid, "within", ioTimeout)
-			hl.drop(w)
+			hl.drop(w, false)
 			return nil
 		}
 	}
@@ -253,11 +256,11 @@ func (hl *Listener) Claim() *Successor {
 func (s *Successor) Go(state any) error {
 	b, err := json.Marshal(state)
 	if err != nil {
-		s.hl.drop(s.w)
+		s.hl.drop(s.w, false)
 		return fmt.Errorf("encoding the state for the successor: %w", err)
 	}
 	err = send(s.w.c, message{Go: true, State: b})
-	s.hl.drop(s.w)
+	s.hl.drop(s.w, false)
 	if err != nil {
 		return fmt.Errorf("telling keepvip pid %d to take over: %w", s.Pid, err)
 	}
@@ -276,7 +279,7 @@ func (hl *Listener) Close() {
 	w := hl.succ
 	hl.mu.Unlock()
 	if w != nil {
-		hl.drop(w)
+		hl.drop(w, false)
 	}
 }
 
@@ -310,12 +313,18 @@ type WaitOptions struct {
 	// namespace, if one does (it may not listen on Name: an older one, or
 	// one still starting); Wait waits for it to be gone.
 	Running func() (int32, bool)
-	// OnWaiting is told whom Wait waits for (0: no one any more).
-	OnWaiting func(pid int32)
+	// OnWaiting is told whom Wait waits for (0: no one any more), and
+	// whether that keepvip will hand over in place (it listens on Name and
+	// took this one as its successor) or only stop (an older keepvip, one
+	// that could not listen, one starting): then the VIPs are handed off
+	// to the other routers as usual, and this one starts on its own.
+	OnWaiting func(pid int32, inPlace bool)
 	Logger    *slog.Logger
 	// Poll is how often Wait looks again for a keepvip that runs but
 	// does not listen; 0 is 200 ms.
 	Poll time.Duration
+
+	warn func(kind, msg string, args ...any)
 }
 
 // Wait waits until no other keepvip runs in this network namespace. It
@@ -328,9 +337,17 @@ func Wait(ctx context.Context, o WaitOptions) (json.RawMessage, error) {
 		o.Poll = 200 * time.Millisecond
 	}
 	if o.OnWaiting == nil {
-		o.OnWaiting = func(int32) {}
+		o.OnWaiting = func(int32, bool) {}
 	}
-	defer o.OnWaiting(0)
+	defer o.OnWaiting(0, false)
+	// Each kind of warning once per wait: the loop runs every Poll.
+	warned := map[string]bool{}
+	o.warn = func(kind, msg string, args ...any) {
+		if !warned[kind] {
+			warned[kind] = true
+			o.Logger.Warn(msg, args...)
+		}
+	}
 	pause := func(d time.Duration) error {
 		t := time.NewTimer(d)
 		defer t.Stop()
@@ -353,7 +370,8 @@ func Wait(ctx context.Context, o WaitOptions) (json.RawMessage, error) {
 		if !running {
 			return nil, nil
 		}
-		o.OnWaiting(pid)
+		o.OnWaiting(pid, false)
+		o.warn("stop", "a keepvip runs on this host but does not hand over in place (an older one, or it could not listen): waiting for it to stop; its VIPs will be handed off to the other routers as usual", "pid", pid)
 		if err := pause(o.Poll); err != nil {
 			return nil, err
 		}
@@ -376,7 +394,7 @@ func converse(ctx context.Context, o WaitOptions) (json.RawMessage, error) {
 		if err == nil {
 			err = fmt.Errorf("pid %d is uid %d, not root", cred.Pid, cred.Uid)
 		}
-		o.Logger.Warn("not waiting on the handover socket: its holder is not keepvip's", "socket", o.Name, "err", err)
+		o.warn("squatter", "not waiting on the handover socket: its holder is not keepvip's", "socket", o.Name, "err", err)
 		return nil, nil
 	}
 	if err := send(c, message{Successor: int32(os.Getpid())}); err != nil {
@@ -396,9 +414,9 @@ func converse(ctx context.Context, o WaitOptions) (json.RawMessage, error) {
 		switch {
 		case m.Holder != 0:
 			o.Logger.Info("waiting to take over from the keepvip that runs on this host", "pid", m.Holder)
-			o.OnWaiting(m.Holder)
+			o.OnWaiting(m.Holder, true)
 		case m.Busy:
-			o.Logger.Warn("another keepvip waits to take over already; waiting for it", "pid", cred.Pid)
+			o.warn("busy", "another keepvip waits to take over already; waiting for the running one to stop", "pid", cred.Pid)
 			return nil, nil
 		case m.Prepare:
 			if err := send(c, message{Ready: true}); err != nil {

@@ -50,17 +50,25 @@ type result struct {
 	err   error
 }
 
+// inPlace is what the last Wait told OnWaiting of the keepvip it waits for.
+var inPlace atomic.Bool
+
 // waitAsync runs Wait in the background; running says whether a keepvip
 // runs (the holder, while the test says so).
 func waitAsync(ctx context.Context, running *atomic.Bool, waitingFor *atomic.Int32) chan result {
 	out := make(chan result, 1)
 	go func() {
 		st, err := Wait(ctx, WaitOptions{
-			Name:      Name,
-			Running:   func() (int32, bool) { return 4242, running.Load() },
-			OnWaiting: func(pid int32) { waitingFor.Store(pid) },
-			Logger:    discard(),
-			Poll:      10 * time.Millisecond,
+			Name:    Name,
+			Running: func() (int32, bool) { return 4242, running.Load() },
+			OnWaiting: func(pid int32, ip bool) {
+				waitingFor.Store(pid)
+				if pid != 0 {
+					inPlace.Store(ip)
+				}
+			},
+			Logger: discard(),
+			Poll:   10 * time.Millisecond,
 		})
 		out <- result{st, err}
 	}()
@@ -119,6 +127,9 @@ func TestHandOver(t *testing.T) {
 	ch := waitAsync(context.Background(), &running, &waitingFor)
 	eventually(t, "the holder sees the successor", func() bool { return hl.Waiting() == int32(os.Getpid()) })
 	eventually(t, "the successor knows whom it waits for", func() bool { return waitingFor.Load() == int32(os.Getpid()) })
+	if !inPlace.Load() {
+		t.Error("the successor of a keepvip that listens does not expect a handover in place")
+	}
 	if _, err := Listen(Name, discard()); err == nil {
 		t.Fatal("a second Listen on the same name succeeded")
 	}
@@ -164,7 +175,7 @@ func TestNoHandOver(t *testing.T) {
 				eventually(t, "the holder sees the successor", func() bool { return hl.Waiting() != 0 })
 				hl.Close()
 			}
-			eventually(t, "the successor waits for the running keepvip", func() bool { return waitingFor.Load() != 0 })
+			eventually(t, "the successor waits for the running keepvip", func() bool { return waitingFor.Load() != 0 && !inPlace.Load() })
 			select {
 			case r := <-ch:
 				t.Fatalf("Wait returned %s, %v while a keepvip still ran", r.state, r.err)
