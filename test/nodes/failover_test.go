@@ -372,6 +372,9 @@ func TestCordonAndExcludeHandOff(t *testing.T) {
 	defer probe.Stop()
 	for _, step := range []struct{ name, out, in string }{
 		{"cordon", "cordon %s", "uncordon %s"},
+		// What an operator runs before maintenance: a cordon, and the
+		// eviction of every pod but the DaemonSets'.
+		{"drain", "drain %s --ignore-daemonsets --delete-emptydir-data --timeout=60s", "uncordon %s"},
 		{"exclude label", "label node %s node.kubernetes.io/exclude-from-external-load-balancers=", "label node %s node.kubernetes.io/exclude-from-external-load-balancers-"},
 	} {
 		master := oneHolder(t, c, vip)

@@ -330,7 +330,7 @@ spec:
           exec keepalived --dont-fork --log-console --log-detail --vrrp -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid
 `
 
-const keepalivedVIP = "192.0.2.105"
+const keepalivedVIP = "192.0.2.106"
 
 // The same rolling restart done the way kube-keepalived-vip did it
 // (keepalived restarted by its DaemonSet), on the same nodes, with the
