@@ -43,6 +43,10 @@ type Options struct {
 	// write to is made so, unless it is sticky: then it is refused). ""
 	// is DefaultLockDir.
 	LockDir string
+	// KeepLock: Stop keeps the network namespace's lock, for Unlock to
+	// release when the process has undone everything else it did (a
+	// keepvip waiting to take over starts when the lock is free).
+	KeepLock bool
 	// Inherit is what the keepvip before this one on the host left it
 	// when it handed over (Manager.Leave): nil when this keepvip started
 	// on its own.
@@ -334,7 +338,8 @@ type Manager struct {
 	// over as master (Options.Inherit), by name, until the first Sync.
 	takeOver map[string]HandedOver
 	// leaving is set by Leave: instances stop without a handoff.
-	leaving atomic.Bool
+	leaving  atomic.Bool
+	keepLock bool
 	// peerLog bounds the log lines that received packets cause, for the
 	// socket readers and every instance together.
 	peerLog *logLimiter
@@ -411,6 +416,7 @@ func NewManager(o Options) *Manager {
 		sockets:      map[sockKey]*socket{},
 		announcers:   map[int]*linkAnnouncer{},
 		peerLog:      newLogLimiter(logEvery, peerLogBudget),
+		keepLock:     o.KeepLock,
 	}
 	if h := o.Inherit; h != nil {
 		m.takeOver = map[string]HandedOver{}
@@ -982,11 +988,22 @@ func (m *Manager) Stop() error {
 	}
 	err = errors.Join(err, m.filter.Close())
 	m.addrs.close()
-	if m.lock != nil {
+	if m.lock != nil && !m.keepLock {
 		m.lock.release()
 		m.lock = nil
 	}
 	return err
+}
+
+// Unlock releases the network namespace's lock that Stop kept
+// (Options.KeepLock).
+func (m *Manager) Unlock() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lock != nil {
+		m.lock.release()
+		m.lock = nil
+	}
 }
 
 // Leave stops every instance for a keepvip that takes over on this host

@@ -171,8 +171,10 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger = slog.Default()
 	}
 	var took *takeOverState
+	var preloaded *config.Config
 	if o.TakeOver {
-		if err := preflight(o); err != nil {
+		var err error
+		if preloaded, err = preflight(o); err != nil {
 			return err
 		}
 		st, err := waitToTakeOver(ctx, o)
@@ -185,14 +187,45 @@ func Run(ctx context.Context, o Options) error {
 		}
 		took = st
 	}
+	var p progress
+	err := run(ctx, o, took, preloaded, &p)
+	if err != nil && took != nil && !p.applied {
+		// It took the word and cannot run what it took: never leave the
+		// VIPs on this host with no keepvip (the other routers take them
+		// over too). Handed off as a stopping keepvip's are.
+		o.Logger.Error("cannot run what was taken over; handing it off", "err", err)
+		err = errors.Join(err, handOffInherited(o.Logger, lockDirOf(o), took.VRRP, p.vrrp))
+		for _, dev := range took.ECMP {
+			if herr := vrrp.HoldAddrs(dev, vrrp.HeldAddrProto, nil); herr != nil {
+				err = errors.Join(err, herr)
+			}
+		}
+	}
+	return err
+}
+
+// firstConfigWait bounds how long VIPs taken over wait for the cluster's
+// configuration when there is no cached one (see run).
+const firstConfigWait = 5 * time.Second
+
+// progress is how far run got, for Run's fallback.
+type progress struct {
+	applied bool          // a configuration ran: run stops what it runs
+	vrrp    []vrrp.Config // the instances it would have run
+}
+
+func run(ctx context.Context, o Options, took *takeOverState, preloaded *config.Config, p *progress) error {
 	var cfg *config.Config
 	var err error
 	source := o.ConfigFile
-	if o.Kube == nil {
+	switch {
+	case preloaded != nil:
+		cfg = preloaded
+	case o.Kube == nil:
 		if cfg, err = load(o.ConfigFile); err != nil {
 			return err
 		}
-	} else {
+	default:
 		o.Kube.cache = cachedKubeConfig(o.StateDir, o.Logger)
 		cfg, source = o.Kube.cache.config, o.Kube.cache.source
 	}
@@ -219,6 +252,7 @@ func Run(ctx context.Context, o Options) error {
 	// Before the metrics listener opens: the cached configuration of
 	// Kubernetes mode may hold VIPs from the start.
 	want := cfg.Desired()
+	p.vrrp = want.VRRP
 	d.refuseVIPs(want.VIPs())
 	var inherit *vrrp.Handover
 	if took != nil {
@@ -230,7 +264,10 @@ func Run(ctx context.Context, o Options) error {
 			d.heldDevs[dev] = false
 		}
 	}
-	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDirOf(o), Inherit: inherit})
+	// The lock is let go last, when everything this keepvip did is undone:
+	// a keepvip waiting to take over starts when it is free.
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDirOf(o), Inherit: inherit, KeepLock: true})
+	defer d.mgr.Unlock()
 	d.health = newHealth(d.mgr, healthTimeout)
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
 	d.source = source
@@ -257,17 +294,17 @@ func Run(ctx context.Context, o Options) error {
 	var servers []shutdowner
 	if o.StatusSocket != "" {
 		srv, err := d.serveStatus(o.StatusSocket)
-		// Taking over from a keepvip of this host with the same path (not
-		// pods: they have one each), which closes it a moment after it
-		// handed over.
-		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, errSocketInUse) && took != nil && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-			srv, err = d.serveStatus(o.StatusSocket)
-		}
-		if err != nil {
+		switch {
+		case errors.Is(err, errSocketInUse) && o.TakeOver:
+			// The keepvip of this host it waited for, with the same path
+			// (pods have one each), lets it go as it stops.
+			d.log.Info("the status socket is the stopping keepvip's still; served once it lets it go", "path", o.StatusSocket)
+			servers = append(servers, named{"status socket", d.serveStatusLater(o.StatusSocket)})
+		case err != nil:
 			return err
+		default:
+			servers = append(servers, named{"status socket", srv})
 		}
-		servers = append(servers, named{"status socket", srv})
 	}
 	if o.MetricsAddr != "" {
 		// Only a VIP as the address is an error here: an address that
@@ -305,7 +342,19 @@ func Run(ctx context.Context, o Options) error {
 		// cluster's configuration, when it comes, decides.
 		d.log.Error("the cached configuration needs IPVS", "err", err)
 	}
-	d.apply(&want)
+	// Taken over in Kubernetes mode without a cached configuration this
+	// version runs: the VIPs handed over wait for the cluster's
+	// configuration (an empty one would remove them without a handoff,
+	// and nobody would hold them for a Master_Down_Interval), for at most
+	// firstConfigWait.
+	var firstConfig <-chan time.Time
+	if took != nil && o.Kube != nil && len(want.VRRP) == 0 && len(want.VirtualServers) == 0 {
+		d.log.Info("took over without a cached configuration: the VIPs handed over wait for the cluster's", "for", firstConfigWait)
+		firstConfig = time.After(firstConfigWait)
+	} else {
+		d.apply(&want)
+		p.applied = true
+	}
 	d.mu.Lock()
 	// In Kubernetes mode, ready once a configuration from the cluster (or
 	// the cached one from before a restart) runs: a rolling update moves
@@ -339,6 +388,11 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case u := <-kubeUpdates:
 			d.applyKube(u)
+			p.applied, firstConfig = true, nil
+		case <-firstConfig:
+			d.log.Warn("no configuration from the cluster in time: the VIPs handed over go", "waited", firstConfigWait)
+			d.apply(&want)
+			p.applied, firstConfig = true, nil
 		case <-d.ecmpKick:
 			if d.want != nil {
 				d.announce()

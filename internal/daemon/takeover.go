@@ -5,12 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keepvip/keepvip/config"
 
 	"github.com/keepvip/keepvip/internal/handover"
 	"github.com/keepvip/keepvip/internal/rootonly"
@@ -59,27 +65,40 @@ type takeOverState struct {
 // and the lock's and the status socket's directories are made root's. A
 // keepvip that fails here is never ready: a rollout waits, the running one
 // keeps everything.
-func preflight(o Options) error {
+func preflight(o Options) (*config.Config, error) {
+	var cfg *config.Config
+	var vips map[netip.Addr]bool
 	if o.Kube == nil {
-		cfg, err := load(o.ConfigFile)
-		if err != nil {
-			return err
+		var err error
+		if cfg, err = load(o.ConfigFile); err != nil {
+			return nil, err
 		}
-		if want := cfg.Desired(); want.IPVSRequired && len(want.VirtualServers) > 0 {
+		want := cfg.Desired()
+		if want.IPVSRequired && len(want.VirtualServers) > 0 {
 			if err := lvs.Available(); err != nil {
-				return fmt.Errorf("load balancing (kernel.ipvs: required): %w", err)
+				return nil, fmt.Errorf("load balancing (kernel.ipvs: required): %w", err)
 			}
+		}
+		vips = want.VIPs()
+	}
+	if o.MetricsAddr != "" {
+		host, _, err := net.SplitHostPort(o.MetricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics address %q: %w", o.MetricsAddr, err)
+		}
+		if a, err := netip.ParseAddr(host); err == nil && vips[a.Unmap()] {
+			return nil, fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", o.MetricsAddr, a)
 		}
 	}
 	if err := rootonly.Dir(lockDirOf(o), "lock directory", "hold keepvip's lock", o.Logger); err != nil {
-		return fmt.Errorf("locking the network namespace: %w", err)
+		return nil, fmt.Errorf("locking the network namespace: %w", err)
 	}
 	if o.StatusSocket != "" {
 		if err := rootonly.Dir(filepath.Dir(o.StatusSocket), "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", o.Logger); err != nil {
-			return fmt.Errorf("status socket %s: %w", o.StatusSocket, err)
+			return nil, fmt.Errorf("status socket %s: %w", o.StatusSocket, err)
 		}
 	}
-	return nil
+	return cfg, nil
 }
 
 // lockDirOf is where the one-keepvip-per-network-namespace lock lives.
@@ -184,17 +203,21 @@ func masterNames(h vrrp.Handover) []string {
 func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 	d.log.Info("shutting down: a keepvip waits to take over on this host; leaving the VIPs and virtual servers in place for it", "successor", s.Pid)
 	h := d.mgr.Leave()
-	st := takeOverState{VRRP: h, ECMP: slices.Sorted(maps.Keys(d.heldDevs))}
-	var errs []error
-	if err := s.Go(st); err != nil {
-		d.log.Error("the successor did not get the word; taking the VIPs back to hand them off", "err", err)
-		errs = append(errs, err, d.reclaim(h))
-	} else {
-		d.log.Info("handed over", "successor", s.Pid, "masters", masterNames(h))
-	}
+	// What this process alone runs stops before the successor starts its
+	// own: routes in a kernel table are this process's to withdraw, not
+	// the successor's fresh ones; health checks do not change weights
+	// under it.
 	d.routing.stop()
 	if d.lb != nil {
 		d.lb.stop()
+	}
+	st := takeOverState{VRRP: h, ECMP: slices.Sorted(maps.Keys(d.heldDevs))}
+	var errs []error
+	if err := s.Go(st); err != nil {
+		d.log.Error("the successor did not take the word; taking the VIPs back to hand them off", "err", err)
+		errs = append(errs, err, d.reclaim(h))
+	} else {
+		d.log.Info("handed over", "successor", s.Pid, "masters", masterNames(h))
 	}
 	errs = append(errs, shutdownAll(servers))
 	d.log.Info("stopped")
@@ -207,14 +230,77 @@ func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 // (priority 0, the VIPs kept until a new master advertises). The ECMP VIPs
 // go too.
 func (d *daemon) reclaim(h vrrp.Handover) error {
-	defer d.releaseECMP()
-	m := vrrp.NewManager(vrrp.Options{Logger: d.log, LockDir: lockDirOf(d.opts), Inherit: &h})
-	if err := m.Start(); err != nil {
-		return fmt.Errorf("taking the VIPs back from the successor that did not take them: %w", err)
-	}
 	var cfgs []vrrp.Config
 	if d.want != nil {
 		cfgs = slices.Clone(d.want.VRRP)
 	}
+	err := handOffInherited(d.log, lockDirOf(d.opts), h, cfgs)
+	d.releaseECMP()
+	return err
+}
+
+// handOffInherited hands off, as a stopping keepvip does, VIPs left on
+// this host by a keepvip that handed over: a Manager inherits them (the
+// masters among cfgs are master again at once, their VIPs in place), then
+// stops (priority 0, the VIPs kept until a new master advertises). With
+// no configuration for them, or no Manager, they are only removed.
+func handOffInherited(log *slog.Logger, lockDir string, h vrrp.Handover, cfgs []vrrp.Config) error {
+	m := vrrp.NewManager(vrrp.Options{Logger: log, LockDir: lockDir, Inherit: &h})
+	if err := m.Start(); err != nil {
+		// Not even that: remove them, as keepvip cleanup does. The
+		// other routers take over after their Master_Down_Interval;
+		// never two hosts answering for a VIP.
+		_, rerr := vrrp.RemoveLeftovers(log)
+		return errors.Join(fmt.Errorf("handing off the VIPs left for a keepvip that did not run them: %w; removed them instead", err), rerr)
+	}
 	return errors.Join(m.Sync(cfgs), m.Stop())
+}
+
+// lateStatus is the status socket of a keepvip that took over from one on
+// this host with the same path: served as soon as that one has let it go.
+type lateStatus struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	srv  *http.Server
+}
+
+func (d *daemon) serveStatusLater(path string) *lateStatus {
+	ls := &lateStatus{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(ls.done)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			srv, err := d.serveStatus(path)
+			if err == nil {
+				ls.mu.Lock()
+				ls.srv = srv
+				ls.mu.Unlock()
+				d.log.Info("status socket served", "path", path)
+				return
+			}
+			if !errors.Is(err, errSocketInUse) || time.Now().After(deadline) {
+				d.log.Error("no status socket: keepvip status and the probes cannot reach this keepvip", "err", err)
+				return
+			}
+			select {
+			case <-ls.stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return ls
+}
+
+func (ls *lateStatus) Shutdown(ctx context.Context) error {
+	close(ls.stop)
+	<-ls.done
+	ls.mu.Lock()
+	srv := ls.srv
+	ls.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Shutdown(ctx)
 }

@@ -58,6 +58,9 @@ type message struct {
 	// Go: the running keepvip has left; State is what it passes on.
 	Go    bool            `json:"go,omitempty"`
 	State json.RawMessage `json:"state,omitempty"`
+	// Took: the successor's answer to Go; without it the running keepvip
+	// takes back what it left.
+	Took bool `json:"took,omitempty"`
 }
 
 func send(c net.Conn, m message) error {
@@ -162,18 +165,20 @@ func (hl *Listener) greet(c *net.UnixConn) {
 		return
 	}
 	hl.log.Info("a keepvip waits to take over on this host", "pid", w.pid)
+	took := false
 	for {
 		var m message
 		if err := readMessage(r, &m); err != nil {
 			break
 		}
+		took = took || m.Took
 		select {
 		case w.rx <- m:
 		default: // it says more than it should; Claim reads what counts
 		}
 	}
 	close(w.rx)
-	hl.drop(w, true)
+	hl.drop(w, !took)
 }
 
 // drop forgets a successor whose connection ended (or was ended: gone
@@ -250,21 +255,34 @@ func (hl *Listener) Claim() *Successor {
 	}
 }
 
-// Go tells the successor to take over, with state, and ends the
-// conversation. An error means it did not get the word: it may have died
-// meanwhile, and what was left for it waits for the next keepvip.
+// Go tells the successor to take over, with state, waits for its answer
+// and ends the conversation. An error means it did not take the word (it
+// died meanwhile, it was stopped): what was left for it is the caller's
+// again.
 func (s *Successor) Go(state any) error {
+	defer s.hl.drop(s.w, false)
 	b, err := json.Marshal(state)
 	if err != nil {
-		s.hl.drop(s.w, false)
 		return fmt.Errorf("encoding the state for the successor: %w", err)
 	}
-	err = send(s.w.c, message{Go: true, State: b})
-	s.hl.drop(s.w, false)
-	if err != nil {
+	if err := send(s.w.c, message{Go: true, State: b}); err != nil {
 		return fmt.Errorf("telling keepvip pid %d to take over: %w", s.Pid, err)
 	}
-	return nil
+	t := time.NewTimer(ioTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case m, ok := <-s.w.rx:
+			if !ok {
+				return fmt.Errorf("keepvip pid %d went away as it was told to take over", s.Pid)
+			}
+			if m.Took {
+				return nil
+			}
+		case <-t.C:
+			return fmt.Errorf("keepvip pid %d did not answer within %v when told to take over", s.Pid, ioTimeout)
+		}
+	}
 }
 
 // Close stops listening and lets a waiting successor go (it starts on
@@ -423,6 +441,11 @@ func converse(ctx context.Context, o WaitOptions) (json.RawMessage, error) {
 				return nil, nil
 			}
 		case m.Go:
+			// Taken, whatever comes next: from here on what it left
+			// is this keepvip's to run or to hand off.
+			if err := send(c, message{Took: true}); err != nil {
+				return nil, nil // it takes back what it left
+			}
 			if len(m.State) == 0 {
 				m.State = json.RawMessage("null")
 			}

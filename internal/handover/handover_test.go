@@ -297,3 +297,60 @@ func TestIntrudersAreRefused(t *testing.T) {
 		t.Fatalf("second successor got %s, %v; want nothing, to start on its own", r.state, r.err)
 	}
 }
+
+// Go waits for the successor's answer: one that got the word and died
+// (or never answers) leaves Go with an error, and what was left is the
+// running keepvip's to take back.
+func TestGoWithoutAnswerFails(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	hl, err := Listen(Name, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	c, err := net.Dial("unix", Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "{\"successor\":%d}\n", os.Getpid())
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.Contains(line, "holder") {
+		t.Fatalf("greeting: %q, %v", line, err)
+	}
+	got := make(chan string, 4)
+	go func() {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				close(got)
+				return
+			}
+			if strings.Contains(line, "prepare") {
+				fmt.Fprint(c, "{\"ready\":true}\n")
+			}
+			got <- line
+		}
+	}()
+	s := hl.Claim()
+	if s == nil {
+		t.Fatal("Claim found no successor")
+	}
+	start := time.Now()
+	err = s.Go("state")
+	if err == nil || !strings.Contains(err.Error(), "did not answer") {
+		t.Fatalf("Go = %v; want an error: the successor never answered", err)
+	}
+	if d := time.Since(start); d < ioTimeout || d > ioTimeout+time.Second {
+		t.Errorf("Go gave up after %v; want %v", d, ioTimeout)
+	}
+	var lines []string
+	for l := range got {
+		lines = append(lines, l)
+	}
+	if len(lines) < 2 || !strings.Contains(lines[len(lines)-1], "\"go\":true") {
+		t.Errorf("the successor read %q; want prepare, then go", lines)
+	}
+}

@@ -445,3 +445,44 @@ func TestTakeOverSecondSuccessorSteals(t *testing.T) {
 	s2.Stop(5 * time.Second)
 	delete(c.kv, "a")
 }
+
+// A successor that took the word and then cannot run what it took (here
+// its lock directory became one it refuses, a shared sticky directory,
+// after it said ready) hands it off rather than leave the VIPs on the
+// node with no keepvip: with no Manager to send priority 0 either, it
+// removes them, and b takes over after its Master_Down_Interval. Never
+// two nodes holding the VIP.
+func TestTakeOverSuccessorThatFailsAfterTheWordHandsOff(t *testing.T) {
+	c := newClCluster(t)
+	cfg := func(n string) string { return clConfig(clV4(clPrio[n])) }
+	state := filepath.Join(c.l.Dir(), "state-a")
+	c.start("a", cfg("a"), "--state-dir", state)
+	c.start("b", cfg("b"))
+	c.waitState("a", "v4", vrrp.StateMaster)
+	c.waitBackupOf("b", "v4", c.v4("a"), 150)
+	old := c.kv["a"]
+	succ := c.start("a", cfg("a"), "--state-dir", state, "--take-over", "--status-socket", filepath.Join(t.TempDir(), "succ.sock"))
+	rvWaitReady(t, succ)
+	if err := os.Chmod(state, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(state, 0o700) })
+	if err := old.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-succ.Proc().Exited():
+	case <-time.After(clWait):
+		t.Fatalf("the successor runs despite its lock directory:\n%s", succ.Log())
+	}
+	if err := succ.Proc().Wait(); err == nil || !strings.Contains(succ.Log(), "handing it off") {
+		t.Errorf("successor exited with %v; want an error and the handoff:\n%s", err, clTail(clNoDebug(succ.Log()), 1500))
+	}
+	delete(c.kv, "a")
+	c.waitState("b", "v4", vrrp.StateMaster)
+	time.Sleep(3 * clAdv)
+	if c.hasAddr("a", clVIP4.Addr()) {
+		t.Errorf("VIP %v left on a, where no keepvip runs, while b is master", clVIP4)
+	}
+	c.wantVIPs("b", clVIP4)
+}
