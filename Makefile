@@ -108,10 +108,11 @@ bench-fault: deps build lab
 
 # keepvip on three real nodes (test/nodes): rolling updates (a restart, an
 # image change) with the client's longest gap, TCP connections lost and
-# moves of the VIP; kubectl apply -k deploy/ to the VIP answering.
+# moves of the VIP, next to keepalived's rollout as kube-keepalived-vip ran
+# it; kubectl apply -k deploy/ to the VIP answering.
 .PHONY: bench-nodes
 bench-nodes: deps kubebin
-	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 15m -run '^(TestRollingUpdate|TestApplyToVIPAnswering)$$' -v ./test/nodes/ 2>&1); rc=$$?; \
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 $(GO) test -count=1 -timeout 15m -run '^(TestRollingUpdate|TestRollingUpdateKeepalivedReference|TestApplyToVIPAnswering)$$' -v ./test/nodes/ 2>&1); rc=$$?; \
 	  grep -o 'BENCH .*' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit $$rc; fi
 
 # Parse and Resolve of a vip-configmap of 1,000 instances, 1,000 virtual
