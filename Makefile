@@ -11,7 +11,7 @@ RUNS ?= 10
 LAB_PKGS := ./test/e2e/ ./test/framework/lab/ ./test/kube/ ./test/nodes/
 # test/vm boots the VM and runs the IPVS tests there: see test-vm.
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/framework/lab$$ -e /test/vm -e /test/kube -e /test/nodes)
-FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse
+FUZZ_TARGETS := ./vrrp:FuzzParseAdvertisement ./config:FuzzParse ./configmap:FuzzParse ./bfd:FuzzParse
 
 .PHONY: all build image lab deps kubebin test vet fuzz demo bench clean
 
