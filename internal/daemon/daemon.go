@@ -743,11 +743,18 @@ func serveHTTP(l net.Listener, h http.Handler, log *slog.Logger) *http.Server {
 // errSocketInUse: a process of root's listens on the status socket.
 var errSocketInUse = errors.New("in use")
 
+// statusDir makes the status socket's directory root's (see serveStatus).
+func statusDir(path string, log *slog.Logger) error {
+	if err := rootonly.Dir(filepath.Dir(path), "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", log); err != nil {
+		return fmt.Errorf("status socket %s: %w", path, err)
+	}
+	return nil
+}
+
 // listenStatus listens on the status socket path (see serveStatus).
 func listenStatus(path string, log *slog.Logger) (net.Listener, error) {
-	dir := filepath.Dir(path)
-	if err := rootonly.Dir(dir, "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", log); err != nil {
-		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	if err := statusDir(path, log); err != nil {
+		return nil, err
 	}
 	switch cred, err := socketHolder(path); {
 	case err != nil:

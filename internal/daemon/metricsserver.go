@@ -95,13 +95,22 @@ type metricsServer struct {
 // A VIP as addr is an error of the configuration; an address that cannot
 // be listened on now (in use, not yet on the node) is retried in the
 // background (see metricsServer).
-func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry, h *health) (*metricsServer, error) {
+// checkMetricsAddr refuses a metrics address that is not HOST:PORT or
+// whose host is a VIP (isVIP).
+func checkMetricsAddr(addr string, isVIP func(netip.Addr) bool) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics address %q: %w", addr, err)
+		return fmt.Errorf("metrics address %q: %w", addr, err)
 	}
-	if a, err := netip.ParseAddr(host); err == nil && d.onVIP(net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))) {
-		return nil, fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", addr, a)
+	if a, err := netip.ParseAddr(host); err == nil && isVIP(a) {
+		return fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", addr, a)
+	}
+	return nil
+}
+
+func (d *daemon) serveMetrics(addr string, reg *prometheus.Registry, h *health) (*metricsServer, error) {
+	if err := checkMetricsAddr(addr, func(a netip.Addr) bool { return d.onVIP(net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))) }); err != nil {
+		return nil, err
 	}
 	refused := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keepvip_metrics_refused_total",

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -82,20 +80,16 @@ func preflight(o Options) (*config.Config, error) {
 		vips = want.VIPs()
 	}
 	if o.MetricsAddr != "" {
-		host, _, err := net.SplitHostPort(o.MetricsAddr)
-		if err != nil {
-			return nil, fmt.Errorf("metrics address %q: %w", o.MetricsAddr, err)
-		}
-		if a, err := netip.ParseAddr(host); err == nil && vips[a.Unmap()] {
-			return nil, fmt.Errorf("metrics address %s: %s is a VIP of the configuration; keepvip never serves metrics on a VIP (use the node's address)", o.MetricsAddr, a)
+		if err := checkMetricsAddr(o.MetricsAddr, func(a netip.Addr) bool { return vips[a.Unmap()] }); err != nil {
+			return nil, err
 		}
 	}
 	if err := rootonly.Dir(lockDirOf(o), "lock directory", "hold keepvip's lock", o.Logger); err != nil {
 		return nil, fmt.Errorf("locking the network namespace: %w", err)
 	}
 	if o.StatusSocket != "" {
-		if err := rootonly.Dir(filepath.Dir(o.StatusSocket), "status socket directory", "replace keepvip's status socket with theirs, or take its path before keepvip starts", o.Logger); err != nil {
-			return nil, fmt.Errorf("status socket %s: %w", o.StatusSocket, err)
+		if err := statusDir(o.StatusSocket, o.Logger); err != nil {
+			return nil, err
 		}
 	}
 	return cfg, nil
