@@ -68,11 +68,10 @@ type Session struct {
 	// sendFinal: the peer polled; the next packet carries Final.
 	sendFinal bool
 
-	heard      time.Time // last valid packet; zero: none since Down
-	nextTx     time.Time
-	onChange   func(from, to State, diag Diag, at time.Time)
-	stats      SessionStats
-	lastChange time.Time
+	heard    time.Time // last valid packet; zero: none since Down
+	nextTx   time.Time
+	onChange func(from, to State, diag Diag, at time.Time)
+	stats    SessionStats
 }
 
 // SessionStats are a session's counters, for status and metrics.
@@ -93,7 +92,7 @@ func NewSession(cfg SessionConfig, discr uint32, jitter func() float64, now time
 		return nil, fmt.Errorf("local discriminator 0")
 	}
 	s := &Session{cfg: cfg, jitter: jitter, state: StateDown, localDiscr: discr, remoteState: StateDown,
-		remoteMinRx: time.Microsecond, onChange: onChange, lastChange: now}
+		remoteMinRx: time.Microsecond, onChange: onChange}
 	s.advertisedTx, s.advertisedRx = max(cfg.DesiredMinTx, slowTx), cfg.RequiredMinRx
 	s.nextTx = now
 	return s, nil
@@ -283,7 +282,6 @@ func (s *Session) setState(now time.Time, to State, diag Diag) {
 	if to == StateDown {
 		s.heard = time.Time{}
 	}
-	s.lastChange = now
 	if s.onChange != nil {
 		s.onChange(from, to, diag, now)
 	}
