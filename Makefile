@@ -62,7 +62,9 @@ test: deps vet build bin/keepvip-race lab kubebin
 	  $(GO) test -race -count=1 -p 1 -timeout 20m $(LAB_PKGS)
 	$(MAKE) --no-print-directory test-vm
 	$(MAKE) --no-print-directory fuzz
-	KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab demo >/dev/null
+	@echo 'make demo (its output in bin/demo.log; the end of it shown if it fails)'
+	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab demo >bin/demo.log 2>&1 || \
+	  { tail -n 80 bin/demo.log; echo 'make demo failed: bin/demo.log has its whole output'; exit 1; }
 	@echo "make test: all passed"
 
 # Each fuzz target for FUZZTIME (seed corpora also run in every go test).

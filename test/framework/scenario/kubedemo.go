@@ -106,14 +106,19 @@ func KubeDemo(ctx context.Context) error {
 	wait, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	vip := netip.MustParseAddr("192.0.2.100")
-	holder := func() *kubenodes.Node {
+	// holderBut returns the first node other than not that has the VIP.
+	holderBut := func(not *kubenodes.Node) *kubenodes.Node {
 		for _, n := range c.Nodes {
+			if n == not {
+				continue
+			}
 			if ok, _ := n.Lab.HasAddr(wait, vip); ok {
 				return n
 			}
 		}
 		return nil
 	}
+	holder := func() *kubenodes.Node { return holderBut(nil) }
 	pod := func(n *kubenodes.Node) (string, error) {
 		list, err := c.Clientset.CoreV1().Pods("keepvip").List(wait, metav1.ListOptions{
 			LabelSelector: "app.kubernetes.io/name=keepvip", FieldSelector: "spec.nodeName=" + n.Name})
@@ -216,8 +221,10 @@ func KubeDemo(ctx context.Context) error {
 	if err := l.CutLink(m.Lab); err != nil {
 		return err
 	}
+	// The cut node keeps the VIP (alone on its side of the cut it stays
+	// master), so look for the VIP on the others only.
 	var other *kubenodes.Node
-	for other = holder(); other == nil || other == m; other = holder() {
+	for other = holderBut(m); other == nil; other = holderBut(m) {
 		if wait.Err() != nil {
 			return fmt.Errorf("no node took %s over", vip)
 		}
