@@ -206,6 +206,15 @@ func (s *Session) Receive(now time.Time, p Packet) *Packet {
 	s.stats.Received++
 	s.remoteDiscr = p.MyDiscriminator
 	s.remoteState = p.State
+	if p.RequiredMinRx < s.remoteMinRx {
+		// The peer takes packets faster now (its poll, or the end of
+		// its slow start): the packet scheduled at the old interval
+		// would come after its new, shorter detection time once it
+		// ends the poll.
+		if next := now.Add(max(s.advertisedTx, p.RequiredMinRx)); next.Before(s.nextTx) {
+			s.nextTx = next
+		}
+	}
 	s.remoteMinRx = p.RequiredMinRx
 	s.remoteDesiredTx = p.DesiredMinTx
 	s.remoteDetectMult = p.DetectMult
@@ -300,4 +309,60 @@ func (s *Session) Enable(now time.Time) {
 	if s.state == StateAdminDown {
 		s.setState(now, StateDown, DiagAdminDown)
 	}
+}
+
+// Reconfigure changes what the local system asks of the session at now
+// (§6.8.3). While the session is Up a poll sequence announces the new
+// intervals: a faster transmission applies at once, a slower one and a
+// longer detection time only once the peer has answered the poll; while
+// it is not Up the session keeps the slow transmission and takes the new
+// intervals when it comes up. The multiplier applies from the next packet.
+func (s *Session) Reconfigure(cfg SessionConfig, now time.Time) error {
+	if err := cfg.Check(); err != nil {
+		return err
+	}
+	if cfg == s.cfg {
+		return nil
+	}
+	s.cfg = cfg
+	if s.state != StateUp {
+		s.advertisedTx, s.advertisedRx = max(cfg.DesiredMinTx, slowTx), cfg.RequiredMinRx
+		return nil
+	}
+	if cfg.DesiredMinTx != s.advertisedTx || cfg.RequiredMinRx != s.advertisedRx {
+		s.pending, s.nextTx = true, now
+		if cfg.DesiredMinTx < s.advertisedTx {
+			s.advertisedTx = cfg.DesiredMinTx
+		}
+	}
+	return nil
+}
+
+// Status is a session's state for status output and metrics.
+type Status struct {
+	State, RemoteState State
+	// Diag is this system's diagnostic: why the session last went down.
+	Diag                    Diag
+	LocalDiscr, RemoteDiscr uint32
+	// TxInterval is the interval between this system's packets now
+	// (before jitter); DetectionTime how long it waits for the peer's
+	// (0 while no packet has come).
+	TxInterval, DetectionTime time.Duration
+	// RemoteMinRx, RemoteDesiredTx and RemoteDetectMult are what the
+	// peer last said.
+	RemoteMinRx, RemoteDesiredTx time.Duration
+	RemoteDetectMult             uint8
+	SessionStats
+}
+
+// Status returns the session's state.
+func (s *Session) Status() Status {
+	st := Status{State: s.state, RemoteState: s.remoteState, Diag: s.diag,
+		LocalDiscr: s.localDiscr, RemoteDiscr: s.remoteDiscr, TxInterval: s.txInterval(),
+		RemoteMinRx: s.remoteMinRx, RemoteDesiredTx: s.remoteDesiredTx, RemoteDetectMult: s.remoteDetectMult,
+		SessionStats: s.stats}
+	if s.remoteDetectMult > 0 {
+		st.DetectionTime = s.DetectionTime()
+	}
+	return st
 }

@@ -325,3 +325,92 @@ func TestSessionJitter(t *testing.T) {
 		}
 	}
 }
+
+// Intervals changed on a session that is Up go through a poll sequence
+// (§6.8.3): faster or slower, on either side, the session never leaves
+// Up, and the new detection time is in force once the poll is answered.
+func TestSessionReconfigureWhileUp(t *testing.T) {
+	l := newLink(t, fast(3), fast(3), noJitter)
+	l.run(3 * time.Second)
+	l.check = func() {
+		for _, c := range l.changes {
+			if c.from == StateUp {
+				t.Fatalf("left Up while reconfiguring, at %v: %+v", c.at.Sub(t0), c)
+			}
+		}
+	}
+	steps := []struct {
+		who    string
+		cfg    SessionConfig
+		detect time.Duration // a's detection time after the step: b's multiplier × the slower of a's RX and b's TX
+	}{
+		{"a", SessionConfig{DesiredMinTx: 300 * ms, RequiredMinRx: 300 * ms, DetectMult: 3}, 900 * ms},
+		{"b", SessionConfig{DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms, DetectMult: 5}, 5 * 300 * ms},
+		{"a", SessionConfig{DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms, DetectMult: 3}, 5 * 20 * ms},
+		{"b", fast(3), 3 * 100 * ms},
+	}
+	for _, st := range steps {
+		if err := l.session(st.who).Reconfigure(st.cfg, l.now); err != nil {
+			t.Fatal(err)
+		}
+		l.run(3 * time.Second)
+		if s := l.session(st.who); s.pending || s.advertisedTx != st.cfg.DesiredMinTx || s.advertisedRx != st.cfg.RequiredMinRx {
+			t.Errorf("after %s took %+v: advertised %v/%v, polling %v", st.who, st.cfg, s.advertisedTx, s.advertisedRx, s.pending)
+		}
+		if got := l.a.Status().DetectionTime; got != st.detect {
+			t.Errorf("after %s took %+v: a's detection time %v; want %v", st.who, st.cfg, got, st.detect)
+		}
+	}
+	if err := l.a.Reconfigure(SessionConfig{}, l.now); err == nil {
+		t.Error("Reconfigure took a configuration with multiplier 0")
+	}
+	// Not Up: the new intervals wait, the slow one stays.
+	s, err := NewSession(fast(3), 7, noJitter, t0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reconfigure(SessionConfig{DesiredMinTx: 50 * ms, RequiredMinRx: 50 * ms, DetectMult: 3}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if s.advertisedTx != time.Second || s.advertisedRx != 50*ms || s.pending {
+		t.Errorf("Down session reconfigured: advertised %v/%v, polling %v; want 1s/50ms, no poll", s.advertisedTx, s.advertisedRx, s.pending)
+	}
+}
+
+// Over generated sequences of interval and multiplier changes on either
+// side, at random moments, with jitter and latency but no loss: the
+// session never leaves Up, and each side ends up advertising what it was
+// last given.
+func TestSessionReconfigureProperty(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		l := newLink(t, fast(3), fast(3), rng.Float64)
+		l.latency = time.Duration(rng.IntN(2000)) * time.Microsecond
+		l.run(3 * time.Second)
+		var log []string
+		l.check = func() {
+			for _, c := range l.changes {
+				if c.from == StateUp {
+					t.Fatalf("seed %d: %s left Up at %v (%s) after %v", seed, c.who, c.at.Sub(t0), c.diag, log)
+				}
+			}
+		}
+		for range 20 {
+			who := []string{"a", "b"}[rng.IntN(2)]
+			cfg := SessionConfig{DesiredMinTx: time.Duration(10+rng.IntN(500)) * ms,
+				RequiredMinRx: time.Duration(10+rng.IntN(500)) * ms, DetectMult: uint8(2 + rng.IntN(4))}
+			if err := l.session(who).Reconfigure(cfg, l.now); err != nil {
+				t.Fatal(err)
+			}
+			log = append(log, fmt.Sprintf("%v %s %+v", l.now.Sub(t0), who, cfg))
+			l.run(time.Duration(rng.IntN(2000)) * ms)
+		}
+		l.run(5 * time.Second)
+		for _, who := range []string{"a", "b"} {
+			s := l.session(who)
+			if s.pending || s.advertisedTx != s.cfg.DesiredMinTx || s.advertisedRx != s.cfg.RequiredMinRx {
+				t.Errorf("seed %d: %s advertises %v/%v (polling %v); want %+v", seed, who, s.advertisedTx, s.advertisedRx, s.pending, s.cfg)
+			}
+		}
+	}
+}
