@@ -297,16 +297,20 @@ func (s *Session) setState(now time.Time, to State, diag Diag) {
 }
 
 // AdminDown takes the session administratively down (§6.8.16): the peer
-// is told, with diag AdminDown, and this system ignores what it hears
-// until Enable.
+// is told by the next packet, due at once, which still carries its
+// discriminator so that it finds its session by it; this system ignores
+// what it hears until Enable.
 func (s *Session) AdminDown(now time.Time) {
 	s.setState(now, StateAdminDown, DiagAdminDown)
-	s.remoteDiscr, s.heard = 0, time.Time{}
+	s.heard, s.nextTx = time.Time{}, now
 }
 
 // Enable brings an administratively down session back to Down.
 func (s *Session) Enable(now time.Time) {
 	if s.state == StateAdminDown {
+		// The peer may have restarted meanwhile with another
+		// discriminator: learn it again.
+		s.remoteDiscr = 0
 		s.setState(now, StateDown, DiagAdminDown)
 	}
 }
@@ -352,6 +356,8 @@ type Status struct {
 	// peer last said.
 	RemoteMinRx, RemoteDesiredTx time.Duration
 	RemoteDetectMult             uint8
+	// Config is what the local system asks (Reconfigure's, once given).
+	Config SessionConfig
 	SessionStats
 }
 
@@ -360,9 +366,11 @@ func (s *Session) Status() Status {
 	st := Status{State: s.state, RemoteState: s.remoteState, Diag: s.diag,
 		LocalDiscr: s.localDiscr, RemoteDiscr: s.remoteDiscr, TxInterval: s.txInterval(),
 		RemoteMinRx: s.remoteMinRx, RemoteDesiredTx: s.remoteDesiredTx, RemoteDetectMult: s.remoteDetectMult,
-		SessionStats: s.stats}
+		Config: s.cfg, SessionStats: s.stats}
 	if s.remoteDetectMult > 0 {
 		st.DetectionTime = s.DetectionTime()
+	} else {
+		st.RemoteMinRx = 0 // nothing heard yet
 	}
 	return st
 }
