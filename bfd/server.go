@@ -54,10 +54,27 @@ type Options struct {
 	ListenAddresses []netip.Addr
 	// OnChange, if set, is told of every session state change, from the
 	// session's goroutine: it must not block.
-	OnChange func(remote netip.Addr, from, to State, diag Diag)
+	OnChange func(remote netip.Addr, c Change)
 	// Jitter returns a fraction in [0, 1) for the jitter of each
 	// interval (RFC 5880 §6.8.7); nil: random.
 	Jitter func() float64
+}
+
+// Change is a session's change of state.
+type Change struct {
+	From, To State
+	// Diag is why (this system's diagnostic).
+	Diag Diag
+	// PeerAdminDown: the peer took the session down on purpose (RFC 5880
+	// §6.8.16), which is no failure of the path.
+	PeerAdminDown bool
+}
+
+// Failed reports whether the change is the loss of the path that BFD
+// clients act on (RFC 5882 §3.2): an Up session going down for anything
+// but the peer's administrative decision or this system's own.
+func (c Change) Failed() bool {
+	return c.From == StateUp && c.To == StateDown && !c.PeerAdminDown
 }
 
 // Server runs BFD sessions: a receiving socket per port and address
@@ -211,6 +228,7 @@ func (s *Server) startLocked(p Peer) error {
 		stop: make(chan struct{}), done: make(chan struct{})}
 	peer := p.Remote.String()
 	var since time.Time
+	var se *Session
 	onChange := func(from, to State, diag Diag, at time.Time) {
 		since = at
 		s.m.up.WithLabelValues(peer).Set(b2f(to == StateUp))
@@ -218,17 +236,19 @@ func (s *Server) startLocked(p Peer) error {
 		switch {
 		case to == StateUp:
 			s.log.Info("BFD session up", "peer", peer, "from", from.String())
+		case from == StateUp && se.remoteState == StateAdminDown:
+			s.log.Info("BFD session down: the peer took it down", "peer", peer, "to", to.String())
 		case from == StateUp:
 			s.log.Warn("BFD session down", "peer", peer, "to", to.String(), "diag", diag.String())
 		default:
 			s.log.Debug("BFD session state", "peer", peer, "from", from.String(), "to", to.String(), "diag", diag.String())
 		}
 		if s.o.OnChange != nil {
-			s.o.OnChange(p.Remote, from, to, diag)
+			s.o.OnChange(p.Remote, Change{From: from, To: to, Diag: diag, PeerAdminDown: se.remoteState == StateAdminDown})
 		}
 	}
 	now := s.o.Clock.Now()
-	se, err := NewSession(p.SessionConfig, discr, s.o.Jitter, now, onChange)
+	se, err = NewSession(p.SessionConfig, discr, s.o.Jitter, now, onChange)
 	if err != nil {
 		tx.close()
 		return err

@@ -25,9 +25,9 @@ type changes struct {
 
 func newChanges() *changes { return &changes{c: make(chan struct{}, 100)} }
 
-func (c *changes) on(remote netip.Addr, from, to State, diag Diag) {
+func (c *changes) on(remote netip.Addr, ch Change) {
 	c.mu.Lock()
-	c.log = append(c.log, change{who: remote.String(), from: from, to: to, diag: diag, at: time.Now()})
+	c.log = append(c.log, change{who: remote.String(), from: ch.From, to: ch.To, diag: ch.Diag, at: time.Now(), failed: ch.Failed()})
 	c.mu.Unlock()
 	select {
 	case c.c <- struct{}{}:
@@ -161,8 +161,8 @@ func TestServerSessions(t *testing.T) {
 		"nft add rule inet bfdtest in ip saddr 127.0.0.2 udp dport 3784 drop")
 	cut := time.Now()
 	down, na := chA.wait(t, na, StateDown, 5*time.Second)
-	if down.diag != DiagControlDetectExpired {
-		t.Errorf("a went down with %s; want control detection time expired", down.diag)
+	if down.diag != DiagControlDetectExpired || !down.failed {
+		t.Errorf("a went down with %s (a failure: %v); want control detection time expired, a failure", down.diag, down.failed)
 	}
 	t.Logf("figure: packets dropped → session down after %v (detection time 60ms; the last packet came up to 20 ms before the drop)", down.at.Sub(cut).Round(time.Millisecond))
 	if d := down.at.Sub(cut); d > time.Second {
@@ -177,8 +177,8 @@ func TestServerSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	down, _ = chA.wait(t, na, StateDown, 2*time.Second)
-	if down.diag != DiagNeighborDown {
-		t.Errorf("a went down with %s when b removed the session; want neighbor signaled session down", down.diag)
+	if down.diag != DiagNeighborDown || down.failed {
+		t.Errorf("a went down with %s (a failure: %v) when b removed the session; want neighbor signaled session down, no failure", down.diag, down.failed)
 	}
 	if st := sa.Sessions(); st[0].Flaps != 2 || st[0].RemoteState != "admindown" {
 		t.Errorf("a's session: %+v; want 2 flaps, the peer AdminDown", st[0])

@@ -37,6 +37,7 @@ type change struct {
 	from, to State
 	diag     Diag
 	at       time.Time
+	failed   bool // Change.Failed, where the server reports it
 }
 
 func newLink(t *testing.T, ca, cb SessionConfig, jitter func() float64) *link {
@@ -53,7 +54,7 @@ func newLink(t *testing.T, ca, cb SessionConfig, jitter func() float64) *link {
 
 func (l *link) recorder(who string) func(from, to State, diag Diag, at time.Time) {
 	return func(from, to State, diag Diag, at time.Time) {
-		l.changes = append(l.changes, change{who, from, to, diag, at})
+		l.changes = append(l.changes, change{who: who, from: from, to: to, diag: diag, at: at})
 	}
 }
 
