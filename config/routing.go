@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keepvip/keepvip/bfd"
 	"github.com/keepvip/keepvip/internal/announce"
 	"github.com/keepvip/keepvip/routes"
 	"github.com/keepvip/keepvip/routes/bgp"
@@ -95,7 +96,36 @@ type BGPPeer struct {
 	// GracefulRestart is the restart time announced; unset: off.
 	GracefulRestart Duration `json:"gracefulRestart,omitzero"`
 	LocalAddress    string   `json:"localAddress,omitempty"`
+	// BFD runs a BFD session with the peer: when it fails, the BGP
+	// session is reset at once instead of at the end of the hold time.
+	// The router needs BFD for this peer too (FRR: neighbor … bfd).
+	BFD *BFD `json:"bfd,omitempty"`
 }
+
+// BFD configures a BGP peer's BFD session (RFC 5880; single hop, RFC
+// 5881, or multihop, RFC 5883).
+type BFD struct {
+	// MinTx is the desired interval between this node's packets and
+	// MinRx the shortest it takes between the peer's: 10ms to 60s,
+	// default 300ms each (FRR's defaults). The session runs at the slower
+	// of one side's TX and the other's RX.
+	MinTx Duration `json:"minTx,omitzero"`
+	MinRx Duration `json:"minRx,omitzero"`
+	// Multiplier: the session fails after this many of the peer's
+	// intervals without a packet (2-255, default 3).
+	Multiplier int `json:"multiplier,omitempty"`
+	// Multihop makes it a multihop session (UDP 4784, no TTL check);
+	// default: when the peer has multihop.
+	Multihop *bool `json:"multihop,omitempty"`
+}
+
+// BFD defaults and bounds.
+const (
+	DefaultBFDInterval   = 300 * time.Millisecond
+	DefaultBFDMultiplier = 3
+	minBFDInterval       = 10 * time.Millisecond
+	maxBFDInterval       = time.Minute
+)
 
 // KernelTable configures the routing-table exporter.
 type KernelTable struct {
@@ -124,9 +154,11 @@ type Announce struct {
 
 // Exporter says which route exporter a Config asks for.
 type Exporter struct {
-	Kind   string // "bgp" or "kernel"
-	BGP    bgp.Options
-	Peers  []bgp.Peer
+	Kind  string // "bgp" or "kernel"
+	BGP   bgp.Options
+	Peers []bgp.Peer
+	// BFD are the BFD sessions of the peers that have one.
+	BFD    []bfd.Peer
 	Kernel kernel.Options
 }
 
@@ -221,6 +253,13 @@ func (c *Config) exporter() (*Exporter, []error) {
 					bad(path+".localAddress", "%q is not an IP address", p.LocalAddress)
 				}
 				bp.LocalAddress = la.Unmap()
+			}
+			if p.BFD != nil {
+				if bp, ok := bfdPeer(bp, p.BFD, func(field, format string, args ...any) {
+					bad(path+".bfd."+field, format, args...)
+				}); ok {
+					e.BFD = append(e.BFD, bp)
+				}
 			}
 			e.Peers = append(e.Peers, bp)
 		}
@@ -589,4 +628,44 @@ func (r *Routing) WithoutPasswords() *Routing {
 	}
 	out.BGP = &b
 	return &out
+}
+
+// bfdPeer is the BFD session of BGP peer p as c asks, with the defaults;
+// bad is told of each problem.
+func bfdPeer(p bgp.Peer, c *BFD, bad func(field, format string, args ...any)) (bfd.Peer, bool) {
+	out := bfd.Peer{Remote: p.Address, Local: p.LocalAddress, Multihop: p.Multihop > 0,
+		SessionConfig: bfd.SessionConfig{DesiredMinTx: DefaultBFDInterval, RequiredMinRx: DefaultBFDInterval, DetectMult: DefaultBFDMultiplier}}
+	ok := true
+	for _, d := range []struct {
+		field string
+		v     Duration
+		into  *time.Duration
+	}{{"minTx", c.MinTx, &out.DesiredMinTx}, {"minRx", c.MinRx, &out.RequiredMinRx}} {
+		if !d.v.set {
+			continue
+		}
+		v, err := d.v.parse()
+		switch {
+		case err != nil:
+			bad(d.field, "%v", err)
+			ok = false
+		case v < minBFDInterval || v > maxBFDInterval || v%time.Millisecond != 0:
+			bad(d.field, "%s is outside %s-%s or not whole milliseconds", v, minBFDInterval, maxBFDInterval)
+			ok = false
+		default:
+			*d.into = v
+		}
+	}
+	if c.Multiplier != 0 {
+		if c.Multiplier < 2 || c.Multiplier > 255 {
+			bad("multiplier", "%d is outside 2-255 (1 would fail the session on a single lost packet)", c.Multiplier)
+			ok = false
+		} else {
+			out.DetectMult = uint8(c.Multiplier)
+		}
+	}
+	if c.Multihop != nil {
+		out.Multihop = *c.Multihop
+	}
+	return out, ok
 }

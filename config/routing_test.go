@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -103,6 +104,10 @@ routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, as
 instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
 routing: {static: [192.0.2.1/32, 198.51.100.0/24, 198.51.100.0/24], ecmp: [{vip: 192.0.2.9}], bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000}]}}`,
 			[]string{"routing.static[0]: 192.0.2.1/32 is also a VIP of instance eth0-1", "routing.static[2]: 198.51.100.0/24 is also routing.static[1]"}},
+		{"bad bfd", `
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing: {bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000, bfd: {minTx: 5ms, minRx: soon, multiplier: 1}}]}}`,
+			[]string{"routing.bgp.peers[0].bfd.minTx: 5ms is outside 10ms-1m0s", `routing.bgp.peers[0].bfd.minRx: "soon" is not a duration`, "routing.bgp.peers[0].bfd.multiplier: 1 is outside 2-255"}},
 		{"announce without routing", `
 instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1], announce: {backup: worse}}]`,
 			[]string{"instances[0].announce: needs a routing section"}},
@@ -179,5 +184,37 @@ func TestPasswordSecretKeyOnlyInTheConfigMap(t *testing.T) {
 	_, err := Parse([]byte("routing:\n  bgp: {asn: 65001, routerID: 192.0.2.1, peers: [{address: 192.0.2.2, asn: 65000, passwordSecretKey: k}]}\n"))
 	if err == nil || !strings.Contains(err.Error(), "routing.bgp.peers[0].passwordSecretKey: only in the vip-configmap") {
 		t.Errorf("Parse = %v", err)
+	}
+}
+
+// A peer's bfd section, with what it leaves out defaulted; multihop
+// follows the peer's unless given.
+func TestRoutingBFD(t *testing.T) {
+	c, err := Parse([]byte(`
+instances: [{interface: eth0, vrid: 1, vips: [192.0.2.1]}]
+routing:
+  bgp:
+    asn: 65001
+    routerID: 192.0.2.11
+    peers:
+    - {address: 192.0.2.1, asn: 65000, localAddress: 192.0.2.11, bfd: {}}
+    - {address: 198.51.100.1, asn: 65000, multihop: 3, bfd: {minTx: 100ms, minRx: 50ms, multiplier: 5}}
+    - {address: 198.51.100.2, asn: 65000, multihop: 3, bfd: {multihop: false}}
+    - {address: 192.0.2.3, asn: 65000}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range c.Desired().Exporter.BFD {
+		got = append(got, fmt.Sprintf("%s from %v multihop %v %v/%v×%d", p.Remote, p.Local, p.Multihop, p.DesiredMinTx, p.RequiredMinRx, p.DetectMult))
+	}
+	want := []string{
+		"192.0.2.1 from 192.0.2.11 multihop false 300ms/300ms×3",
+		"198.51.100.1 from invalid IP multihop true 100ms/50ms×5",
+		"198.51.100.2 from invalid IP multihop false 300ms/300ms×3",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("BFD sessions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
