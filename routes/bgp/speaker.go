@@ -411,6 +411,9 @@ func (sp *Speaker) apiPeer(p Peer) *api.Peer {
 			// Retry a session that failed after 5 s, not BGP's 120 s:
 			// a router that restarts should hear the VIPs at once.
 			ConnectRetry: 5,
+			// After a reset (ResetPeer, a changed peer) try again
+			// within a second, not GoBGP's 30 s.
+			IdleHoldTimeAfterReset: 1,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},
 		// An IPv4 session carries both families (IPv6 routes have their
@@ -581,6 +584,28 @@ func (sp *Speaker) path(r routes.Route) (*apiutil.Path, error) {
 		attrs = append(attrs, a)
 	}
 	return &apiutil.Path{Family: family(r.Prefix), Nlri: nlri, Attrs: attrs}, nil
+}
+
+// ResetPeer ends the session with peer at once (a NOTIFICATION, Cease,
+// administrative reset, carrying why) and lets it start again a second
+// later: what a failed BFD session asks for (RFC 5882 §4.3), instead of
+// waiting for the hold time.
+func (sp *Speaker) ResetPeer(ctx context.Context, peer netip.Addr, why string) error {
+	sp.mu.Lock()
+	_, known := sp.peers[peer]
+	closed := sp.closed
+	sp.mu.Unlock()
+	switch {
+	case closed:
+		return errClosed
+	case !known:
+		return fmt.Errorf("resetting BGP peer %s: not a peer", peer)
+	}
+	if err := sp.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: peer.String(), Communication: why}); err != nil {
+		return fmt.Errorf("resetting BGP peer %s: %w", peer, err)
+	}
+	sp.log.Warn("BGP session reset", "peer", peer.String(), "why", why)
+	return nil
 }
 
 // Announced returns the routes announced now, sorted.

@@ -219,6 +219,35 @@ func TestSpeakerWithFRR(t *testing.T) {
 	}))
 	t.Logf("re-announced %s after FRR came back", took.Round(time.Millisecond))
 
+	// ResetPeer (a failed BFD session): FRR sees the session end with
+	// the reason, and it comes back by itself within seconds (GoBGP's
+	// idle hold after a reset is 30 s unless set).
+	est, _ := frr.VTY(ctx, "show bgp neighbors "+selfAddr+" json")
+	if err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.2"), "BFD session down"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.9"), "x"); err == nil || !strings.Contains(err.Error(), "resetting BGP peer 10.0.0.9: not a peer") {
+		t.Errorf("ResetPeer of a stranger: %v", err)
+	}
+	reset := time.Now()
+	eventually(t, 10*time.Second, "FRR seeing the reset", func() string {
+		out, err := frr.VTY(ctx, "show bgp neighbors "+selfAddr+" json")
+		if err != nil {
+			return err.Error()
+		}
+		if out == est || !strings.Contains(out, "BFD session down") {
+			return "no reset with the reason yet:\n" + out
+		}
+		return ""
+	})
+	took = eventually(t, 15*time.Second, "the session back after the reset", func() string {
+		if s := peerState(sp, "10.0.0.2"); s.State != "established" || !s.Since.After(reset) {
+			return "speaker: " + s.State
+		}
+		return ""
+	})
+	t.Logf("established again %s after the reset", took.Round(time.Millisecond))
+
 	// Metrics name the peer.
 	mfs, err := reg.Gather()
 	if err != nil {
