@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepvip/keepvip/bfd"
 	"github.com/keepvip/keepvip/internal/daemon"
 	"github.com/keepvip/keepvip/internal/kube"
 	"github.com/keepvip/keepvip/routes/bgp"
@@ -146,12 +147,16 @@ func TestStatusTableRouting(t *testing.T) {
 	s := sampleStatus(now)
 	s.Routing = &daemon.RoutingStatus{Exporter: "bgp", Announced: []string{"192.0.2.100/32 [65000:100]"},
 		Peers: []bgp.PeerStatus{{Address: "192.0.2.1", ASN: 65000, State: "established", Since: now.Add(-time.Minute), Advertised: 1},
-			{Address: "192.0.2.2", ASN: 65000, State: "active", LastError: "notification received: bad peer as"}}}
+			{Address: "192.0.2.2", ASN: 65000, State: "active", LastError: "notification received: bad peer as"}},
+		BFD: []bfd.SessionStatus{{Remote: "192.0.2.1", State: "up", Since: now.Add(-time.Minute), TxInterval: bfd.Duration(100 * time.Millisecond), DetectionTime: bfd.Duration(300 * time.Millisecond), Flaps: 1, Diag: "control detection time expired"},
+			{Remote: "192.0.2.2", State: "down", TxInterval: bfd.Duration(time.Second), LastError: "receiving on 0.0.0.0:3784: address already in use"}}}
 	var table bytes.Buffer
 	if err := printStatus(&table, s, "table", now); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"ROUTING: bgp", "192.0.2.1  65000  established  1m0s", "notification received: bad peer as", "announced: 192.0.2.100/32 [65000:100]"} {
+	for _, want := range []string{"ROUTING: bgp", "192.0.2.1  65000  established  1m0s", "notification received: bad peer as", "announced: 192.0.2.100/32 [65000:100]",
+		"BFD PEER   STATE  SINCE", "192.0.2.1  up     1m0s   100ms  300ms   1      control detection time expired",
+		"192.0.2.2  down   -      1s     -       0      receiving on 0.0.0.0:3784: address already in use"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -233,6 +233,29 @@ func printRouting(w io.Writer, r *daemon.RoutingStatus, now time.Time) {
 		}
 		tw.Flush()
 	}
+	if len(r.BFD) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  BFD PEER\tSTATE\tSINCE\tTX\tDETECT\tFLAPS\tLAST DOWN / ERROR")
+		for _, b := range r.BFD {
+			state := b.State
+			if b.Multihop {
+				state += " (multihop)"
+			}
+			detect := "-"
+			if b.DetectionTime > 0 {
+				detect = b.DetectionTime.String()
+			}
+			last := b.Diag
+			if b.LastError != "" {
+				last = b.LastError
+			}
+			if last == "" {
+				last = "-"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", b.Remote, state, ago(now, b.Since), b.TxInterval, detect, b.Flaps, last)
+		}
+		tw.Flush()
+	}
 	if len(r.Announced) == 0 {
 		fmt.Fprintln(w, "  announced: nothing")
 	}

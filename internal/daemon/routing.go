@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keepvip/keepvip/bfd"
 	"github.com/keepvip/keepvip/config"
 	"github.com/keepvip/keepvip/internal/announce"
 	"github.com/keepvip/keepvip/internal/clock"
@@ -27,6 +29,8 @@ type RoutingStatus struct {
 	Exporter string `json:"exporter"`
 	// Peers are the BGP sessions.
 	Peers []bgp.PeerStatus `json:"peers,omitempty"`
+	// BFD are the BFD sessions of the peers that have one.
+	BFD []bfd.SessionStatus `json:"bfd,omitempty"`
 	// Announced are the routes given to the exporter last.
 	Announced []string `json:"announced"`
 	Error     string   `json:"error,omitempty"`
@@ -75,6 +79,9 @@ type routing struct {
 	spec    *config.Exporter
 	speaker *bgp.Speaker
 	table   *kernel.Table
+	// bfd runs the BFD sessions of the speaker's peers, while any has
+	// one; a failed session resets its BGP peer.
+	bfd *bfd.Server
 }
 
 func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
@@ -194,8 +201,67 @@ func (r *routing) apply(ctx context.Context, spec *config.Exporter) error {
 		}
 		err = r.speaker.SetPeers(ctx, spec.Peers)
 		r.spec.Peers = spec.Peers
+		if berr := r.applyBFD(spec.BFD); berr != nil {
+			// A port another BFD daemon holds may be freed: try again.
+			r.retryLater()
+			err = errors.Join(err, berr)
+		}
+		r.spec.BFD = spec.BFD
 	}
 	return err
+}
+
+// applyBFD makes the BFD sessions those of peers, starting the server
+// with the first and closing it with the last (its sockets are the
+// node's BFD ports). Call with mu, with the speaker running.
+func (r *routing) applyBFD(peers []bfd.Peer) error {
+	if len(peers) == 0 {
+		r.closeBFD()
+		return nil
+	}
+	if r.bfd == nil {
+		sp := r.speaker
+		srv, err := bfd.NewServer(bfd.Options{Clock: r.clk, Logger: r.log, Registerer: r.reg,
+			OnChange: func(peer netip.Addr, c bfd.Change) {
+				if c.Failed() {
+					r.bfdFailed(sp, peer, c)
+				}
+			}})
+		if err != nil {
+			return err
+		}
+		r.bfd = srv
+	}
+	return r.bfd.SetPeers(peers)
+}
+
+// bfdFailed resets the BGP session with peer, whose BFD session failed:
+// the session ends now, not at the end of its hold time (RFC 5882 §4.3).
+// It is the BFD server's callback, which must not block: the reset runs
+// on a goroutine of its own, which stop waits for.
+func (r *routing) bfdFailed(sp *bgp.Speaker, peer netip.Addr, c bfd.Change) {
+	why := "BFD session down: " + c.Diag.String()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := sp.ResetPeer(ctx, peer, why); err != nil {
+			r.log.Error("resetting the BGP session after its BFD session failed", "peer", peer.String(), "err", err)
+		}
+	}()
+}
+
+// closeBFD stops the BFD sessions, telling each peer they are
+// administratively down (which is no failure to it). Call with mu.
+func (r *routing) closeBFD() {
+	if r.bfd == nil {
+		return
+	}
+	if err := r.bfd.Close(); err != nil {
+		r.log.Error("closing the BFD sessions", "err", err)
+	}
+	r.bfd = nil
 }
 
 // holdFrom begins the hold on preemption when spec is a BGP speaker that
@@ -282,6 +348,7 @@ func (r *routing) closeExporter() {
 		return
 	}
 	r.ctl.SetExporter(nil)
+	r.closeBFD() // no reset of a speaker closing
 	var exp routes.Exporter = r.table
 	if r.speaker != nil {
 		exp = r.speaker
@@ -317,6 +384,9 @@ func (r *routing) status(ctx context.Context) *RoutingStatus {
 	}
 	if r.speaker != nil {
 		s.Peers = r.speaker.Peers(ctx)
+	}
+	if r.bfd != nil {
+		s.BFD = r.bfd.Sessions()
 	}
 	synced, err := r.ctl.Status()
 	for _, rt := range synced {
