@@ -68,13 +68,19 @@ type Change struct {
 	// PeerAdminDown: the peer took the session down on purpose (RFC 5880
 	// §6.8.16), which is no failure of the path.
 	PeerAdminDown bool
+	// PeerNewSession: the peer said Down from a session of its own other
+	// than the one that was Up: it took its side down and made it anew
+	// (BIRD does so whenever its BGP session restarts), which is no
+	// failure of the path either.
+	PeerNewSession bool
 }
 
 // Failed reports whether the change is the loss of the path that BFD
 // clients act on (RFC 5882 §3.2): an Up session going down for anything
-// but the peer's administrative decision or this system's own.
+// but the peer's administrative decision, a new session of the peer, or
+// this system's own decision.
 func (c Change) Failed() bool {
-	return c.From == StateUp && c.To == StateDown && !c.PeerAdminDown
+	return c.From == StateUp && c.To == StateDown && !c.PeerAdminDown && !c.PeerNewSession
 }
 
 // Server runs BFD sessions: a receiving socket per port and address
@@ -238,13 +244,16 @@ func (s *Server) startLocked(p Peer) error {
 			s.log.Info("BFD session up", "peer", peer, "from", from.String())
 		case from == StateUp && se.remoteState == StateAdminDown:
 			s.log.Info("BFD session down: the peer took it down", "peer", peer, "to", to.String())
+		case from == StateUp && se.peerNewSession:
+			s.log.Info("BFD session down: the peer started a new session", "peer", peer, "to", to.String())
 		case from == StateUp:
 			s.log.Warn("BFD session down", "peer", peer, "to", to.String(), "diag", diag.String())
 		default:
 			s.log.Debug("BFD session state", "peer", peer, "from", from.String(), "to", to.String(), "diag", diag.String())
 		}
 		if s.o.OnChange != nil {
-			s.o.OnChange(p.Remote, Change{From: from, To: to, Diag: diag, PeerAdminDown: se.remoteState == StateAdminDown})
+			s.o.OnChange(p.Remote, Change{From: from, To: to, Diag: diag,
+				PeerAdminDown: se.remoteState == StateAdminDown, PeerNewSession: se.peerNewSession})
 		}
 	}
 	now := s.o.Clock.Now()

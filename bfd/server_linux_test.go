@@ -204,7 +204,7 @@ func TestServerPortTaken(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	netnstest.Sh(t, "ip link set lo up")
+	netnstest.Sh(t, "ip link set lo up && ip addr add ::2/128 dev lo") // a route to the IPv6 peer
 	squat, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: PortSingleHop})
 	if err != nil {
 		t.Fatal(err)

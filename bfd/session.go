@@ -67,6 +67,9 @@ type Session struct {
 	pending bool
 	// sendFinal: the peer polled; the next packet carries Final.
 	sendFinal bool
+	// peerNewSession: the packet being received comes from a new
+	// session of the peer (another discriminator than the one known).
+	peerNewSession bool
 
 	heard    time.Time // last valid packet; zero: none since Down
 	nextTx   time.Time
@@ -204,6 +207,11 @@ func (s *Session) Receive(now time.Time, p Packet) *Packet {
 		return nil
 	}
 	s.stats.Received++
+	// A peer that speaks with another discriminator has started a new
+	// session: its side was taken down and made again (BIRD does so
+	// for each BGP session), which is not a loss of the path.
+	s.peerNewSession = s.remoteDiscr != 0 && p.MyDiscriminator != s.remoteDiscr
+	defer func() { s.peerNewSession = false }() // it tells of this packet only
 	s.remoteDiscr = p.MyDiscriminator
 	s.remoteState = p.State
 	if p.RequiredMinRx < s.remoteMinRx {

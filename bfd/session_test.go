@@ -415,3 +415,31 @@ func TestSessionReconfigureProperty(t *testing.T) {
 		}
 	}
 }
+
+// A peer that says Down from a new session of its own (another
+// discriminator: it made its side anew) takes the session down, and the
+// session says so while it tells of the change; a later loss of the path
+// is a plain detection failure again.
+func TestSessionPeerNewSession(t *testing.T) {
+	var newSession []bool
+	var s *Session
+	s, err := NewSession(fast(3), 7, noJitter, t0, func(from, to State, diag Diag, at time.Time) {
+		newSession = append(newSession, s.peerNewSession)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := Packet{State: StateInit, DetectMult: 3, MyDiscriminator: 9, YourDiscriminator: 7, DesiredMinTx: 100 * ms, RequiredMinRx: 100 * ms}
+	s.Receive(t0, up) // Down → Up
+	s.Receive(t0.Add(50*ms), Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 10, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
+	if st, diag := s.State(); st != StateDown || diag != DiagNeighborDown {
+		t.Fatalf("after the peer's new session said Down: %s %s", st, diag)
+	}
+	s.Receive(t0.Add(60*ms), Packet{State: StateInit, DetectMult: 3, MyDiscriminator: 10, YourDiscriminator: 7, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
+	for now := t0.Add(60 * ms); now.Before(t0.Add(5 * time.Second)); now = s.Next() {
+		s.Timer(now) // nothing more heard: detection expires
+	}
+	if want := []bool{false, true, false, false}; fmt.Sprint(newSession) != fmt.Sprint(want) {
+		t.Errorf("new session of the peer at each change (Up, Down, Up, Down by detection): %v; want %v", newSession, want)
+	}
+}
