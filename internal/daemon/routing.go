@@ -246,8 +246,11 @@ func (r *routing) bfdFailed(sp *bgp.Speaker, peer netip.Addr, c bfd.Change) {
 		defer r.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := sp.ResetPeer(ctx, peer, why); err != nil {
+		switch did, err := sp.ResetPeer(ctx, peer, why); {
+		case err != nil:
 			r.log.Error("resetting the BGP session after its BFD session failed", "peer", peer.String(), "err", err)
+		case !did:
+			r.log.Info("BFD session failed with a BGP session that is not established: nothing to reset", "peer", peer.String())
 		}
 	}()
 }

@@ -586,26 +586,43 @@ func (sp *Speaker) path(r routes.Route) (*apiutil.Path, error) {
 	return &apiutil.Path{Family: family(r.Prefix), Nlri: nlri, Attrs: attrs}, nil
 }
 
-// ResetPeer ends the session with peer at once (a NOTIFICATION, Cease,
-// administrative reset, carrying why) and lets it start again a second
-// later: what a failed BFD session asks for (RFC 5882 §4.3), instead of
-// waiting for the hold time.
-func (sp *Speaker) ResetPeer(ctx context.Context, peer netip.Addr, why string) error {
+// ResetPeer ends an established session with peer at once (a
+// NOTIFICATION, Cease, administrative reset, carrying why) and lets it
+// start again a second later: what a failed BFD session asks for (RFC
+// 5882 §4.3), instead of waiting for the hold time. A session that is not
+// established is left alone and ResetPeer reports false: GoBGP keeps a
+// reset asked of such a session and sends it as soon as the session is
+// next established, which would end that one for nothing (and, with a
+// router that makes a new BFD session for each BGP session, over and over).
+func (sp *Speaker) ResetPeer(ctx context.Context, peer netip.Addr, why string) (bool, error) {
 	sp.mu.Lock()
 	_, known := sp.peers[peer]
 	closed := sp.closed
 	sp.mu.Unlock()
 	switch {
 	case closed:
-		return errClosed
+		return false, errClosed
 	case !known:
-		return fmt.Errorf("resetting BGP peer %s: not a peer", peer)
+		return false, fmt.Errorf("resetting BGP peer %s: not a peer", peer)
+	}
+	// GoBGP's own view, not the last event from it: the session may have
+	// ended a moment ago. (Between this and the reset it may still end;
+	// that window is GoBGP's to close.)
+	established := false
+	err := sp.s.ListPeer(ctx, &api.ListPeerRequest{Address: peer.String()}, func(p *api.Peer) {
+		established = p.State != nil && p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED
+	})
+	if err != nil {
+		return false, fmt.Errorf("resetting BGP peer %s: reading its state: %w", peer, err)
+	}
+	if !established {
+		return false, nil
 	}
 	if err := sp.s.ResetPeer(ctx, &api.ResetPeerRequest{Address: peer.String(), Communication: why}); err != nil {
-		return fmt.Errorf("resetting BGP peer %s: %w", peer, err)
+		return false, fmt.Errorf("resetting BGP peer %s: %w", peer, err)
 	}
 	sp.log.Warn("BGP session reset", "peer", peer.String(), "why", why)
-	return nil
+	return true, nil
 }
 
 // Announced returns the routes announced now, sorted.

@@ -223,10 +223,10 @@ func TestSpeakerWithFRR(t *testing.T) {
 	// the reason, and it comes back by itself within seconds (GoBGP's
 	// idle hold after a reset is 30 s unless set).
 	est, _ := frr.VTY(ctx, "show bgp neighbors "+selfAddr+" json")
-	if err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.2"), "BFD session down"); err != nil {
-		t.Fatal(err)
+	if did, err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.2"), "BFD session down"); err != nil || !did {
+		t.Fatalf("ResetPeer of an established session: %v %v", did, err)
 	}
-	if err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.9"), "x"); err == nil || !strings.Contains(err.Error(), "resetting BGP peer 10.0.0.9: not a peer") {
+	if _, err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.9"), "x"); err == nil || !strings.Contains(err.Error(), "resetting BGP peer 10.0.0.9: not a peer") {
 		t.Errorf("ResetPeer of a stranger: %v", err)
 	}
 	reset := time.Now()
@@ -247,6 +247,46 @@ func TestSpeakerWithFRR(t *testing.T) {
 		return ""
 	})
 	t.Logf("established again %s after the reset", took.Round(time.Millisecond))
+
+	// A session that is not established is not reset: GoBGP would keep
+	// the reset and end the next session with it. Here the session is
+	// down (FRR is stopped), ResetPeer leaves it, and once FRR is back
+	// the session comes up and stays up.
+	if err := frr.Proc().Kill(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the session down with FRR gone", func() string {
+		if s := peerState(sp, "10.0.0.2"); s.State == "established" {
+			return "still established"
+		}
+		return ""
+	})
+	downEstablished := established(t, reg, "10.0.0.2")
+	did, err := sp.ResetPeer(ctx, netip.MustParseAddr("10.0.0.2"), "BFD session down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if frr, err = r1.StartFRR(frrConf(65000, 65001, "10.0.0.2", "s3cret")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the session back with FRR", func() string {
+		if s := peerState(sp, "10.0.0.2"); s.State != "established" {
+			return "speaker: " + s.State
+		}
+		return ""
+	})
+	time.Sleep(3 * time.Second)
+	if s := peerState(sp, "10.0.0.2"); s.State != "established" {
+		t.Fatalf("the session after FRR came back: %s", s.State)
+	}
+	// Exactly one session since FRR came back: not one ended by a stale
+	// reset at once and then another.
+	if n := established(t, reg, "10.0.0.2") - downEstablished; n != 1 {
+		t.Errorf("%v sessions established since FRR came back; want 1 (a reset asked while it was down ended the first)", n)
+	}
+	if did {
+		t.Error("ResetPeer reported a reset of a session that was down")
+	}
 
 	// Metrics name the peer.
 	mfs, err := reg.Gather()
@@ -417,4 +457,29 @@ protocol bgp kv {
 	if errs := bgp.Validate(bgp.Options{ASN: 65001, RouterID: netip.MustParseAddr(selfAddr)}, []bgp.Peer{{Address: netip.MustParseAddr("10.0.0.2"), ASN: 65001}}, []routes.Route{bad}); len(errs) != 1 || !strings.Contains(errs[0].Error(), "use localPref") {
 		t.Errorf("Validate of prepending with iBGP: %v", errs)
 	}
+}
+
+// established returns how many times the session with peer was
+// established, from keepvip_bgp_session_transitions_total.
+func established(t *testing.T, reg *prometheus.Registry, peer string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keepvip_bgp_session_transitions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["peer"] == peer && labels["state"] == "established" {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
