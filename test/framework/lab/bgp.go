@@ -11,13 +11,15 @@ import (
 	"time"
 )
 
-// FRR is FRR's bgpd running in a node, without zebra (-Z: routes are
-// learnt into its BGP table, not installed in the kernel), queried with
-// vtysh on a socket of its own.
+// FRR is FRR's bgpd running in a node, queried with vtysh on a socket of
+// its own: alone (StartFRR, -Z: routes are learnt into its BGP table, not
+// installed in the kernel), or with zebra and bfdd (StartFRRWithZebra).
 type FRR struct {
 	node *Node
 	proc *Proc
 	dir  string
+	// helpers are zebra and bfdd, with StartFRRWithZebra.
+	helpers []*Proc
 }
 
 // FRRBinary is where Debian's frr package puts bgpd.
@@ -68,6 +70,137 @@ func (n *Node) StartFRR(conf string) (*FRR, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// StartFRRWithZebra runs FRR as a router does: zebra (which installs the
+// routes bgpd learns in n's routing table), bfdd when withBFD (bgpd's
+// `neighbor … bfd` sessions), and bgpd with conf, and waits until bgpd's
+// vtysh answers. zebra and bfdd drop to Debian's frr user, so their
+// directory is opened to it; bgpd stays root (-S).
+func (n *Node) StartFRRWithZebra(conf string, withBFD bool) (*FRR, error) {
+	dir := filepath.Join(n.lab.dir, "frr-"+n.Name)
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("FRR in %s: %w", n.Name, err)
+	}
+	// The frr user must reach the directory: the lab's is 0700.
+	for _, d := range []string{n.lab.dir, dir} {
+		mode := os.FileMode(0o711)
+		if d == dir {
+			mode = 0o777
+		}
+		if err := os.Chmod(d, mode); err != nil {
+			return nil, fmt.Errorf("FRR in %s: %w", n.Name, err)
+		}
+	}
+	// Milliseconds in the logs, to time bfdd's state changes.
+	const logConf = "log timestamp precision 3\n"
+	// bfdd logs its sessions' state changes with debug bfd peer.
+	files := map[string]string{"zebra.conf": logConf, "bfdd.conf": logConf + "debug bfd peer\n", "bgpd.conf": conf}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			return nil, fmt.Errorf("FRR in %s: %w", n.Name, err)
+		}
+	}
+	zserv := filepath.Join(dir, "zserv.api")
+	common := func(daemon string) []string {
+		return []string{"-N", n.lab.id + "-" + n.Name, "-f", filepath.Join(dir, daemon+".conf"), "-i", filepath.Join(dir, daemon+".pid"),
+			"-z", zserv, "--vty_socket", dir, "--log", "stdout"}
+	}
+	f := &FRR{node: n, dir: dir}
+	zebra, err := n.Start("zebra", append([]string{filepath.Join(filepath.Dir(FRRBinary), "zebra")}, common("zebra")...)...)
+	if err != nil {
+		return nil, err
+	}
+	f.helpers = append(f.helpers, zebra)
+	if err := waitFile(zserv, zebra, 10*time.Second); err != nil {
+		f.killAll()
+		return nil, fmt.Errorf("FRR in %s: zebra: %w", n.Name, err)
+	}
+	if withBFD {
+		args := append([]string{filepath.Join(filepath.Dir(FRRBinary), "bfdd")}, common("bfdd")...)
+		bfdd, err := n.Start("bfdd", append(args, "--bfdctl", filepath.Join(dir, "bfdd.sock"))...)
+		if err != nil {
+			f.killAll()
+			return nil, err
+		}
+		f.helpers = append(f.helpers, bfdd)
+		if err := waitFile(filepath.Join(dir, "bfdd.vty"), bfdd, 10*time.Second); err != nil {
+			f.killAll()
+			return nil, fmt.Errorf("FRR in %s: bfdd: %w", n.Name, err)
+		}
+	}
+	p, err := n.Start("bgpd", append([]string{frrBinary(), "-S"}, common("bgpd")...)...)
+	if err != nil {
+		f.killAll()
+		return nil, err
+	}
+	f.proc = p
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := f.VTY(context.Background(), "show bgp summary")
+		if err == nil {
+			return f, nil
+		}
+		select {
+		case <-p.Exited():
+			f.killAll()
+			return nil, fmt.Errorf("FRR in %s exited: %v\n%s", n.Name, p.Wait(), p.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			f.killAll()
+			return nil, fmt.Errorf("FRR in %s: vtysh does not answer: %v\n%s", n.Name, err, p.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitFile waits until path exists, while p runs.
+func waitFile(path string, p *Proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-p.Exited():
+			return fmt.Errorf("exited before %s appeared: %v\n%s", path, p.Wait(), p.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %s after %s:\n%s", path, timeout, p.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Daemon returns the process of one of f's daemons (bgpd, zebra, bfdd),
+// or nil.
+func (f *FRR) Daemon(name string) *Proc {
+	for _, p := range append(f.helpers, f.proc) {
+		if p != nil && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// killAll kills every FRR daemon of f.
+func (f *FRR) killAll() {
+	for _, p := range append(f.helpers, f.proc) {
+		if p != nil {
+			p.Kill()
+		}
+	}
+}
+
+// BFDVTY runs one vtysh command against this FRR's bfdd.
+func (f *FRR) BFDVTY(ctx context.Context, cmd string) (string, error) {
+	out, err := exec.CommandContext(ctx, "vtysh", "--vty_socket", f.dir, "-d", "bfdd", "-c", cmd).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("vtysh -d bfdd -c %q in %s: %w: %s", cmd, f.node.Name, err, out)
+	}
+	return string(out), nil
 }
 
 // VTY runs one vtysh command against this bgpd.
