@@ -89,11 +89,14 @@ demo: deps build lab
 	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab demo
 
 # Failover and handoff of keepvip and keepalived, same lab, same settings;
+# routes following VRRP through FRR; routers dropping a failed node with
+# BFD (FRR, BIRD) and without (the hold time), same runs;
 # health checking of 10,000 targets on this host; IPVS programming of
 # 10,000 services x 10 real servers next to ipvsadm -R, in the test VM.
 bench: deps build lab
 	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab bench -runs $(RUNS)
 	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab bgpbench -runs $(RUNS)
+	@KEEPVIP_BIN=$(abspath bin/keepvip) bin/keepvip-lab bfdbench -runs $(RUNS)
 	@$(GO) build -o bin/ipvsbench ./hack/ipvsbench && bin/ipvsbench -health
 	@CGO_ENABLED=0 $(GO) build -o bin/ipvsbench-static ./hack/ipvsbench
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static

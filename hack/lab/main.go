@@ -3,8 +3,9 @@
 // election, a failover and a handoff as a client sees them, then the
 // Kubernetes path where a kube-apiserver is built; `bench` measures
 // failover and handoff of keepvip and of keepalived with the same
-// settings; `bgpbench` measures routes following VRRP through FRR. It
-// needs root; everything it creates is removed when it exits.
+// settings; `bgpbench` measures routes following VRRP through FRR;
+// `bfdbench` how soon routers stop routing to a failed node, with BFD and
+// without. It needs root; everything it creates is removed when it exits.
 package main
 
 import (
@@ -20,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: keepvip-lab demo | bench [-runs N] [-quick] | bgpbench [-runs N]")
+		fmt.Fprintln(os.Stderr, "usage: keepvip-lab demo | bench [-runs N] [-quick] | bgpbench [-runs N] | bfdbench [-runs N]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -42,6 +43,11 @@ func main() {
 		runs := fs.Int("runs", 10, "kill-and-restart cycles (two transitions each)")
 		fs.Parse(os.Args[2:])
 		err = scenario.BGPBench(ctx, *runs)
+	case "bfdbench":
+		fs := flag.NewFlagSet("bfdbench", flag.ExitOnError)
+		runs := fs.Int("runs", 10, "link cuts, and as many hangs, of a keepvip node")
+		fs.Parse(os.Args[2:])
+		err = scenario.BFDBench(ctx, *runs)
 	case "announce": // run by bgpbench inside a node
 		err = scenario.Announce(os.Args[2:])
 	default:
