@@ -232,3 +232,41 @@ func TestServerPortTaken(t *testing.T) {
 		t.Errorf("after the port was freed: %+v", st[0])
 	}
 }
+
+// Sessions come up over IPv6 and multihop (UDP 4784) too.
+func TestServerFamiliesAndHops(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	netnstest.Sh(t, "ip link set lo up && ip addr add ::2/128 dev lo")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := SessionConfig{DesiredMinTx: 50 * ms, RequiredMinRx: 50 * ms, DetectMult: 3}
+	for _, c := range []struct {
+		name     string
+		a, b     string
+		multihop bool
+	}{{"ipv6", "::1", "::2", false}, {"ipv4 multihop", "127.0.0.1", "127.0.0.2", true}, {"ipv6 multihop", "::1", "::2", true}} {
+		a, b := netip.MustParseAddr(c.a), netip.MustParseAddr(c.b)
+		chA := newChanges()
+		sa, err := NewServer(Options{Logger: log, ListenAddresses: []netip.Addr{a}, OnChange: chA.on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := NewServer(Options{Logger: log, ListenAddresses: []netip.Addr{b}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sa.SetPeers([]Peer{{Remote: b, Local: a, Multihop: c.multihop, SessionConfig: cfg}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.SetPeers([]Peer{{Remote: a, Local: b, Multihop: c.multihop, SessionConfig: cfg}}); err != nil {
+			t.Fatal(err)
+		}
+		chA.wait(t, 0, StateUp, 5*time.Second)
+		if st := sa.Sessions(); st[0].Multihop != c.multihop || st[0].State != "up" {
+			t.Errorf("%s: %+v", c.name, st[0])
+		}
+		sa.Close()
+		sb.Close()
+	}
+}
