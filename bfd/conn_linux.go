@@ -19,6 +19,10 @@ import (
 // so that a congested link drops BFD last.
 const tosNetworkControl = 0xc0
 
+// rcvBuf is the receiving sockets' buffer (the kernel caps it at
+// net.core.rmem_max).
+const rcvBuf = 1 << 20
+
 // received is one datagram from a listening socket with what its
 // control message said.
 type received struct {
@@ -47,6 +51,9 @@ func listen(addr netip.Addr, port uint16) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Room for bursts (and floods) while the reader catches up: the
+	// default buffer holds a few hundred packets.
+	_ = pc.SetReadBuffer(rcvBuf)
 	l := &listener{pc: pc}
 	if addr.Is4() {
 		l.p4 = ipv4.NewPacketConn(pc)

@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, peer),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepvip_bfd_packets_dropped_total",
-			Help: "BFD packets dropped, by reason: malformed, ttl (not 255 on a single-hop session), unknown (no session), address (not from the session's peer), hop (single-hop packet for a multihop session or the reverse), backlog, session (the session refused it: discriminator, authentication).",
+			Help: "BFD packets dropped, by reason: malformed, ttl (not 255 on a single-hop session), unknown (no session), address (not from the session's peer), hop (single-hop packet for a multihop session or the reverse), backlog, session (the session refused it: discriminator, authentication, no discriminator once Up), read (the socket failed).",
 		}, []string{"reason"}),
 	}
 	if reg != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -100,8 +101,11 @@ type Server struct {
 	listeners map[listenKey]*listener
 	readers   sync.WaitGroup
 
-	dropLogMu sync.Mutex
-	dropLog   map[string]time.Time
+	dropLogMu      sync.Mutex
+	dropLog        map[string]time.Time // reason and source: last logged
+	dropWindow     time.Time
+	dropLogged     int
+	dropSuppressed int
 }
 
 type listenKey struct {
@@ -138,6 +142,13 @@ type rxPacket struct {
 // rxBacklog is how many packets wait for a session's goroutine before
 // more are dropped.
 const rxBacklog = 16
+
+// A stopped session sends adminDownPackets AdminDown packets,
+// adminDownGap apart.
+const (
+	adminDownPackets = 3
+	adminDownGap     = 20 * time.Millisecond
+)
 
 // NewServer returns a server with no sessions.
 func NewServer(o Options) (*Server, error) {
@@ -324,27 +335,48 @@ func (s *Server) run(c *sess, se *Session, publish func(string)) {
 		lastErr = ""
 		s.m.sent.WithLabelValues(c.peer.Remote.String()).Inc()
 	}
+	receive := func(r rxPacket) {
+		before := se.Stats()
+		send(se.Receive(r.at, r.p))
+		if se.Stats().Discarded > before.Discarded {
+			s.m.dropped.WithLabelValues("session").Inc()
+		} else {
+			s.m.received.WithLabelValues(c.peer.Remote.String()).Inc()
+		}
+	}
 	for {
 		select {
 		case <-c.stop:
-			now := clk.Now()
-			se.AdminDown(now)
-			send(se.Timer(now))
+			// §6.8.16: AdminDown is sent until the peer has surely heard
+			// it; one lost packet would otherwise look like a failure to
+			// the peer. A few packets, close together: this runs while
+			// the server is reconfigured or closed.
+			se.AdminDown(clk.Now())
+			for i := range adminDownPackets {
+				if i > 0 {
+					time.Sleep(adminDownGap)
+				}
+				send(se.Packet())
+			}
 			return
 		case r := <-c.rx:
-			before := se.Stats()
-			send(se.Receive(r.at, r.p))
-			after := se.Stats()
-			if after.Discarded > before.Discarded {
-				s.m.dropped.WithLabelValues("session").Inc()
-			} else {
-				s.m.received.WithLabelValues(c.peer.Remote.String()).Inc()
-			}
+			receive(r)
 		case cfg := <-c.cfg:
 			if err := se.Reconfigure(cfg, clk.Now()); err != nil {
 				s.log.Error("BFD: reconfiguring the session", "peer", c.peer.Remote.String(), "err", err)
 			}
 		case <-timer.C():
+			// Packets that came before the deadline are taken first: a
+			// goroutine that was not scheduled for a while must not
+			// declare the peer down while its packets wait here.
+			for drained := false; !drained; {
+				select {
+				case r := <-c.rx:
+					receive(r)
+				default:
+					drained = true
+				}
+			}
 			send(se.Timer(clk.Now()))
 		}
 		publish(lastErr)
@@ -415,19 +447,26 @@ func (s *Server) read(l *listener, multihop bool) {
 	b := make([]byte, 1500)
 	for {
 		r, err := l.read(b)
-		if err != nil {
-			return // closed: SetPeers or Close
+		if errors.Is(err, net.ErrClosed) {
+			return // SetPeers or Close
 		}
-		at := s.o.Clock.Now()
-		p, err := Parse(b[:r.n])
 		if err != nil {
-			s.drop("malformed", r.src, err)
+			// The socket stays: its sessions depend on it.
+			s.drop("read", netip.Addr{}, err)
+			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		at := s.o.Clock.Now()
 		if !multihop && r.ttl != 255 {
 			// RFC 5881 §5: a single-hop packet comes from a neighbour
 			// that sent it with 255, or from somewhere it must not.
+			// Checked first: it costs nothing.
 			s.drop("ttl", r.src, fmt.Errorf("TTL %d, want 255", r.ttl))
+			continue
+		}
+		p, err := Parse(b[:r.n])
+		if err != nil {
+			s.drop("malformed", r.src, err)
 			continue
 		}
 		s.mu.RLock()
@@ -437,6 +476,11 @@ func (s *Server) read(l *listener, multihop bool) {
 		}
 		s.mu.RUnlock()
 		switch {
+		case c == nil && p.YourDiscriminator == 0 && (p.State == StateDown || p.State == StateAdminDown):
+			// A router whose BFD session with this node was removed
+			// here says Down for a while: counted, not worth a warning.
+			s.m.dropped.WithLabelValues("unknown").Inc()
+			s.log.Debug("BFD packet dropped", "from", r.src.String(), "reason", "unknown", "state", p.State.String())
 		case c == nil:
 			s.drop("unknown", r.src, fmt.Errorf("no session (your discriminator %d)", p.YourDiscriminator))
 		case c.peer.Remote != r.src:
@@ -453,27 +497,44 @@ func (s *Server) read(l *listener, multihop bool) {
 	}
 }
 
-// dropLogEvery bounds how often a drop is logged per reason and source;
-// every drop is counted.
-const dropLogEvery = time.Minute
+// Drops are all counted; they are logged at most once per dropLogEvery
+// for each reason and source, and at most dropLogBurst lines in all per
+// dropLogEvery (a flood from many sources would otherwise log each
+// packet), with a line that says how many went unlogged.
+const (
+	dropLogEvery = time.Minute
+	dropLogBurst = 20
+	dropLogKeys  = 1024
+)
 
 func (s *Server) drop(reason string, src netip.Addr, err error) {
 	s.m.dropped.WithLabelValues(reason).Inc()
 	key := reason + " " + src.String()
 	now := time.Now()
 	s.dropLogMu.Lock()
+	if now.Sub(s.dropWindow) >= dropLogEvery {
+		if s.dropSuppressed > 0 {
+			s.log.Warn("BFD packets dropped without a log line (see keepvip_bfd_packets_dropped_total)", "count", s.dropSuppressed, "in", now.Sub(s.dropWindow).Round(time.Second))
+		}
+		s.dropWindow, s.dropLogged, s.dropSuppressed = now, 0, 0
+		for k, at := range s.dropLog {
+			if now.Sub(at) >= dropLogEvery {
+				delete(s.dropLog, k)
+			}
+		}
+	}
 	last, seen := s.dropLog[key]
-	if !seen || now.Sub(last) >= dropLogEvery {
-		s.dropLog[key] = now
-		if len(s.dropLog) > 1024 {
-			clear(s.dropLog)
+	logIt := (!seen || now.Sub(last) >= dropLogEvery) && s.dropLogged < dropLogBurst
+	if logIt {
+		s.dropLogged++
+		if len(s.dropLog) < dropLogKeys {
+			s.dropLog[key] = now
 		}
 	} else {
-		seen = true
-		err = nil
+		s.dropSuppressed++
 	}
 	s.dropLogMu.Unlock()
-	if err != nil {
+	if logIt {
 		s.log.Warn("BFD packet dropped", "from", src.String(), "reason", reason, "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package bfd
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/ipv4"
 
 	"github.com/keepvip/keepvip/test/framework/netnstest"
 )
@@ -106,28 +108,48 @@ func TestServerSessions(t *testing.T) {
 		t.Fatalf("a's session once up: %+v", st)
 	}
 
-	// Strangers: garbage, a valid packet with TTL 64 (what a socket
-	// sends by default: it came from farther than a neighbour), a
-	// packet for a discriminator of no session.
-	good, err := (&Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 99, YourDiscriminator: st[0].LocalDiscr,
-		DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms}).Marshal()
-	if err != nil {
-		t.Fatal(err)
+	// Strangers. With TTL 64 (what a socket sends by default: from
+	// farther than a neighbour) anything is dropped for its TTL. With
+	// TTL 255: garbage; a packet for a discriminator of no session; one
+	// for a's session from another address than b's; and a Down without
+	// a discriminator from b's own address (anyone on the link can send
+	// one), which must not take the session down.
+	pkt := func(p Packet) []byte {
+		b, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
-	unknown, _ := (&Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 99, YourDiscriminator: st[0].LocalDiscr + 1,
-		DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms}).Marshal()
-	stranger, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a4, PortSingleHop)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stranger.Close()
-	for _, b := range [][]byte{[]byte("not bfd at all"), good, unknown} {
-		if _, err := stranger.Write(b); err != nil {
+	good := pkt(Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 99, YourDiscriminator: st[0].LocalDiscr, DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms})
+	unknown := pkt(Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 99, YourDiscriminator: st[0].LocalDiscr + 1, DesiredMinTx: 20 * ms, RequiredMinRx: 20 * ms})
+	forgedDown := pkt(Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 99, DesiredMinTx: time.Second, RequiredMinRx: 20 * ms})
+	send := func(from netip.Addr, ttl int, b []byte) {
+		t.Helper()
+		c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(a4, PortSingleHop)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := ipv4.NewConn(c).SetTTL(ttl); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(b); err != nil {
 			t.Fatal(err)
 		}
 	}
+	stranger := netip.MustParseAddr("127.0.0.3")
+	for _, b := range [][]byte{[]byte("not bfd at all"), good} {
+		send(stranger, 64, b)
+	}
+	send(stranger, 255, []byte("not bfd at all"))
+	send(stranger, 255, unknown)
+	send(stranger, 255, good)
+	for range 5 {
+		send(b4, 255, forgedDown)
+	}
 	time.Sleep(100 * ms)
-	for reason, want := range map[string]float64{"malformed": 1, "ttl": 2} {
+	for reason, want := range map[string]float64{"ttl": 2, "malformed": 1, "unknown": 1, "address": 1, "session": 5} {
 		if got := testutil.ToFloat64(sa.m.dropped.WithLabelValues(reason)); got != want {
 			t.Errorf("dropped for %s: %v; want %v", reason, got, want)
 		}
@@ -269,4 +291,49 @@ func TestServerFamiliesAndHops(t *testing.T) {
 		sa.Close()
 		sb.Close()
 	}
+}
+
+// A flood of bad packets from many sources is counted whole and logged in
+// a few lines, with one that says how many more there were.
+func TestServerDropLogIsBounded(t *testing.T) {
+	var buf strings.Builder
+	var mu sync.Mutex
+	s, err := NewServer(Options{Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil)), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 3000 {
+		s.drop("malformed", netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), errors.New("garbage"))
+	}
+	if got := testutil.ToFloat64(s.m.dropped.WithLabelValues("malformed")); got != 3000 {
+		t.Errorf("counted %v drops; want 3000", got)
+	}
+	mu.Lock()
+	lines := strings.Count(buf.String(), "BFD packet dropped")
+	mu.Unlock()
+	if lines != dropLogBurst {
+		t.Errorf("%d log lines for 3000 drops; want %d", lines, dropLogBurst)
+	}
+	// The next window starts with the count of what went unlogged.
+	s.dropLogMu.Lock()
+	s.dropWindow = s.dropWindow.Add(-dropLogEvery)
+	s.dropLogMu.Unlock()
+	s.drop("malformed", netip.MustParseAddr("10.9.9.9"), errors.New("garbage"))
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(buf.String(), "BFD packets dropped without a log line") || !strings.Contains(buf.String(), "count=2980") {
+		t.Errorf("no summary of the unlogged drops:\n%s", buf.String()[max(0, buf.Len()-500):])
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

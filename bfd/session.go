@@ -62,14 +62,26 @@ type Session struct {
 	// while the session is not Up, the configured ones once a poll
 	// sequence has changed to them (§6.8.3).
 	advertisedTx, advertisedRx time.Duration
-	// pending: a poll sequence is running to make the configured
+	// pending: a poll sequence is running to make pollCfg's intervals
+	// the advertised ones; pollCfg is what its packets carry (a change
+	// while it runs waits for its end: a Final answers the values the
+	// peer saw, not newer ones).
 	// intervals the advertised ones (§6.5).
 	pending bool
+	pollCfg SessionConfig
 	// sendFinal: the peer polled; the next packet carries Final.
 	sendFinal bool
-	// peerNewSession: the packet being received comes from a new
-	// session of the peer (another discriminator than the one known).
+	// peerNewSession: the state change being told follows a Down or
+	// AdminDown the peer said from outside the session (Your
+	// Discriminator 0) within a detection time: the peer took its side
+	// down (BIRD makes a new session for each BGP session), and that is
+	// not a loss of the path. peerDownAt is when the last such packet came.
 	peerNewSession bool
+	peerDownAt     time.Time
+	// lastRx is when the last packet of the session came, to forget the
+	// peer's discriminator after a detection time without one in Down
+	// (§6.8.1).
+	lastRx time.Time
 
 	heard    time.Time // last valid packet; zero: none since Down
 	nextTx   time.Time
@@ -145,9 +157,16 @@ func (s *Session) detectDeadline() time.Time {
 func (s *Session) Timer(now time.Time) *Packet {
 	if d := s.detectDeadline(); !d.IsZero() && !now.Before(d) {
 		// §6.8.4: no packet within the detection time.
+		s.peerNewSession = !s.peerDownAt.IsZero() && now.Sub(s.peerDownAt) <= s.DetectionTime()
 		s.remoteDiscr = 0
 		s.heard = time.Time{}
 		s.setState(now, StateDown, DiagControlDetectExpired)
+		s.peerNewSession = false
+	}
+	if s.state == StateDown && s.remoteDiscr != 0 && !s.lastRx.IsZero() && now.Sub(s.lastRx) > max(s.DetectionTime(), slowTx) {
+		// §6.8.1: bfd.RemoteDiscr is zeroed a detection time after the
+		// last packet; a peer that restarted has another.
+		s.remoteDiscr = 0
 	}
 	if now.Before(s.nextTx) {
 		return nil
@@ -183,9 +202,12 @@ func (s *Session) packet() *Packet {
 		DesiredMinTx: s.advertisedTx, RequiredMinRx: s.advertisedRx,
 		Poll: s.pending && !s.sendFinal, Final: s.sendFinal,
 	}
-	if s.pending && !s.sendFinal {
-		// Polling: the new intervals go out with the P bit.
-		p.DesiredMinTx, p.RequiredMinRx = s.cfg.DesiredMinTx, s.cfg.RequiredMinRx
+	if s.pending {
+		// Polling: every packet carries the new intervals (§6.8.3: they
+		// are the state variables; only their use waits for the Final),
+		// a Final this system answers with included: with the old ones
+		// the peer would go back to them after the poll.
+		p.DesiredMinTx, p.RequiredMinRx = s.pollCfg.DesiredMinTx, s.pollCfg.RequiredMinRx
 	}
 	s.sendFinal = false
 	return p
@@ -205,13 +227,22 @@ func (s *Session) Receive(now time.Time, p Packet) *Packet {
 		// with the A bit.
 		s.stats.Discarded++
 		return nil
+	case p.YourDiscriminator == 0 && (s.state == StateInit || s.state == StateUp):
+		// Once the peer has our discriminator its packets carry it
+		// (§6.3): one without it comes from outside the session, and
+		// would otherwise let anyone on the link who sends from the
+		// peer's address take the session down. What it says is
+		// remembered: a peer that made its side anew (BIRD, for each
+		// BGP session) says Down this way, and the session then ends
+		// by detection time without that being a failure.
+		if p.State == StateDown || p.State == StateAdminDown {
+			s.peerDownAt = now
+		}
+		s.stats.Discarded++
+		return nil
 	}
 	s.stats.Received++
-	// A peer that speaks with another discriminator has started a new
-	// session: its side was taken down and made again (BIRD does so
-	// for each BGP session), which is not a loss of the path.
-	s.peerNewSession = s.remoteDiscr != 0 && p.MyDiscriminator != s.remoteDiscr
-	defer func() { s.peerNewSession = false }() // it tells of this packet only
+	s.lastRx = now
 	s.remoteDiscr = p.MyDiscriminator
 	s.remoteState = p.State
 	if p.RequiredMinRx < s.remoteMinRx {
@@ -229,7 +260,10 @@ func (s *Session) Receive(now time.Time, p Packet) *Packet {
 	if p.Final && s.pending {
 		// The poll sequence ends: the intervals it carried are in force.
 		s.pending = false
-		s.advertisedTx, s.advertisedRx = s.cfg.DesiredMinTx, s.cfg.RequiredMinRx
+		s.advertisedTx, s.advertisedRx = s.pollCfg.DesiredMinTx, s.pollCfg.RequiredMinRx
+		if s.state == StateUp {
+			s.poll(now) // the configuration changed meanwhile
+		}
 	}
 	if s.state == StateAdminDown {
 		return nil
@@ -282,15 +316,7 @@ func (s *Session) setState(now time.Time, to State, diag Diag) {
 	}
 	switch {
 	case to == StateUp:
-		if s.cfg.DesiredMinTx != s.advertisedTx || s.cfg.RequiredMinRx != s.advertisedRx {
-			// The poll goes out now, not a slow interval later. A faster
-			// transmission applies at once (only a slower one must wait
-			// for the poll's end, §6.8.3): the peer's detection time
-			// follows the interval the poll announces, and packets at the
-			// slow one would end the session there.
-			s.pending, s.nextTx = true, now
-			s.advertisedTx = min(s.advertisedTx, s.cfg.DesiredMinTx)
-		}
+		s.poll(now)
 	case from == StateUp:
 		s.stats.Flaps++
 		s.pending = false
@@ -311,6 +337,13 @@ func (s *Session) setState(now time.Time, to State, diag Diag) {
 func (s *Session) AdminDown(now time.Time) {
 	s.setState(now, StateAdminDown, DiagAdminDown)
 	s.heard, s.nextTx = time.Time{}, now
+}
+
+// Packet returns this system's control packet now, out of schedule (an
+// AdminDown repeated as the session stops).
+func (s *Session) Packet() *Packet {
+	s.stats.Sent++
+	return s.packet()
 }
 
 // Enable brings an administratively down session back to Down.
@@ -341,13 +374,23 @@ func (s *Session) Reconfigure(cfg SessionConfig, now time.Time) error {
 		s.advertisedTx, s.advertisedRx = max(cfg.DesiredMinTx, slowTx), cfg.RequiredMinRx
 		return nil
 	}
-	if cfg.DesiredMinTx != s.advertisedTx || cfg.RequiredMinRx != s.advertisedRx {
-		s.pending, s.nextTx = true, now
-		if cfg.DesiredMinTx < s.advertisedTx {
-			s.advertisedTx = cfg.DesiredMinTx
-		}
-	}
+	s.poll(now)
 	return nil
+}
+
+// poll starts a poll sequence to the configured intervals if they are not
+// the advertised ones and none is running (one that is will start the
+// next when it ends). It goes out now, not a slow interval later. A
+// faster transmission applies at once (only a slower one must wait for
+// the poll's end, §6.8.3): the peer's detection time follows the interval
+// the poll announces, and packets at the slow one would end the session
+// there.
+func (s *Session) poll(now time.Time) {
+	if s.pending || (s.cfg.DesiredMinTx == s.advertisedTx && s.cfg.RequiredMinRx == s.advertisedRx) {
+		return
+	}
+	s.pending, s.pollCfg, s.nextTx = true, s.cfg, now
+	s.advertisedTx = min(s.advertisedTx, s.cfg.DesiredMinTx)
 }
 
 // Status is a session's state for status output and metrics.

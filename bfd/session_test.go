@@ -386,7 +386,10 @@ func TestSessionReconfigureProperty(t *testing.T) {
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 11))
 		l := newLink(t, fast(3), fast(3), rng.Float64)
-		l.latency = time.Duration(rng.IntN(2000)) * time.Microsecond
+		// Up to 20 ms each way, and changes that follow each other
+		// within a round trip, so that a Final can answer a poll of
+		// older values.
+		l.latency = time.Duration(rng.IntN(20000)) * time.Microsecond
 		l.run(3 * time.Second)
 		var log []string
 		l.check = func() {
@@ -404,7 +407,11 @@ func TestSessionReconfigureProperty(t *testing.T) {
 				t.Fatal(err)
 			}
 			log = append(log, fmt.Sprintf("%v %s %+v", l.now.Sub(t0), who, cfg))
-			l.run(time.Duration(rng.IntN(2000)) * ms)
+			if rng.IntN(3) == 0 {
+				l.run(time.Duration(rng.IntN(5000)) * time.Microsecond)
+			} else {
+				l.run(time.Duration(rng.IntN(2000)) * ms)
+			}
 		}
 		l.run(5 * time.Second)
 		for _, who := range []string{"a", "b"} {
@@ -416,9 +423,11 @@ func TestSessionReconfigureProperty(t *testing.T) {
 	}
 }
 
-// A peer that says Down from a new session of its own (another
-// discriminator: it made its side anew) takes the session down, and the
-// session says so while it tells of the change; a later loss of the path
+// A packet without our discriminator cannot take an Up session down
+// (§6.3: anyone on the link could send it from the peer's address); a
+// peer that made its side anew (another discriminator, Your
+// Discriminator 0, Down) lets the session end by detection time, and the
+// session says so while it tells of that change; a later loss of the path
 // is a plain detection failure again.
 func TestSessionPeerNewSession(t *testing.T) {
 	var newSession []bool
@@ -429,17 +438,38 @@ func TestSessionPeerNewSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := Packet{State: StateInit, DetectMult: 3, MyDiscriminator: 9, YourDiscriminator: 7, DesiredMinTx: 100 * ms, RequiredMinRx: 100 * ms}
-	s.Receive(t0, up) // Down → Up
-	s.Receive(t0.Add(50*ms), Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 10, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
-	if st, diag := s.State(); st != StateDown || diag != DiagNeighborDown {
-		t.Fatalf("after the peer's new session said Down: %s %s", st, diag)
+	up := func(at time.Time) {
+		s.Receive(at, Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 9, YourDiscriminator: 7, DesiredMinTx: 100 * ms, RequiredMinRx: 100 * ms})
 	}
-	s.Receive(t0.Add(60*ms), Packet{State: StateInit, DetectMult: 3, MyDiscriminator: 10, YourDiscriminator: 7, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
-	for now := t0.Add(60 * ms); now.Before(t0.Add(5 * time.Second)); now = s.Next() {
-		s.Timer(now) // nothing more heard: detection expires
+	s.Receive(t0, Packet{State: StateInit, DetectMult: 3, MyDiscriminator: 9, YourDiscriminator: 7, DesiredMinTx: 100 * ms, RequiredMinRx: 100 * ms})
+	// A forged Down from the peer's address, while the peer goes on.
+	for i := range 10 {
+		at := t0.Add(time.Duration(i*50) * ms)
+		up(at)
+		s.Receive(at.Add(ms), Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 1234, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
+		s.Timer(at.Add(2 * ms))
 	}
-	if want := []bool{false, true, false, false}; fmt.Sprint(newSession) != fmt.Sprint(want) {
-		t.Errorf("new session of the peer at each change (Up, Down, Up, Down by detection): %v; want %v", newSession, want)
+	if st, _ := s.State(); st != StateUp {
+		t.Fatalf("a forged Down without our discriminator took the session to %s", st)
+	}
+	// The peer makes its side anew: its old session is gone, the new one
+	// says Down without our discriminator.
+	last := t0.Add(500 * ms)
+	up(last)
+	s.Receive(last.Add(10*ms), Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 10, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
+	for now := last.Add(10 * ms); now.Before(last.Add(time.Second)); now = s.Next() {
+		s.Timer(now)
+	}
+	if st, diag := s.State(); st != StateDown || diag != DiagControlDetectExpired {
+		t.Fatalf("after the peer's old session went quiet: %s %s", st, diag)
+	}
+	// The new session comes up; then the path is lost.
+	s.Receive(last.Add(1100*ms), Packet{State: StateDown, DetectMult: 3, MyDiscriminator: 10, DesiredMinTx: time.Second, RequiredMinRx: 100 * ms})
+	s.Receive(last.Add(1200*ms), Packet{State: StateUp, DetectMult: 3, MyDiscriminator: 10, YourDiscriminator: 7, DesiredMinTx: 100 * ms, RequiredMinRx: 100 * ms})
+	for now := last.Add(1200 * ms); now.Before(last.Add(5 * time.Second)); now = s.Next() {
+		s.Timer(now)
+	}
+	if want := []bool{false, true, false, false, false}; fmt.Sprint(newSession) != fmt.Sprint(want) {
+		t.Errorf("new session of the peer at each change (Up, Down by the peer's new session, Init, Up, Down by detection): %v; want %v", newSession, want)
 	}
 }
