@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,8 +79,15 @@ type routing struct {
 	speaker *bgp.Speaker
 	table   *kernel.Table
 	// bfd runs the BFD sessions of the speaker's peers, while any has
-	// one; a failed session resets its BGP peer.
-	bfd *bfd.Server
+	// one; a failed session resets its BGP peer. bfdErr is the last
+	// error it gave, logged once.
+	bfd    *bfd.Server
+	bfdErr string
+
+	// resetting are the peers whose BGP reset after a BFD failure is
+	// under way: one at a time per peer.
+	resetMu   sync.Mutex
+	resetting map[netip.Addr]bool
 }
 
 func newRouting(log *slog.Logger, reg prometheus.Registerer) *routing {
@@ -203,8 +209,15 @@ func (r *routing) apply(ctx context.Context, spec *config.Exporter) error {
 		r.spec.Peers = spec.Peers
 		if berr := r.applyBFD(spec.BFD); berr != nil {
 			// A port another BFD daemon holds may be freed: try again.
+			// The sessions' status says what is wrong; the routes do
+			// not wait for BFD.
 			r.retryLater()
-			err = errors.Join(err, berr)
+			if msg := berr.Error(); msg != r.bfdErr {
+				r.log.Error("BFD sessions", "err", berr)
+				r.bfdErr = msg
+			}
+		} else {
+			r.bfdErr = ""
 		}
 		r.spec.BFD = spec.BFD
 	}
@@ -241,9 +254,24 @@ func (r *routing) applyBFD(peers []bfd.Peer) error {
 // on a goroutine of its own, which stop waits for.
 func (r *routing) bfdFailed(sp *bgp.Speaker, peer netip.Addr, c bfd.Change) {
 	why := "BFD session down: " + c.Diag.String()
+	r.resetMu.Lock()
+	if r.resetting == nil {
+		r.resetting = map[netip.Addr]bool{}
+	}
+	busy := r.resetting[peer]
+	r.resetting[peer] = true
+	r.resetMu.Unlock()
+	if busy {
+		return // the reset under way ends this session too
+	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		defer func() {
+			r.resetMu.Lock()
+			delete(r.resetting, peer)
+			r.resetMu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		switch did, err := sp.ResetPeer(ctx, peer, why); {
