@@ -53,6 +53,8 @@ type Config struct {
 	Kernel Kernel `json:"kernel,omitempty"`
 	// Routing announces the VIPs to routers (BGP, or a routing table).
 	Routing *Routing `json:"routing,omitempty"`
+	// ConnectionSync synchronises IPVS connections to the backups.
+	ConnectionSync *ConnectionSync `json:"connectionSync,omitempty"`
 }
 
 // Instance is one VRRP virtual router. Optional fields are pointers or
@@ -265,6 +267,8 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateVirtualServers()...)
 	errs = append(errs, c.validateKernel()...)
 	errs = append(errs, c.validateRouting()...)
+	_, serrs := c.connSync()
+	errs = append(errs, serrs...)
 	return errors.Join(errs...)
 }
 

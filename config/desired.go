@@ -44,6 +44,8 @@ type Desired struct {
 	Announcements []announce.VIP
 	StaticRoutes  []routes.Route
 	ECMP          []ECMP
+	// ConnSync runs the IPVS sync daemons; nil: none.
+	ConnSync *ConnSync
 }
 
 // Desired translates a Config that Parse (or Validate) accepted; the
@@ -60,6 +62,7 @@ func (c *Config) Desired() Desired {
 		vc, _ := c.Instances[i].toVRRP("")
 		d.VRRP = append(d.VRRP, vc)
 	}
+	d.ConnSync, _ = c.connSync()
 	for i := range c.VirtualServers {
 		s, _ := c.VirtualServers[i].toBalancer("")
 		d.VirtualServers = append(d.VirtualServers, s)

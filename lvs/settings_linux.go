@@ -18,6 +18,12 @@ type Settings struct {
 	ExpireNodestConn        *bool // net.ipv4.vs.expire_nodest_conn
 	ExpireQuiescentTemplate *bool // net.ipv4.vs.expire_quiescent_template
 	NonLocalBind            *bool // net.ipv4.ip_nonlocal_bind, net.ipv6.ip_nonlocal_bind
+	// Connection synchronisation (ConnectionSync): net.ipv4.vs.
+	// sync_threshold (threshold and period), sync_refresh_period
+	// (seconds), sync_persist_mode.
+	SyncThreshold     *[2]int
+	SyncRefreshPeriod *int
+	SyncPersistMode   *bool
 	// ARPInterfaces get arp_ignore=1 and arp_announce=2 (DR real servers).
 	ARPInterfaces []string
 	// NoRedirects are interfaces that get send_redirects=0 (and so does
@@ -69,6 +75,15 @@ func (s Settings) apply(sc sysctls) error {
 	}
 	if s.ExpireQuiescentTemplate != nil {
 		set("net.ipv4.vs.expire_quiescent_template", b(*s.ExpireQuiescentTemplate))
+	}
+	if s.SyncThreshold != nil {
+		set("net.ipv4.vs.sync_threshold", fmt.Sprintf("%d %d", s.SyncThreshold[0], s.SyncThreshold[1]))
+	}
+	if s.SyncRefreshPeriod != nil {
+		set("net.ipv4.vs.sync_refresh_period", strconv.Itoa(*s.SyncRefreshPeriod))
+	}
+	if s.SyncPersistMode != nil {
+		set("net.ipv4.vs.sync_persist_mode", b(*s.SyncPersistMode))
 	}
 	if s.NonLocalBind != nil {
 		set("net.ipv4.ip_nonlocal_bind", b(*s.NonLocalBind))

@@ -112,6 +112,9 @@ type Status struct {
 	Kubernetes *kube.Status `json:"kubernetes,omitempty"`
 	// Routing is what is announced to routers, if routing is configured.
 	Routing *RoutingStatus `json:"routing,omitempty"`
+	// ConnectionSync is the IPVS connection synchronisation, if
+	// configured.
+	ConnectionSync *ConnSyncStatus `json:"connectionSync,omitempty"`
 	// Metrics is the metrics listener, if there is one.
 	Metrics *MetricsStatus `json:"metrics,omitempty"`
 	// Handover is keepvip's replacement in place, if one is under way
@@ -138,8 +141,11 @@ type daemon struct {
 	errs     []string
 	ready    bool
 	lb       *loadBalancer // nil until there are virtual servers
-	ipvs     string
-	metrics  *metricsServer // nil without one (or until it is made)
+	// csync runs the IPVS sync daemons, from the first configuration
+	// that asks for them.
+	csync   atomic.Pointer[connSync]
+	ipvs    string
+	metrics *metricsServer // nil without one (or until it is made)
 	// handover waits for a successor (nil if it could not listen, and
 	// handoverErr says why).
 	handover    *handover.Listener
@@ -266,7 +272,7 @@ func run(ctx context.Context, o Options, took *takeOverState, preloaded *config.
 	}
 	// The lock is let go last, when everything this keepvip did is undone:
 	// a keepvip waiting to take over starts when it is free.
-	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.routing.transition, LockDir: lockDirOf(o), Inherit: inherit, KeepLock: true})
+	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.transition, LockDir: lockDirOf(o), Inherit: inherit, KeepLock: true})
 	defer d.mgr.Unlock()
 	d.health = newHealth(d.mgr, healthTimeout)
 	defer d.routing.stop() // also on the error paths; stopping twice is harmless
@@ -556,6 +562,7 @@ func (d *daemon) apply(want *config.Desired, problems ...string) {
 		errs = append(errs, d.ipvs)
 		d.mu.Unlock()
 	}
+	d.applyConnSync(want.ConnSync)
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	if err := d.routing.apply(rctx, want.Exporter); err != nil {
 		errs = append(errs, strings.Split(err.Error(), "\n")...)
@@ -685,6 +692,9 @@ func (d *daemon) status() Status {
 		s.Kubernetes = &ks
 	}
 	s.Instances = d.mgr.Status()
+	if cs := d.csync.Load(); cs != nil {
+		s.ConnectionSync = cs.status()
+	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	s.Routing = d.routing.status(rctx)
 	rcancel()
@@ -1114,4 +1124,35 @@ func get(ctx context.Context, socket, path string) (*http.Response, error) {
 		return nil, fmt.Errorf("asking keepvip on %s: %w", socket, err)
 	}
 	return resp, nil
+}
+
+// transition is the VRRP manager's OnTransition: routes and the IPVS sync
+// daemons follow the instances.
+func (d *daemon) transition(instance string, t vrrp.Transition) {
+	d.routing.transition(instance, t)
+	if cs := d.csync.Load(); cs != nil {
+		cs.transition(instance, t)
+	}
+}
+
+// applyConnSync gives the connection sync its configuration, starting it
+// the first time one asks for it, with the state its instance has now.
+func (d *daemon) applyConnSync(spec *config.ConnSync) {
+	cs := d.csync.Load()
+	if cs == nil {
+		if spec == nil {
+			return
+		}
+		cs = newConnSync(d.log, d.reg, d.opts.ProcSys)
+		d.csync.Store(cs)
+	}
+	cs.apply(spec)
+	if spec == nil {
+		return
+	}
+	for _, in := range d.mgr.Status() {
+		if in.Name == spec.Instance {
+			cs.setState(in.Name, in.State)
+		}
+	}
 }
