@@ -185,3 +185,21 @@ func TestStatusTableKubernetes(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusTableConnectionSync(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := sampleStatus(now)
+	s.ConnectionSync = &daemon.ConnSyncStatus{Instance: "web", State: "BACKUP", Role: "backup",
+		Daemons: []string{"backup on eth0, sync ID 51", "master on eth0, sync ID 9 (not keepvip's)"}, Local: 3, Synced: 412}
+	var table bytes.Buffer
+	if err := printStatus(&table, s, "table", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"CONNECTION SYNC: backup daemon, instance web is BACKUP",
+		"kernel's sync daemons: backup on eth0, sync ID 51; master on eth0, sync ID 9 (not keepvip's)",
+		"connections: 3 local, 412 synced from a master"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}

@@ -115,6 +115,7 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 	}
 	printVirtualServers(w, s, now)
 	printRouting(w, s.Routing, now)
+	printConnSync(w, s.ConnectionSync)
 	for _, in := range s.Instances {
 		fmt.Fprintf(w, "\n%s: source %s, %s, master down interval %s, adverts sent %d received %d\n",
 			in.Name, in.Source, mode(in), in.MasterDownInterval, in.AdvertsSent, in.AdvertsReceived)
@@ -212,6 +213,23 @@ func ago(now, t time.Time) string {
 		return d.Round(time.Second).String()
 	default:
 		return d.Round(time.Minute).String()
+	}
+}
+
+// printConnSync prints the IPVS connection synchronisation.
+func printConnSync(w io.Writer, c *daemon.ConnSyncStatus) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nCONNECTION SYNC: %s daemon, instance %s is %s\n", c.Role, c.Instance, c.State)
+	daemons := "none"
+	if len(c.Daemons) > 0 {
+		daemons = strings.Join(c.Daemons, "; ")
+	}
+	fmt.Fprintf(w, "  kernel's sync daemons: %s\n", daemons)
+	fmt.Fprintf(w, "  connections: %d local, %d synced from a master\n", c.Local, c.Synced)
+	if c.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", c.Error)
 	}
 }
 

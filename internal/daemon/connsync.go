@@ -243,10 +243,21 @@ func (c *connSync) status() *ConnSyncStatus {
 }
 
 // stop ends the goroutine. The daemons stay, as the IPVS services do: a
-// restarted keepvip adopts them.
+// keepvip that takes over in place, or restarts after a crash, adopts
+// them.
 func (c *connSync) stop() {
 	c.cancel()
 	<-c.done
+}
+
+// shutdown stops the goroutine and the daemons keepvip runs: keepvip is
+// going away, and a daemon left behind would go on syncing (or taking
+// syncs) for a node that no longer runs keepvip.
+func (c *connSync) shutdown() {
+	c.stop()
+	if err := c.syncer.Set(nil); err != nil {
+		c.log.Error("stopping the IPVS sync daemons", "err", err)
+	}
 }
 
 // countConns counts the kernel's IPVS connections by origin, from

@@ -444,6 +444,9 @@ func run(ctx context.Context, o Options, took *takeOverState, preloaded *config.
 			if d.lb != nil {
 				d.lb.stop()
 			}
+			if cs := d.csync.Load(); cs != nil {
+				cs.shutdown()
+			}
 			d.log.Info("stopped")
 			return errors.Join(err, shutdownAll(servers))
 		case <-o.Reload:

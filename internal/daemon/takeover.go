@@ -205,6 +205,9 @@ func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 	if d.lb != nil {
 		d.lb.stop()
 	}
+	if cs := d.csync.Load(); cs != nil {
+		cs.stop() // the daemons stay: the successor adopts them
+	}
 	st := takeOverState{VRRP: h, ECMP: slices.Sorted(maps.Keys(d.heldDevs))}
 	var errs []error
 	if err := s.Go(st); err != nil {
