@@ -101,6 +101,7 @@ bench: deps build lab
 	@CGO_ENABLED=0 $(GO) build -o bin/ipvsbench-static ./hack/ipvsbench
 	@$(GO) run ./hack/vm -timeout 40m -cmd-timeout 35m run -- bin/ipvsbench-static
 	@$(MAKE) --no-print-directory bench-kube
+	@$(MAKE) --no-print-directory bench-connsync
 	@$(MAKE) --no-print-directory bench-configmap
 	@$(MAKE) --no-print-directory bench-fault
 	@$(MAKE) --no-print-directory bench-nodes
@@ -131,6 +132,15 @@ bench-nodes: deps kubebin
 bench-configmap:
 	@set -o pipefail; $(GO) test -run '^$$' -bench '^BenchmarkParseResolve$$' -benchtime 20x ./internal/kube/ | \
 	  awk '/^BenchmarkParseResolve\// { split($$1, a, "/"); sub(/-[0-9]+$$/, "", a[2]); printf "BENCH vip_configmap_parse_resolve_1000_%s %.1f ms\n", a[2], $$3/1e6 }'
+
+# IPVS connection sync in the VM: 200 NAT and 200 DR connections through
+# two directors, the master killed or handing off, and without sync for
+# reference (test/ipvs TestConnectionSyncFailover).
+.PHONY: bench-connsync
+bench-connsync:
+	@set -o pipefail; out=$$(KEEPVIP_PRIVILEGED=1 KEEPVIP_VM_PKGS=./test/ipvs KEEPVIP_VM_RUN='^TestConnectionSyncFailover$$' \
+	  $(GO) test -count=1 -timeout 20m -run '^TestVM$$' -v ./test/vm/ 2>&1); rc=$$?; \
+	  grep '^BENCH ' <<<"$$out"; if [ $$rc -ne 0 ]; then echo "$$out" | tail -60; exit $$rc; fi
 
 # Kubernetes mode in the VM: endpoint changes and ConfigMap edits from the
 # API call to the IPVS table (KUBE_ROUNDS of each), API server on the host.

@@ -5,7 +5,6 @@ package ipvs
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -19,13 +18,7 @@ import (
 // servers all fail disappears from BIRD's routes, and comes back with them.
 func TestECMPFollowsHealth(t *testing.T) {
 	l := lab.ForTest(t)
-	add := func(name, v4 string) *lab.Node {
-		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	add := func(name, v4 string) *lab.Node { return addNode(t, l, name, v4) }
 	rn := add("bird", "192.0.2.1/24")
 	bird, err := rn.StartBIRD(`router id 192.0.2.1;
 protocol device {}

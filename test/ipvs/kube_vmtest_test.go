@@ -129,13 +129,7 @@ func TestKubernetes(t *testing.T) {
 		rounds = n
 	}
 	l := lab.ForTest(t)
-	add := func(name, v4 string) *lab.Node {
-		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	add := func(name, v4 string) *lab.Node { return addNode(t, l, name, v4) }
 	dir := add("director", "192.0.2.10/24") // the name diagnose knows
 	cli := add("client", "192.0.2.50/24")
 	sh(t, dir, "ip addr add 10.0.0.1/24 dev eth0 && sysctl -qw net.ipv4.ip_forward=1")

@@ -127,6 +127,16 @@ func diagnose(l *lab.Lab) string {
 	return b.String()
 }
 
+// addNode adds a node with an IPv4 address to l, or fails t.
+func addNode(t *testing.T, l *lab.Lab, name, v4 string) *lab.Node {
+	t.Helper()
+	n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func sh(t *testing.T, n *lab.Node, cmd string) string {
 	t.Helper()
 	out, err := n.Exec(context.Background(), "sh", "-c", cmd)
@@ -189,13 +199,7 @@ kernel:
 
 func TestLoadBalancing(t *testing.T) {
 	l := lab.ForTest(t)
-	add := func(name, v4 string) *lab.Node {
-		n, err := l.AddNode(name, netip.MustParsePrefix(v4), netip.Prefix{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	add := func(name, v4 string) *lab.Node { return addNode(t, l, name, v4) }
 	dir := add("director", "192.0.2.10/24")
 	cli := add("client", "192.0.2.50/24")
 	// More source addresses for the source-hashing test.
