@@ -81,8 +81,14 @@ type Instance struct {
 
 	state State
 	since time.Time
-	fault string
-	local netip.Addr // source of adverts; compared in equal-priority elections
+	// sinceAdvert is what becomeMaster measured of the backup's silence,
+	// for setState to record with the transition.
+	sinceAdvert time.Duration
+	// announcedEarly counts the announcements becomeMaster sent before
+	// its transition is recorded.
+	announcedEarly int
+	fault          string
+	local          netip.Addr // source of adverts; compared in equal-priority elections
 
 	masterAdverInterval time.Duration
 	timers              timers
@@ -400,6 +406,7 @@ func (in *Instance) clearTimers() {
 // announce them.
 func (in *Instance) becomeMaster(now time.Time, reason string) {
 	in.timers.masterDown, in.heard.left = time.Time{}, time.Time{}
+	in.announcedEarly = 0 // what a backup announced belongs to no mastership
 	in.sendAdvert(in.cfg.Priority)
 	in.installVIPs()
 	in.garp = garpSchedule{}
@@ -415,6 +422,11 @@ func (in *Instance) becomeMaster(now time.Time, reason string) {
 	in.masterAdverInterval = in.cfg.Interval
 	took := in.clock.Now().Sub(now)
 	in.m.takeover.WithLabelValues(in.cfg.Name).Observe(took.Seconds())
+	if in.state == StateBackup {
+		quiet := now.Sub(in.lastAdvertOr(in.since))
+		in.sinceAdvert = quiet
+		in.m.failover.WithLabelValues(in.cfg.Name).Observe((quiet + took).Seconds())
+	}
 	in.setState(now, StateMaster, reason, took)
 }
 
@@ -897,7 +909,11 @@ func (in *Instance) setState(now time.Time, to State, reason string, took time.D
 	// began in.
 	in.wait = backlogWait{}
 	in.since = now
-	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: Duration(took)}
+	tr := Transition{At: now, From: from, To: to, Reason: reason, Took: Duration(took), SinceAdvert: Duration(in.sinceAdvert)}
+	if to == StateMaster {
+		tr.Announced = in.announcedEarly
+	}
+	in.sinceAdvert, in.announcedEarly = 0, 0
 	in.stats.transitions = append(in.stats.transitions, tr)
 	if len(in.stats.transitions) > maxTransitions {
 		in.stats.transitions = slices.Delete(in.stats.transitions, 0, len(in.stats.transitions)-maxTransitions)

@@ -33,6 +33,11 @@ func (in *Instance) runBurst(now time.Time) {
 	for in.garp.rounds > 0 && !now.Before(in.garp.next) {
 		n, err := in.io.announce.Announce(in.cfg.vipAddrs())
 		in.m.announced.WithLabelValues(in.cfg.Name).Add(float64(n))
+		if k := len(in.stats.transitions); k > 0 && in.state == StateMaster && in.stats.transitions[k-1].To == StateMaster {
+			in.stats.transitions[k-1].Announced += n
+		} else {
+			in.announcedEarly += n // becomeMaster's first round: recorded with its transition
+		}
 		if err != nil {
 			in.fail("announce", err)
 		}

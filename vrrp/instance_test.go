@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 const ms = time.Millisecond
@@ -93,6 +95,14 @@ func TestBackupFollowsMasterAndLearnsInterval(t *testing.T) {
 	wantState(t, r, StateBackup)
 	s.runFor(time.Microsecond)
 	wantState(t, r, StateMaster)
+	// The record says how long it heard nothing, and the takeover
+	// histogram has it.
+	if tr := r.lastTransition(); tr.SinceAdvert != Duration(7218750*time.Microsecond) {
+		t.Errorf("transition's time since the last advert = %v; want Master_Down_Interval 7.21875s", tr.SinceAdvert)
+	}
+	if n := testutil.CollectAndCount(r.in.m.failover, "keepvip_vrrp_takeover_seconds"); n != 1 {
+		t.Errorf("takeover histogram series: %d; want 1", n)
+	}
 	// On becoming master it advertises its own interval again.
 	if got := s.capture[len(s.capture)-1].adv.Interval; got != time.Second {
 		t.Errorf("new master advertises %v; want its own 1s", got)
@@ -410,6 +420,9 @@ func TestGARPSchedule(t *testing.T) {
 	}
 	if r.ann.sent != 2*len(want) {
 		t.Errorf("messages = %d; want %d (one per VIP per round)", r.ann.sent, 2*len(want))
+	}
+	if tr := r.lastTransition(); tr.To != StateMaster || tr.Announced != r.ann.sent || tr.SinceAdvert != Duration(mdi(100, time.Second)) {
+		t.Errorf("the transition to master counts %d announcements (want %d) and %v since an advert (want Master_Down_Interval: it listened that long)", tr.Announced, r.ann.sent, tr.SinceAdvert)
 	}
 	// Leaving master cancels what is pending.
 	s.inject(r, "192.0.2.9", "224.0.0.18", Advertisement{Priority: 200, Addrs: r.in.cfg.vipAddrs()})

@@ -18,6 +18,7 @@ type Metrics struct {
 	mismatch    *prometheus.CounterVec
 	errors      *prometheus.CounterVec
 	takeover    *prometheus.HistogramVec
+	failover    *prometheus.HistogramVec
 }
 
 // NewMetrics creates the metrics and registers them on reg. A nil reg
@@ -56,6 +57,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "keepvip_vrrp_errors_total",
 			Help: "Failed operations: send, vip-add, vip-delete, announce; backlog: an expired timer acted on before the socket reader handed over adverts it had.",
 		}, []string{"instance", "op"}),
+		failover: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keepvip_vrrp_takeover_seconds",
+			Help:    "A backup's takeover as it saw it: from the last advert it heard (or from when it began to listen) to its VIPs installed and its first GARP/NA sent.",
+			Buckets: []float64{.01, .02, .05, .1, .2, .35, .5, 1, 2, 3.5, 5, 10},
+		}, []string{"instance"}),
 		takeover: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keepvip_vrrp_become_master_seconds",
 			Help:    "Time from the decision to become master to VIPs installed and the first GARP/NA sent.",
@@ -63,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"instance"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.state, m.transitions, m.sent, m.received, m.dropped, m.announced, m.mismatch, m.errors, m.takeover)
+		reg.MustRegister(m.state, m.transitions, m.sent, m.received, m.dropped, m.announced, m.mismatch, m.errors, m.takeover, m.failover)
 	}
 	return m
 }
@@ -84,6 +90,7 @@ func (m *Metrics) forget(c *Config) {
 	m.announced.DeleteLabelValues(c.Name)
 	m.mismatch.DeleteLabelValues(c.Name)
 	m.takeover.DeleteLabelValues(c.Name)
+	m.failover.DeleteLabelValues(c.Name)
 	m.transitions.DeletePartialMatch(prometheus.Labels{"instance": c.Name})
 	m.errors.DeletePartialMatch(prometheus.Labels{"instance": c.Name})
 }

@@ -64,6 +64,13 @@ type Transition struct {
 	// Took is how long the change took to apply: VIPs added and the first
 	// GARP/NA sent when becoming master, VIPs removed when leaving it.
 	Took Duration `json:"took"`
+	// SinceAdvert, on a backup's takeover, is how long it had heard no
+	// advert (or listened, if it never heard one) when it decided: with
+	// Took, how long the failover took as this node saw it.
+	SinceAdvert Duration `json:"sinceAdvert,omitzero"`
+	// Announced counts the GARPs and unsolicited NAs sent while master,
+	// this transition's bursts and refreshes so far.
+	Announced int `json:"announced,omitempty"`
 }
 
 // Duration is a time.Duration that reads as "100ms" in JSON and YAML.

@@ -98,8 +98,11 @@ func sampleStatus(now time.Time) *daemon.Status {
 			Master: netip.MustParseAddr("192.0.2.2"), MasterPriority: 150,
 			AdvertInterval: vrrp.Duration(time.Second), MasterAdvertInterval: vrrp.Duration(2 * time.Second),
 			Drops: map[string]uint64{"checksum": 2},
-			Transitions: []vrrp.Transition{{At: now.Add(-2 * time.Second), From: vrrp.StateMaster, To: vrrp.StateBackup,
-				Reason: "advert from 192.0.2.2 with higher priority 150, ours 100", Took: vrrp.Duration(300 * time.Microsecond)}},
+			Transitions: []vrrp.Transition{{At: now.Add(-time.Minute), From: vrrp.StateBackup, To: vrrp.StateMaster,
+				Reason: "no advert for 361ms (Master_Down_Interval 360.9375ms)", Took: vrrp.Duration(400 * time.Microsecond),
+				SinceAdvert: vrrp.Duration(361 * time.Millisecond), Announced: 10},
+				{At: now.Add(-2 * time.Second), From: vrrp.StateMaster, To: vrrp.StateBackup,
+					Reason: "advert from 192.0.2.2 with higher priority 150, ours 100", Took: vrrp.Duration(300 * time.Microsecond)}},
 		}},
 	}
 }
@@ -111,7 +114,7 @@ func TestStatusOutputs(t *testing.T) {
 	if err := printStatus(&table, s, "table", now); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"web", "51/ipv4 v3", "BACKUP", "192.0.2.2 (150)", "1s (master 2s)", "dropped: checksum=2", "MASTER -> BACKUP", "took 300µs"} {
+	for _, want := range []string{"web", "51/ipv4 v3", "BACKUP", "192.0.2.2 (150)", "1s (master 2s)", "dropped: checksum=2", "MASTER -> BACKUP", "took 300µs", "no advert for 361ms (Master_Down_Interval 360.9375ms) (10 GARP/NA sent)"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -127,7 +130,8 @@ func TestStatusOutputs(t *testing.T) {
 	if back.Instances[0].State != vrrp.StateBackup || back.Instances[0].MasterAdvertInterval != vrrp.Duration(2*time.Second) {
 		t.Errorf("JSON round trip lost data: %+v", back.Instances[0])
 	}
-	if !strings.Contains(js.String(), `"state": "BACKUP"`) || !strings.Contains(js.String(), `"advertInterval": "1s"`) {
+	if !strings.Contains(js.String(), `"state": "BACKUP"`) || !strings.Contains(js.String(), `"advertInterval": "1s"`) ||
+		!strings.Contains(js.String(), `"sinceAdvert": "361ms"`) || !strings.Contains(js.String(), `"announced": 10`) {
 		t.Errorf("JSON is not readable:\n%s", js.String())
 	}
 	var y bytes.Buffer

@@ -132,7 +132,11 @@ func printTable(w io.Writer, s *daemon.Status, now time.Time) error {
 			fmt.Fprintf(w, "  dropped: %s\n", strings.Join(parts, " "))
 		}
 		for _, t := range lastN(in.Transitions, 5) {
-			fmt.Fprintf(w, "  %s  %-6s -> %-6s  took %-9s %s\n", t.At.Local().Format("15:04:05.000"), t.From, t.To, t.Took, t.Reason)
+			extra := ""
+			if t.Announced > 0 {
+				extra = fmt.Sprintf(" (%d GARP/NA sent)", t.Announced)
+			}
+			fmt.Fprintf(w, "  %s  %-6s -> %-6s  took %-9s %s%s\n", t.At.Local().Format("15:04:05.000"), t.From, t.To, t.Took, t.Reason, extra)
 		}
 		for _, e := range in.Errors {
 			fmt.Fprintf(w, "  error: %s\n", e)
