@@ -59,14 +59,9 @@ func (d SyncDaemon) String() string {
 	return fmt.Sprintf("%s on %s, sync ID %d", d.Role, d.Interface, d.SyncID)
 }
 
-// equal reports whether d runs as want asks: the fields want leaves at
-// the kernel's default match whatever the kernel chose.
-func (d SyncDaemon) equal(want SyncDaemon) bool {
-	return d.Role == want.Role && d.Interface == want.Interface && d.SyncID == want.SyncID &&
-		(want.MaxLen == 0 || d.MaxLen == want.MaxLen) &&
-		(!want.Group.IsValid() || d.Group == want.Group) &&
-		(want.Port == 0 || d.Port == want.Port) &&
-		(want.TTL == 0 || d.TTL == want.TTL)
+// Long is String with every setting.
+func (d SyncDaemon) Long() string {
+	return fmt.Sprintf("%s, group %v port %d TTL %d max length %d", d, d.Group, d.Port, d.TTL, d.MaxLen)
 }
 
 // Generic netlink command and attribute numbers (ip_vs.h).

@@ -159,8 +159,10 @@ ip -n kvs-c route add 10.98.0.100/32 via 10.98.0.1
 	for time.Now().Before(deadline) {
 		out, _ := exec.Command("ip", "netns", "exec", "kvs-b", "cat", "/proc/net/ip_vs_conn_sync").CombinedOutput()
 		conns = string(out)
-		if strings.Contains(conns, "0A620032") && strings.Contains(conns, " SYNC ") { // the client, 10.98.0.50
-			return
+		for _, line := range strings.Split(conns, "\n") {
+			if f := strings.Fields(line); len(f) >= 9 && f[1] == "0A620032" && f[8] == "SYNC" { // the client, 10.98.0.50
+				return
+			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,12 +27,14 @@ func (f *fakeSync) start(d SyncDaemon) error {
 	if _, ok := f.running[d.Role]; ok {
 		return syscall.EEXIST
 	}
-	// The kernel fills in its defaults.
+	// The kernel fills in its defaults, and raises a backup's maximum
+	// length to 1024 at least.
+	d = d.normalized()
 	if d.MaxLen == 0 {
 		d.MaxLen = 1472
 	}
-	if d.Port == 0 {
-		d.Port = 8848
+	if d.Role == SyncBackup && d.MaxLen < 1024 {
+		d.MaxLen = 1024
 	}
 	f.running[d.Role] = d
 	f.log = append(f.log, "start "+d.String())
@@ -89,7 +92,7 @@ func TestSyncerRolesAndOwnership(t *testing.T) {
 		}
 	}
 	// A restarted keepvip finds its master running and adopts it.
-	k.running[SyncMaster] = SyncDaemon{Role: SyncMaster, Interface: "eth1", SyncID: 7, MaxLen: 1472, Port: 8848}
+	k.running[SyncMaster] = SyncDaemon{Role: SyncMaster, Interface: "eth1", SyncID: 7, MaxLen: 1472, Group: defaultSyncGroup4, Port: 8848, TTL: 1}
 	s = newSyncer(k, quietLog())
 	k.log = nil
 	if err := s.Set([]SyncDaemon{master}); err != nil || len(k.log) != 0 {
@@ -102,7 +105,7 @@ func TestSyncerRolesAndOwnership(t *testing.T) {
 	k.running[SyncBackup] = SyncDaemon{Role: SyncBackup, Interface: "eth0", SyncID: 1}
 	k.foreign[SyncBackup] = true
 	err := s.Set([]SyncDaemon{backup})
-	if err == nil || !strings.Contains(err.Error(), "an IPVS sync daemon runs that keepvip did not start (backup on eth0, sync ID 1): stop it (ipvsadm --stop-daemon backup)") {
+	if err == nil || !strings.Contains(err.Error(), "an IPVS sync daemon runs that keepvip did not start (backup on eth0, sync ID 1, group") {
 		t.Errorf("Set with a foreign daemon in the way: %v", err)
 	}
 	if err := s.Set(nil); err != nil {
@@ -113,6 +116,49 @@ func TestSyncerRolesAndOwnership(t *testing.T) {
 	}
 	if err := s.Set([]SyncDaemon{master, {Role: SyncMaster, Interface: "eth2"}}); err == nil {
 		t.Error("two masters accepted")
+	}
+}
+
+// A setting the kernel changes (a backup's maximum length raised to 1024)
+// does not make keepvip's own daemon someone else's; going back to a
+// default setting restarts the daemon; a foreign daemon that matches only
+// in role, interface and sync ID is not adopted.
+func TestSyncerKernelChangesAndDefaults(t *testing.T) {
+	k := newFakeSync()
+	s := newSyncer(k, quietLog())
+	small := SyncDaemon{Role: SyncBackup, Interface: "eth1", SyncID: 7, MaxLen: 512}
+	if err := s.Set([]SyncDaemon{small}); err != nil {
+		t.Fatal(err)
+	}
+	k.log = nil
+	if err := s.Set([]SyncDaemon{small}); err != nil || len(k.log) != 0 {
+		t.Fatalf("the same again, the kernel having raised the length: %v %v", err, k.log)
+	}
+	if _, ours, _ := s.Running(); !ours[0] {
+		t.Error("keepvip's own daemon shows as someone else's")
+	}
+	custom := SyncDaemon{Role: SyncBackup, Interface: "eth1", SyncID: 7, Group: netip.MustParseAddr("239.1.1.1"), Port: 9000}
+	if err := s.Set([]SyncDaemon{custom}); err != nil {
+		t.Fatal(err)
+	}
+	k.log = nil
+	if err := s.Set([]SyncDaemon{{Role: SyncBackup, Interface: "eth1", SyncID: 7}}); err != nil || strings.Join(k.log, "|") != "stop backup|start backup on eth1, sync ID 7" {
+		t.Fatalf("back to the default group and port: %v %v; want a restart", err, k.log)
+	}
+	if d := k.running[SyncBackup]; d.Group != defaultSyncGroup4 || d.Port != 8848 {
+		t.Errorf("running %v; want the default group and port", d.Long())
+	}
+	if err := s.Set(nil); err != nil {
+		t.Fatal(err)
+	}
+	k.running[SyncMaster] = SyncDaemon{Role: SyncMaster, Interface: "eth1", SyncID: 7, MaxLen: 1472, Group: netip.MustParseAddr("239.9.9.9"), Port: 8848, TTL: 1}
+	k.foreign[SyncMaster] = true
+	s = newSyncer(k, quietLog())
+	if err := s.Set([]SyncDaemon{{Role: SyncMaster, Interface: "eth1", SyncID: 7}}); err == nil || !strings.Contains(err.Error(), "did not start") {
+		t.Errorf("a foreign daemon with another group: %v; want it reported, not adopted", err)
+	}
+	if err := s.Set(nil); err != nil {
+		t.Errorf("Set(nil) with the foreign daemon: %v", err)
 	}
 }
 
@@ -173,11 +219,11 @@ func TestSyncerProperty(t *testing.T) {
 			for _, w := range want {
 				got, ok := k.running[w.Role]
 				switch {
-				case k.foreign[w.Role] && !got.equal(w):
+				case k.foreign[w.Role] && !got.matches(w.normalized()):
 					if err == nil || !strings.Contains(err.Error(), "did not start") {
 						t.Fatalf("seed %d step %d: a foreign %s daemon holds the role and Set said %v", seed, step, w.Role, err)
 					}
-				case !ok || !got.equal(w):
+				case !ok || !got.matches(w.normalized()):
 					t.Fatalf("seed %d step %d: want %v, runs %v (%v)", seed, step, w, got, err)
 				}
 			}
