@@ -37,9 +37,10 @@ type ConnectionSync struct {
 	// Period packets (default 3 and 50, the kernel's).
 	Threshold *int `json:"threshold,omitempty"`
 	Period    *int `json:"period,omitempty"`
-	// RefreshPeriod is net.ipv4.vs.sync_refresh_period: when set, a
-	// connection is synced again after this long instead of every Period
-	// packets (whole seconds; default: the kernel's, 0, off).
+	// RefreshPeriod is net.ipv4.vs.sync_refresh_period: with Period 0, a
+	// connection is synced again at its first packet after this long
+	// (whole seconds); with a Period it only holds back syncs that come
+	// sooner. Default: the kernel's, 0, off.
 	RefreshPeriod Duration `json:"refreshPeriod,omitzero"`
 	// PersistMode is net.ipv4.vs.sync_persist_mode: sync only the
 	// persistence templates, not every connection (default false).
@@ -115,8 +116,9 @@ func (c *Config) connSync() (*ConnSync, []error) {
 	} else {
 		d.TTL = uint8(s.TTL)
 	}
-	if s.MaxLen != 0 && (s.MaxLen < 256 || s.MaxLen > 65507) {
-		bad("maxLen", "%d is outside 256-65507", s.MaxLen)
+	if s.MaxLen != 0 && (s.MaxLen < 1024 || s.MaxLen > 65487) {
+		// A backup's is raised to 1024 by the kernel; 65487 fits IPv6.
+		bad("maxLen", "%d is outside 1024-65487", s.MaxLen)
 	} else {
 		d.MaxLen = uint16(s.MaxLen)
 	}
@@ -142,8 +144,8 @@ func (c *Config) connSync() (*ConnSync, []error) {
 		switch {
 		case err != nil:
 			bad("refreshPeriod", "%v", err)
-		case v < 0 || v%time.Second != 0:
-			bad("refreshPeriod", "%s: want whole seconds, 0 or more", v)
+		case v < 0 || v%time.Second != 0 || v > 24*time.Hour:
+			bad("refreshPeriod", "%s: want whole seconds, 0s-24h", v)
 		default:
 			secs := int(v / time.Second)
 			out.Settings.SyncRefreshPeriod = &secs

@@ -22,7 +22,7 @@ func TestConnectionSync(t *testing.T) {
 		{"no such instance", one + "connectionSync: {instance: nope}", `connectionSync.instance: "nope" is not an instance`},
 		{"bad values", one + `connectionSync: {syncID: 256, group: 192.0.2.1, port: 70000, ttl: 300, maxLen: 10, threshold: 50, period: 50, refreshPeriod: 1.5s}`,
 			strings.Join([]string{"connectionSync.syncID: 256 is outside 0-255", `connectionSync.group: "192.0.2.1" is not a multicast address`, "connectionSync.port: 70000 is outside 1-65535",
-				"connectionSync.ttl: 300 is outside 1-255", "connectionSync.maxLen: 10 is outside 256-65507", "connectionSync.threshold: 50 is not below the period 50", "connectionSync.refreshPeriod: 1.5s: want whole seconds"}, "|")},
+				"connectionSync.ttl: 300 is outside 1-255", "connectionSync.maxLen: 10 is outside 1024-65487", "connectionSync.threshold: 50 is not below the period 50", "connectionSync.refreshPeriod: 1.5s: want whole seconds, 0s-24h"}, "|")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg, err := Parse([]byte(c.yaml))

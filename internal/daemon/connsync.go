@@ -44,13 +44,28 @@ type connSync struct {
 	syncer  *lvs.Syncer
 	kick    chan struct{}
 
-	mu    sync.Mutex
-	spec  *config.ConnSync
-	state vrrp.State // of spec.Instance, from its transitions
-	role  lvs.SyncRole
-	err   error
+	mu   sync.Mutex
+	spec *config.ConnSync
+	// states are the instances' last states, from every transition,
+	// so that the one spec names is known whenever spec comes.
+	states map[string]vrrp.State
+	// role is the daemon keepvip runs now (0: none or not yet); err the
+	// last failure.
+	role lvs.SyncRole
+	err  error
+	// leaving: keepvip is stopping; transitions no longer move the
+	// daemons (a master's Leave is no reason to become a backup).
+	leaving bool
+	// counts caches the connection counts: reading the kernel's table
+	// costs in proportion to its size (quadratically before Linux 6.14).
+	counts struct {
+		at            time.Time
+		local, synced int
+		err           error
+	}
 
 	roleChanges prometheus.Counter
+	errors      prometheus.Counter
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
@@ -58,10 +73,15 @@ type connSync struct {
 const connSyncRetry = 5 * time.Second
 
 func newConnSync(log *slog.Logger, reg prometheus.Registerer, procSys string) *connSync {
-	c := &connSync{log: log, procSys: procSys, syncer: lvs.NewSyncer(log), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &connSync{log: log, procSys: procSys, syncer: lvs.NewSyncer(log), kick: make(chan struct{}, 1), done: make(chan struct{}),
+		states: map[string]vrrp.State{}}
 	c.roleChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keepvip_ipvs_sync_role_changes_total",
 		Help: "Times the IPVS sync daemon keepvip runs changed role (master, backup) with its VRRP instance.",
+	})
+	c.errors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keepvip_ipvs_sync_errors_total",
+		Help: "Failed attempts to run the IPVS sync daemons as asked (tried again every 5 s).",
 	})
 	role := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keepvip_ipvs_sync_master",
@@ -81,7 +101,7 @@ func newConnSync(log *slog.Logger, reg prometheus.Registerer, procSys string) *c
 		Name: "keepvip_ipvs_connections",
 		Help: "Connections in the kernel's IPVS table by origin: local (made here) or sync (sent by a master's sync daemon). Read at each scrape while connection sync is on.",
 	}, []string{"origin"})
-	reg.MustRegister(c.roleChanges, role, connCollector{c, conns})
+	reg.MustRegister(c.roleChanges, c.errors, role, connCollector{c, conns})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go c.run(ctx)
@@ -103,7 +123,7 @@ func (cc connCollector) Collect(ch chan<- prometheus.Metric) {
 	if !on {
 		return
 	}
-	local, synced, err := countConns()
+	local, synced, err := cc.c.countConns()
 	if err != nil {
 		return
 	}
@@ -116,13 +136,12 @@ func (cc connCollector) Collect(ch chan<- prometheus.Metric) {
 // OnTransition): it must not block.
 func (c *connSync) transition(instance string, t vrrp.Transition) {
 	c.mu.Lock()
-	if c.spec == nil || instance != c.spec.Instance {
-		c.mu.Unlock()
-		return
-	}
-	c.state = t.To
+	c.states[instance] = t.To
+	ours := c.spec != nil && instance == c.spec.Instance && !c.leaving
 	c.mu.Unlock()
-	c.signal()
+	if ours {
+		c.signal()
+	}
 }
 
 func (c *connSync) signal() {
@@ -135,26 +154,9 @@ func (c *connSync) signal() {
 // apply takes the configuration's connection sync (nil: none).
 func (c *connSync) apply(spec *config.ConnSync) {
 	c.mu.Lock()
-	if spec == nil || c.spec == nil || spec.Instance != c.spec.Instance {
-		c.state = vrrp.StateInit // until the instance says
-	}
 	c.spec = spec
 	c.mu.Unlock()
 	c.signal()
-}
-
-// setState tells the state of the instance now, for an instance that
-// runs already when sync is configured.
-func (c *connSync) setState(instance string, s vrrp.State) {
-	c.mu.Lock()
-	changed := c.spec != nil && instance == c.spec.Instance && c.state != s
-	if changed {
-		c.state = s
-	}
-	c.mu.Unlock()
-	if changed {
-		c.signal()
-	}
 }
 
 func (c *connSync) run(ctx context.Context) {
@@ -177,7 +179,11 @@ func (c *connSync) run(ctx context.Context) {
 // sync makes the daemons those of the role asked now.
 func (c *connSync) sync() error {
 	c.mu.Lock()
-	spec, state, was := c.spec, c.state, c.role
+	spec, was := c.spec, c.role
+	var state vrrp.State
+	if spec != nil {
+		state = c.states[spec.Instance] // INIT until it says
+	}
 	c.mu.Unlock()
 	var want []lvs.SyncDaemon
 	var role lvs.SyncRole
@@ -196,25 +202,34 @@ func (c *connSync) sync() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := c.syncer.Set(want); err != nil {
-		errs = append(errs, err)
-	}
-	err := errors.Join(errs...)
+	serr := c.syncer.Set(want)
+	err := errors.Join(append(errs, serr)...)
 	c.mu.Lock()
-	c.role, c.err = role, err
+	if serr == nil {
+		c.role = role // what runs, not only what was asked
+	}
+	logIt := err != nil && (c.err == nil || c.err.Error() != err.Error())
+	c.err = err
 	c.mu.Unlock()
-	if role != was && role != 0 && was != 0 {
+	if serr == nil && role != was && role != 0 && was != 0 {
 		c.roleChanges.Inc()
 	}
 	if err != nil {
-		c.log.Error("IPVS connection sync", "role", role.String(), "err", err)
+		c.errors.Inc()
+		if logIt {
+			c.log.Error("IPVS connection sync (tried again every 5 s)", "role", role.String(), "err", err)
+		}
 	}
 	return err
 }
 
 func (c *connSync) status() *ConnSyncStatus {
 	c.mu.Lock()
-	spec, state, role, err := c.spec, c.state, c.role, c.err
+	spec, role, err := c.spec, c.role, c.err
+	var state vrrp.State
+	if spec != nil {
+		state = c.states[spec.Instance]
+	}
 	c.mu.Unlock()
 	if spec == nil {
 		return nil
@@ -234,7 +249,7 @@ func (c *connSync) status() *ConnSyncStatus {
 		}
 		s.Daemons = append(s.Daemons, line)
 	}
-	local, synced, cerr := countConns()
+	local, synced, cerr := c.countConns()
 	s.Local, s.Synced = local, synced
 	if e := errors.Join(lerr, cerr); e != nil && s.Error == "" {
 		s.Error = e.Error()
@@ -242,10 +257,14 @@ func (c *connSync) status() *ConnSyncStatus {
 	return s
 }
 
-// stop ends the goroutine. The daemons stay, as the IPVS services do: a
-// keepvip that takes over in place, or restarts after a crash, adopts
-// them.
+// stop ends the goroutine, and the transitions that follow (a leaving
+// master's) no longer move the daemons. The daemons stay, as the IPVS
+// services do: a keepvip that takes over in place, or restarts after a
+// crash, adopts them.
 func (c *connSync) stop() {
+	c.mu.Lock()
+	c.leaving = true
+	c.mu.Unlock()
 	c.cancel()
 	<-c.done
 }
@@ -260,9 +279,24 @@ func (c *connSync) shutdown() {
 	}
 }
 
-// countConns counts the kernel's IPVS connections by origin, from
+// countsEvery bounds how often the connection table is read.
+const countsEvery = 15 * time.Second
+
+// countConns returns the connection counts, read again when older than
+// countsEvery.
+func (c *connSync) countConns() (local, synced int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.counts.at) >= countsEvery {
+		c.counts.local, c.counts.synced, c.counts.err = readConnCounts()
+		c.counts.at = time.Now()
+	}
+	return c.counts.local, c.counts.synced, c.counts.err
+}
+
+// readConnCounts counts the kernel's IPVS connections by origin, from
 // /proc/net/ip_vs_conn_sync (this network namespace's).
-func countConns() (local, synced int, err error) {
+func readConnCounts() (local, synced int, err error) {
 	f, err := os.Open("/proc/net/ip_vs_conn_sync")
 	if err != nil {
 		return 0, 0, err

@@ -141,8 +141,8 @@ type daemon struct {
 	errs     []string
 	ready    bool
 	lb       *loadBalancer // nil until there are virtual servers
-	// csync runs the IPVS sync daemons, from the first configuration
-	// that asks for them.
+	// csync runs the IPVS sync daemons when the configuration asks for
+	// them.
 	csync   atomic.Pointer[connSync]
 	ipvs    string
 	metrics *metricsServer // nil without one (or until it is made)
@@ -272,6 +272,10 @@ func run(ctx context.Context, o Options, took *takeOverState, preloaded *config.
 	}
 	// The lock is let go last, when everything this keepvip did is undone:
 	// a keepvip waiting to take over starts when it is free.
+	// Before the manager: it learns every instance's state from its first
+	// transition on.
+	d.csync.Store(newConnSync(o.Logger, reg, o.ProcSys))
+	defer d.csync.Load().stop() // on every way out; stopping twice is harmless
 	d.mgr = vrrp.NewManager(vrrp.Options{Logger: o.Logger, Registerer: reg, OnTransition: d.transition, LockDir: lockDirOf(o), Inherit: inherit, KeepLock: true})
 	defer d.mgr.Unlock()
 	d.health = newHealth(d.mgr, healthTimeout)
@@ -433,6 +437,9 @@ func run(ctx context.Context, o Options, took *takeOverState, preloaded *config.
 				return d.leave(s, servers)
 			}
 			d.log.Info("shutting down: handing off VIPs")
+			if cs := d.csync.Load(); cs != nil {
+				cs.stop() // the handoff's transitions must not move the sync daemons
+			}
 			err := d.mgr.Stop()
 			if err != nil {
 				d.log.Error("stopping VRRP", "err", err)
@@ -1138,24 +1145,9 @@ func (d *daemon) transition(instance string, t vrrp.Transition) {
 	}
 }
 
-// applyConnSync gives the connection sync its configuration, starting it
-// the first time one asks for it, with the state its instance has now.
+// applyConnSync gives the connection sync its configuration.
 func (d *daemon) applyConnSync(spec *config.ConnSync) {
-	cs := d.csync.Load()
-	if cs == nil {
-		if spec == nil {
-			return
-		}
-		cs = newConnSync(d.log, d.reg, d.opts.ProcSys)
-		d.csync.Store(cs)
-	}
-	cs.apply(spec)
-	if spec == nil {
-		return
-	}
-	for _, in := range d.mgr.Status() {
-		if in.Name == spec.Instance {
-			cs.setState(in.Name, in.State)
-		}
+	if cs := d.csync.Load(); cs != nil {
+		cs.apply(spec)
 	}
 }

@@ -196,6 +196,12 @@ func masterNames(h vrrp.Handover) []string {
 // up.
 func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 	d.log.Info("shutting down: a keepvip waits to take over on this host; leaving the VIPs and virtual servers in place for it", "successor", s.Pid)
+	if cs := d.csync.Load(); cs != nil {
+		// Before Leave: its masters' transitions must not swap the
+		// master sync daemon for a backup one. The daemons stay: the
+		// successor adopts them.
+		cs.stop()
+	}
 	h := d.mgr.Leave()
 	// What this process alone runs stops before the successor starts its
 	// own: routes in a kernel table are this process's to withdraw, not
@@ -205,14 +211,14 @@ func (d *daemon) leave(s *handover.Successor, servers []shutdowner) error {
 	if d.lb != nil {
 		d.lb.stop()
 	}
-	if cs := d.csync.Load(); cs != nil {
-		cs.stop() // the daemons stay: the successor adopts them
-	}
 	st := takeOverState{VRRP: h, ECMP: slices.Sorted(maps.Keys(d.heldDevs))}
 	var errs []error
 	if err := s.Go(st); err != nil {
 		d.log.Error("the successor did not take the word; taking the VIPs back to hand them off", "err", err)
 		errs = append(errs, err, d.reclaim(h))
+		if cs := d.csync.Load(); cs != nil {
+			cs.shutdown() // nobody adopts them now
+		}
 	} else {
 		d.log.Info("handed over", "successor", s.Pid, "masters", masterNames(h))
 	}
