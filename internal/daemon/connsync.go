@@ -41,7 +41,7 @@ type ConnSyncStatus struct {
 type connSync struct {
 	log     *slog.Logger
 	procSys string
-	syncer  *lvs.Syncer
+	syncer  syncSetter
 	kick    chan struct{}
 
 	mu   sync.Mutex
@@ -72,8 +72,18 @@ type connSync struct {
 
 const connSyncRetry = 5 * time.Second
 
+// syncSetter is what connSync needs of lvs.Syncer.
+type syncSetter interface {
+	Set([]lvs.SyncDaemon) error
+	Running() ([]lvs.SyncDaemon, []bool, error)
+}
+
 func newConnSync(log *slog.Logger, reg prometheus.Registerer, procSys string) *connSync {
-	c := &connSync{log: log, procSys: procSys, syncer: lvs.NewSyncer(log), kick: make(chan struct{}, 1), done: make(chan struct{}),
+	return newConnSyncWith(log, reg, procSys, lvs.NewSyncer(log))
+}
+
+func newConnSyncWith(log *slog.Logger, reg prometheus.Registerer, procSys string, syncer syncSetter) *connSync {
+	c := &connSync{log: log, procSys: procSys, syncer: syncer, kick: make(chan struct{}, 1), done: make(chan struct{}),
 		states: map[string]vrrp.State{}}
 	c.roleChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "keepvip_ipvs_sync_role_changes_total",
