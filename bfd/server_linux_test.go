@@ -202,8 +202,8 @@ func TestServerSessions(t *testing.T) {
 	if down.diag != DiagNeighborDown || down.failed {
 		t.Errorf("a went down with %s (a failure: %v) when b removed the session; want neighbor signaled session down, no failure", down.diag, down.failed)
 	}
-	if st := sa.Sessions(); st[0].Flaps != 2 || st[0].RemoteState != "admindown" {
-		t.Errorf("a's session: %+v; want 2 flaps, the peer AdminDown", st[0])
+	if st := settled(sa, func(s SessionStatus) bool { return s.Flaps == 2 }); st.Flaps != 2 || st.RemoteState != "admindown" {
+		t.Errorf("a's session: %+v; want 2 flaps, the peer AdminDown", st)
 	}
 	if got := testutil.ToFloat64(sa.m.transitions.WithLabelValues("127.0.0.2", "up")); got != 2 {
 		t.Errorf("transitions to up: %v; want 2", got)
@@ -285,8 +285,8 @@ func TestServerFamiliesAndHops(t *testing.T) {
 			t.Fatal(err)
 		}
 		chA.wait(t, 0, StateUp, 5*time.Second)
-		if st := sa.Sessions(); st[0].Multihop != c.multihop || st[0].State != "up" {
-			t.Errorf("%s: %+v", c.name, st[0])
+		if st := settled(sa, func(s SessionStatus) bool { return s.State == "up" }); st.Multihop != c.multihop || st.State != "up" {
+			t.Errorf("%s: %+v", c.name, st)
 		}
 		sa.Close()
 		sb.Close()
@@ -336,4 +336,17 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// settled returns the server's one session once ok holds, or after a
+// second: OnChange is told of a change before the session's status is
+// published.
+func settled(s *Server, ok func(SessionStatus) bool) SessionStatus {
+	var st []SessionStatus
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st = s.Sessions()
+		if ok(st[0]) || time.Now().After(deadline) {
+			return st[0]
+		}
+	}
 }
