@@ -58,7 +58,9 @@ type connSync struct {
 	leaving bool
 	// counts caches the connection counts: reading the kernel's table
 	// costs in proportion to its size (quadratically before Linux 6.14).
-	counts struct {
+	// Its own lock: transition must never wait for that read.
+	countsMu sync.Mutex
+	counts   struct {
 		at            time.Time
 		local, synced int
 		err           error
@@ -295,8 +297,8 @@ const countsEvery = 15 * time.Second
 // countConns returns the connection counts, read again when older than
 // countsEvery.
 func (c *connSync) countConns() (local, synced int, err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.countsMu.Lock()
+	defer c.countsMu.Unlock()
 	if time.Since(c.counts.at) >= countsEvery {
 		c.counts.local, c.counts.synced, c.counts.err = readConnCounts()
 		c.counts.at = time.Now()
