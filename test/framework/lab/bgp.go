@@ -53,22 +53,39 @@ func (n *Node) StartFRR(conf string) (*FRR, error) {
 		return nil, err
 	}
 	f := &FRR{node: n, proc: p, dir: dir}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if err := f.waitVTY(); err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("FRR in %s: %w", n.Name, err)
+	}
+	return f, nil
+}
+
+// waitVTY waits until bgpd answers vtysh.
+func (f *FRR) waitVTY() error {
+	return waitWhile(f.proc, 10*time.Second, 50*time.Millisecond, "vtysh answering", func() error {
 		_, err := f.VTY(context.Background(), "show bgp summary")
+		return err
+	})
+}
+
+// waitWhile waits, as long as p runs, until try succeeds; it fails when
+// p exits or after timeout, with try's last error and p's log.
+func waitWhile(p *Proc, timeout, every time.Duration, what string, try func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := try()
 		if err == nil {
-			return f, nil
+			return nil
 		}
 		select {
 		case <-p.Exited():
-			return nil, fmt.Errorf("FRR in %s exited: %v\n%s", n.Name, p.Wait(), p.Log())
+			return fmt.Errorf("%s exited before %s: %v\n%s", p.Name, what, p.Wait(), p.Log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			p.Kill()
-			return nil, fmt.Errorf("FRR in %s: vtysh does not answer: %v\n%s", n.Name, err, p.Log())
+			return fmt.Errorf("no %s after %s: %v\n%s", what, timeout, err, p.Log())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
@@ -135,43 +152,19 @@ func (n *Node) StartFRRWithZebra(conf string, withBFD bool) (*FRR, error) {
 		return nil, err
 	}
 	f.proc = p
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := f.VTY(context.Background(), "show bgp summary")
-		if err == nil {
-			return f, nil
-		}
-		select {
-		case <-p.Exited():
-			f.killAll()
-			return nil, fmt.Errorf("FRR in %s exited: %v\n%s", n.Name, p.Wait(), p.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			f.killAll()
-			return nil, fmt.Errorf("FRR in %s: vtysh does not answer: %v\n%s", n.Name, err, p.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := f.waitVTY(); err != nil {
+		f.killAll()
+		return nil, fmt.Errorf("FRR in %s: %w", n.Name, err)
 	}
+	return f, nil
 }
 
 // waitFile waits until path exists, while p runs.
 func waitFile(path string, p *Proc, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return nil
-		}
-		select {
-		case <-p.Exited():
-			return fmt.Errorf("exited before %s appeared: %v\n%s", path, p.Wait(), p.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no %s after %s:\n%s", path, timeout, p.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return waitWhile(p, timeout, 20*time.Millisecond, path, func() error {
+		_, err := os.Stat(path)
+		return err
+	})
 }
 
 // Daemon returns the process of one of f's daemons (bgpd, zebra, bfdd),
@@ -342,23 +335,14 @@ func (n *Node) StartBIRD(conf string) (*BIRD, error) {
 		return nil, err
 	}
 	b.proc = p
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if err := waitWhile(p, 10*time.Second, 50*time.Millisecond, "birdc answering", func() error {
 		_, err := b.Cmd(context.Background(), "show status")
-		if err == nil {
-			return b, nil
-		}
-		select {
-		case <-p.Exited():
-			return nil, fmt.Errorf("BIRD in %s exited: %v\n%s", n.Name, p.Wait(), p.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			p.Kill()
-			return nil, fmt.Errorf("BIRD in %s: birdc does not answer: %v\n%s", n.Name, err, p.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return err
+	}); err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("BIRD in %s: %w", n.Name, err)
 	}
+	return b, nil
 }
 
 // Cmd runs one birdc command.
